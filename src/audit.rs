@@ -1,0 +1,134 @@
+//! The audit log (SPEC §5): one JSON line per change. It names records by ID, name and
+//! scopes — never a token, never a digest.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::format::Record;
+use crate::when::{self, format_timestamp};
+
+/// A record as the audit log shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: String,
+    pub name: String,
+    pub scopes: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+impl From<&Record> for AuditRecord {
+    fn from(record: &Record) -> Self {
+        AuditRecord {
+            id: record.id().to_string(),
+            name: record.name_lossy(),
+            scopes: record.scopes.to_field(),
+            expires: record.expires.map(format_timestamp),
+        }
+    }
+}
+
+/// One change to the token file.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub event: &'static str,
+    pub records: Vec<AuditRecord>,
+    /// Event-specific details (e.g. `replaces` for rotate); never secrets.
+    pub details: Map<String, Value>,
+}
+
+impl Event {
+    pub fn new(event: &'static str, records: Vec<AuditRecord>) -> Self {
+        Event {
+            event,
+            records,
+            details: Map::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_string(), value.into());
+        self
+    }
+}
+
+/// The acting user: uid, user name and, under sudo, who ran sudo.
+fn actor() -> Map<String, Value> {
+    let uid = nix::unistd::getuid();
+    let mut actor = Map::new();
+    actor.insert("uid".into(), uid.as_raw().into());
+    if let Ok(Some(user)) = nix::unistd::User::from_uid(uid) {
+        actor.insert("user".into(), user.name.into());
+    }
+    if let Ok(sudo_user) = std::env::var("SUDO_USER") {
+        actor.insert("sudo_user".into(), sudo_user.into());
+    }
+    actor
+}
+
+pub fn render(event: &Event, file: &Path) -> String {
+    let mut line = Map::new();
+    line.insert("time".into(), format_timestamp(when::now()).into());
+    line.insert("event".into(), event.event.into());
+    line.insert("file".into(), file.display().to_string().into());
+    line.insert(
+        "ids".into(),
+        event
+            .records
+            .iter()
+            .map(|r| Value::from(r.id.clone()))
+            .collect(),
+    );
+    line.insert(
+        "records".into(),
+        serde_json::to_value(&event.records).unwrap_or(Value::Null),
+    );
+    line.extend(event.details.clone());
+    line.extend(actor());
+    Value::Object(line).to_string()
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    path: PathBuf,
+}
+
+impl AuditLog {
+    pub fn new(path: PathBuf) -> Self {
+        AuditLog { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one line. A failure is returned for the caller to warn about; the change it
+    /// describes has already landed and stays.
+    pub fn append(&self, event: &Event, file: &Path) -> std::io::Result<()> {
+        let mut line = render(event, file);
+        line.push('\n');
+        let mut log = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        // One write with O_APPEND: concurrent appenders never interleave within a line.
+        log.write_all(line.as_bytes())?;
+        log.sync_data()
+    }
+
+    /// Appends, turning a failure into a warning on stderr.
+    pub fn record(&self, event: &Event, file: &Path) {
+        if let Err(e) = self.append(event, file) {
+            eprintln!(
+                "tokenfile: warning: could not write the audit log {}: {e} (the change itself was made)",
+                self.path.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The one error type of the crate and its single mapping to the exit-code table of SPEC §3.
+//!
+//! Every failure a user or the file system can cause ends up here; `main` turns it into a
+//! message on stderr and an exit code, and nowhere else decides exit codes.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Exit codes of SPEC §3. `check` outcomes that are not errors (granted, forbidden,
+/// unauthorized) are expressed as an `Exit` directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Success = 0,
+    Forbidden = 1,
+    Usage = 2,
+    Unauthorized = 3,
+    NoSuchId = 4,
+    Problems = 5,
+    Io = 10,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// Bad flag value, malformed or empty scope, bad duration, ...
+    Usage(String),
+    /// No record has that ID.
+    NoSuchId(String),
+    /// The ID prefix matches more than one record; the candidates are listed.
+    AmbiguousId { prefix: String, candidates: Vec<String> },
+    /// The file has problems (lint, edit) — the message says which.
+    Problems(String),
+    /// The file is unsafe to use (e.g. world-writable).
+    Unsafe(String),
+    /// An I/O operation on a named path failed.
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// The advisory lock could not be taken in time.
+    LockTimeout { lock: PathBuf, waited: Duration },
+    /// Any other failure to read or write the file that is not a plain syscall error.
+    File(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
+    }
+
+    /// The single mapping from errors to SPEC §3 exit codes.
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::Usage(_) => Exit::Usage,
+            Error::NoSuchId(_) | Error::AmbiguousId { .. } => Exit::NoSuchId,
+            Error::Problems(_) | Error::Unsafe(_) => Exit::Problems,
+            Error::Io { .. } | Error::LockTimeout { .. } | Error::File(_) => Exit::Io,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Usage(msg) | Error::Problems(msg) | Error::Unsafe(msg) | Error::File(msg) => {
+                f.write_str(msg)
+            }
+            Error::NoSuchId(prefix) => write!(
+                f,
+                "no record has ID {prefix} (see `tokenfile list` for the IDs in this file)"
+            ),
+            Error::AmbiguousId { prefix, candidates } => write!(
+                f,
+                "ID prefix {prefix} is ambiguous; it matches {}: give more digits",
+                candidates.join(", ")
+            ),
+            Error::Io {
+                action,
+                path,
+                source,
+            } => write!(f, "cannot {action} {}: {source}", path.display()),
+            Error::LockTimeout { lock, waited } => write!(
+                f,
+                "could not lock {} within {:.1}s: another writer holds it \
+                 (see `fuser {}`; raise the wait with --lock-timeout)",
+                lock.display(),
+                waited.as_secs_f64(),
+                lock.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

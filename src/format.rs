@@ -1,0 +1,540 @@
+//! The token file (SPEC §1): a lossless line model.
+//!
+//! A [`Document`] remembers every line's exact bytes and line ending, so writing back an
+//! unchanged document reproduces the input byte for byte — CRLF, a missing final newline, a
+//! BOM, NUL bytes and invalid UTF-8 included. Lines are classified on demand by
+//! [`parse_line`]; a change replaces, removes or appends whole lines and touches nothing else.
+
+use std::fmt;
+
+use crate::scope::{ScopeError, ScopeSet};
+use crate::token::{Digest, Id, Secret};
+use crate::when::{Timestamp, parse_timestamp};
+
+pub const BOM: &[u8] = b"\xEF\xBB\xBF";
+pub const HASH_PREFIX: &[u8] = b"sha256:";
+pub const MAX_FIELDS: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Lf,
+    CrLf,
+    /// Only the last line of a file can lack an ending.
+    None,
+}
+
+impl Ending {
+    pub fn as_bytes(self) -> &'static [u8] {
+        match self {
+            Ending::Lf => b"\n",
+            Ending::CrLf => b"\r\n",
+            Ending::None => b"",
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Line {
+    /// The bytes of the line without its ending (and without the BOM on line 1).
+    pub content: Vec<u8>,
+    pub ending: Ending,
+}
+
+impl fmt::Debug for Line {
+    // Lines may hold plaintext credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Line({} bytes, {:?})", self.content.len(), self.ending)
+    }
+}
+
+impl Line {
+    pub fn entry(&self) -> Entry {
+        parse_line(&self.content)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Document {
+    pub bom: bool,
+    pub lines: Vec<Line>,
+}
+
+impl Document {
+    pub fn parse(bytes: &[u8]) -> Document {
+        let (bom, mut rest) = match bytes.strip_prefix(BOM) {
+            Some(rest) => (true, rest),
+            None => (false, bytes),
+        };
+        let mut lines = Vec::with_capacity(rest.len() / 64 + 1);
+        while !rest.is_empty() {
+            let line = match rest.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    let (mut content, ending) = (&rest[..end], Ending::Lf);
+                    rest = &rest[end + 1..];
+                    if let Some(stripped) = content.strip_suffix(b"\r") {
+                        content = stripped;
+                        Line {
+                            content: content.to_vec(),
+                            ending: Ending::CrLf,
+                        }
+                    } else {
+                        Line {
+                            content: content.to_vec(),
+                            ending,
+                        }
+                    }
+                }
+                None => {
+                    let line = Line {
+                        content: rest.to_vec(),
+                        ending: Ending::None,
+                    };
+                    rest = &[];
+                    line
+                }
+            };
+            lines.push(line);
+        }
+        Document { bom, lines }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let len = self
+            .lines
+            .iter()
+            .map(|l| l.content.len() + 2)
+            .sum::<usize>()
+            + BOM.len();
+        let mut out = Vec::with_capacity(len);
+        if self.bom {
+            out.extend_from_slice(BOM);
+        }
+        for line in &self.lines {
+            out.extend_from_slice(&line.content);
+            out.extend_from_slice(line.ending.as_bytes());
+        }
+        out
+    }
+
+    /// The line ending new lines get: the file's own style (CRLF files stay CRLF).
+    pub fn preferred_ending(&self) -> Ending {
+        self.lines
+            .iter()
+            .map(|l| l.ending)
+            .find(|e| *e != Ending::None)
+            .unwrap_or(Ending::Lf)
+    }
+
+    /// Appends a line at the end. A last line without an ending first gets one — the only
+    /// way to append without gluing the new record onto it.
+    pub fn push_line(&mut self, content: Vec<u8>) {
+        let ending = self.preferred_ending();
+        if let Some(last) = self.lines.last_mut() {
+            if last.ending == Ending::None {
+                last.ending = ending;
+            }
+        }
+        self.lines.push(Line { content, ending });
+    }
+
+    /// Every line with its 1-based number and classification.
+    pub fn entries(&self) -> impl Iterator<Item = (usize, Entry)> + '_ {
+        self.lines
+            .iter()
+            .enumerate()
+            .map(|(i, line)| (i + 1, line.entry()))
+    }
+
+    /// Every valid record with its 0-based line index.
+    pub fn records(&self) -> impl Iterator<Item = (usize, Record)> + '_ {
+        self.lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, line)| match line.entry() {
+                Entry::Record(record) => Some((i, record)),
+                _ => None,
+            })
+    }
+}
+
+/// What one line is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Blank,
+    Comment,
+    Record(Record),
+    Invalid(Invalid),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    Plain(Secret),
+    Hashed(Digest),
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credential::Plain(_) => write!(f, "Plain(id={})", self.digest().id()),
+            Credential::Hashed(d) => write!(f, "Hashed(id={})", d.id()),
+        }
+    }
+}
+
+impl Credential {
+    pub fn digest(&self) -> Digest {
+        match self {
+            Credential::Plain(secret) => secret.digest(),
+            Credential::Hashed(digest) => *digest,
+        }
+    }
+
+    pub fn is_plaintext(&self) -> bool {
+        matches!(self, Credential::Plain(_))
+    }
+
+    /// The stored form of a digest: `sha256:<64 lowercase hex>`.
+    pub fn hashed_field(digest: &Digest) -> Vec<u8> {
+        let mut field = HASH_PREFIX.to_vec();
+        field.extend_from_slice(digest.to_hex().as_bytes());
+        field
+    }
+}
+
+/// A valid record line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub credential: Credential,
+    pub scopes: ScopeSet,
+    pub name: Vec<u8>,
+    pub created: Option<Timestamp>,
+    pub expires: Option<Timestamp>,
+}
+
+impl Record {
+    pub fn digest(&self) -> Digest {
+        self.credential.digest()
+    }
+
+    pub fn id(&self) -> Id {
+        self.digest().id()
+    }
+
+    pub fn name_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.name).into_owned()
+    }
+
+    pub fn is_expired(&self, now: Timestamp) -> bool {
+        self.expires.is_some_and(|e| e <= now)
+    }
+}
+
+/// Why a line is invalid. It never carries credential bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    TooManyFields(usize),
+    EmptyCredential,
+    WhitespaceInCredential,
+    BadDigest,
+    Scopes(ScopeError),
+    Created,
+    Expires,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Invalid::TooManyFields(n) => write!(
+                f,
+                "{n} TAB-separated fields, at most {MAX_FIELDS} allowed"
+            ),
+            Invalid::EmptyCredential => f.write_str("the credential field is empty"),
+            Invalid::WhitespaceInCredential => f.write_str(
+                "the credential contains whitespace (fields are separated by a single TAB)",
+            ),
+            Invalid::BadDigest => {
+                f.write_str("`sha256:` must be followed by exactly 64 lowercase hex digits")
+            }
+            Invalid::Scopes(e) => e.fmt(f),
+            Invalid::Created => f.write_str("the created field is not an RFC 3339 time"),
+            Invalid::Expires => f.write_str("the expires field is not an RFC 3339 time"),
+        }
+    }
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0B | 0x0C)
+}
+
+/// Classifies one line (without its ending).
+pub fn parse_line(content: &[u8]) -> Entry {
+    if content.first() == Some(&b'#') {
+        return Entry::Comment;
+    }
+    if content.iter().all(|&b| b == b' ' || b == b'\t') {
+        return Entry::Blank;
+    }
+    match parse_record(content) {
+        Ok(record) => Entry::Record(record),
+        Err(invalid) => Entry::Invalid(invalid),
+    }
+}
+
+fn parse_record(content: &[u8]) -> Result<Record, Invalid> {
+    let fields: Vec<&[u8]> = content.split(|&b| b == b'\t').collect();
+    if fields.len() > MAX_FIELDS {
+        return Err(Invalid::TooManyFields(fields.len()));
+    }
+    let credential = parse_credential(fields[0])?;
+    let scopes = match fields.get(1) {
+        None => ScopeSet::all(), // legacy one-field line: full access
+        Some(field) => ScopeSet::parse(field).map_err(Invalid::Scopes)?,
+    };
+    let name = fields.get(2).map(|f| f.to_vec()).unwrap_or_default();
+    let created = parse_optional_time(fields.get(3)).map_err(|()| Invalid::Created)?;
+    let expires = parse_optional_time(fields.get(4)).map_err(|()| Invalid::Expires)?;
+    Ok(Record {
+        credential,
+        scopes,
+        name,
+        created,
+        expires,
+    })
+}
+
+/// Parses a credential field: a `sha256:` digest or a plaintext token.
+pub fn parse_credential(field: &[u8]) -> Result<Credential, Invalid> {
+    if field.is_empty() {
+        return Err(Invalid::EmptyCredential);
+    }
+    if field.iter().copied().any(is_space) {
+        return Err(Invalid::WhitespaceInCredential);
+    }
+    match field.strip_prefix(HASH_PREFIX) {
+        Some(hex) => Digest::from_hex(hex)
+            .map(Credential::Hashed)
+            .ok_or(Invalid::BadDigest),
+        None => Ok(Credential::Plain(Secret::new(field.to_vec()))),
+    }
+}
+
+fn parse_optional_time(field: Option<&&[u8]>) -> Result<Option<Timestamp>, ()> {
+    match field {
+        None => Ok(None),
+        Some(f) if f.is_empty() => Ok(None),
+        Some(f) => parse_timestamp(f).map(Some).ok_or(()),
+    }
+}
+
+/// Returns `content` with field `index` (0-based) set to `value`, every other field kept
+/// byte for byte. Missing fields in between are filled in (`*` for the scopes of a legacy
+/// one-field line, empty otherwise).
+pub fn with_field(content: &[u8], index: usize, value: &[u8]) -> Vec<u8> {
+    let mut fields: Vec<&[u8]> = content.split(|&b| b == b'\t').collect();
+    while fields.len() <= index {
+        fields.push(if fields.len() == 1 { b"*" } else { b"" });
+    }
+    fields[index] = value;
+    fields.join(&b'\t')
+}
+
+pub const FIELD_CREDENTIAL: usize = 0;
+pub const FIELD_EXPIRES: usize = 4;
+
+/// Formats a new record line; trailing empty fields after the scopes are left out.
+pub fn format_record(
+    credential: &[u8],
+    scopes: &ScopeSet,
+    name: &str,
+    created: Option<Timestamp>,
+    expires: Option<Timestamp>,
+) -> Vec<u8> {
+    let scopes = scopes.to_field();
+    let created = created.map(crate::when::format_timestamp);
+    let expires = expires.map(crate::when::format_timestamp);
+    let mut fields: Vec<&[u8]> = vec![
+        credential,
+        scopes.as_bytes(),
+        name.as_bytes(),
+        created.as_deref().unwrap_or("").as_bytes(),
+        expires.as_deref().unwrap_or("").as_bytes(),
+    ];
+    while fields.len() > 2 && fields.last().is_some_and(|f| f.is_empty()) {
+        fields.pop();
+    }
+    fields.join(&b'\t')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(s: &[u8]) -> Entry {
+        parse_line(s)
+    }
+
+    #[test]
+    fn legacy_line_is_full_access() {
+        let Entry::Record(r) = entry(b"secret123") else {
+            panic!()
+        };
+        assert_eq!(r.scopes, ScopeSet::all());
+        assert!(r.credential.is_plaintext());
+    }
+
+    #[test]
+    fn empty_scopes_is_invalid_never_full_access() {
+        assert_eq!(
+            entry(b"tok\t"),
+            Entry::Invalid(Invalid::Scopes(ScopeError::Empty))
+        );
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(entry(b""), Entry::Blank);
+        assert_eq!(entry(b" \t "), Entry::Blank);
+        assert_eq!(entry(b"# hi\tthere"), Entry::Comment);
+        assert_eq!(
+            entry(b"a\tb\tc\td\te\tf"),
+            Entry::Invalid(Invalid::TooManyFields(6))
+        );
+        assert_eq!(entry(b"\tread"), Entry::Invalid(Invalid::EmptyCredential));
+        assert_eq!(
+            entry(b"to ken\tread"),
+            Entry::Invalid(Invalid::WhitespaceInCredential)
+        );
+        assert_eq!(entry(b"sha256:abc\tread"), Entry::Invalid(Invalid::BadDigest));
+        assert_eq!(
+            entry(b"tok\tread\tname\tyesterday"),
+            Entry::Invalid(Invalid::Created)
+        );
+        assert_eq!(
+            entry(b"tok\tread\tname\t\tnever"),
+            Entry::Invalid(Invalid::Expires)
+        );
+        let Entry::Record(r) = entry(b"tok\tread\t\t\t2026-01-01T00:00:00Z") else {
+            panic!()
+        };
+        assert!(r.expires.is_some());
+        assert!(r.created.is_none());
+    }
+
+    #[test]
+    fn uppercase_digest_is_invalid() {
+        let line = format!("sha256:{}\tread", "A".repeat(64));
+        assert_eq!(entry(line.as_bytes()), Entry::Invalid(Invalid::BadDigest));
+    }
+
+    #[test]
+    fn hashed_and_plain_share_the_id() {
+        let Entry::Record(plain) = entry(b"tok\tread") else {
+            panic!()
+        };
+        let hashed_line = Credential::hashed_field(&Digest::of(b"tok"));
+        let Entry::Record(hashed) = entry(&with_field(b"tok\tread", 0, &hashed_line)) else {
+            panic!()
+        };
+        assert_eq!(plain.id(), hashed.id());
+    }
+
+    #[test]
+    fn invalid_reasons_never_echo_the_credential() {
+        for line in [
+            &b"s3cr3t-value\t\xff"[..],
+            b"s3cr3t-value\tr e a d",
+            b"s3cr3t-value\tread\tn\tbad",
+            b"s3cr3t-value\ta\tb\tc\td\te",
+        ] {
+            let Entry::Invalid(why) = entry(line) else {
+                panic!()
+            };
+            assert!(!why.to_string().contains("s3cr3t"));
+        }
+    }
+
+    #[test]
+    fn nasty_bytes_round_trip() {
+        for input in [
+            &b""[..],
+            b"\n",
+            b"\r\n",
+            b"a\r\nb\nc",
+            b"a\r",
+            b"\r",
+            b"\xEF\xBB\xBFtok\tread\r\n",
+            b"\xEF\xBB\xBF",
+            b"x\0y\n\xff\xfe\n",
+            b"\n\n\n",
+        ] {
+            assert_eq!(Document::parse(input).to_bytes(), input, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn push_line_terminates_the_last_line_in_file_style() {
+        let mut doc = Document::parse(b"a\r\nb");
+        doc.push_line(b"c".to_vec());
+        assert_eq!(doc.to_bytes(), b"a\r\nb\r\nc\r\n");
+        let mut doc = Document::parse(b"");
+        doc.push_line(b"c".to_vec());
+        assert_eq!(doc.to_bytes(), b"c\n");
+    }
+
+    #[test]
+    fn with_field_keeps_the_rest() {
+        assert_eq!(with_field(b"tok", 4, b"E"), b"tok\t*\t\t\tE");
+        assert_eq!(with_field(b"tok\t a , b \tn", 0, b"X"), b"X\t a , b \tn");
+        assert_eq!(with_field(b"t\tr\tn\tc\told", 4, b"new"), b"t\tr\tn\tc\tnew");
+    }
+
+    #[test]
+    fn format_record_trims_trailing_empty_fields() {
+        let s = ScopeSet::parse(b"a, b").unwrap();
+        assert_eq!(format_record(b"c", &s, "", None, None), b"c\ta,b");
+        let t = parse_timestamp(b"2026-01-01T00:00:00Z");
+        assert_eq!(
+            format_record(b"c", &s, "", None, t),
+            b"c\ta,b\t\t\t2026-01-01T00:00:00Z"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn parse_write_round_trip(input in proptest::collection::vec(any::<u8>(), 0..512)) {
+            prop_assert_eq!(Document::parse(&input).to_bytes(), input);
+        }
+
+        #[test]
+        fn round_trip_of_line_shaped_input(
+            lines in proptest::collection::vec(
+                ("[a-z\t#\r ]{0,12}", prop_oneof![Just("\n"), Just("\r\n"), Just("")]),
+                0..20),
+            bom in any::<bool>(),
+        ) {
+            let mut input = Vec::new();
+            if bom { input.extend_from_slice(BOM); }
+            for (content, end) in &lines {
+                input.extend_from_slice(content.as_bytes());
+                input.extend_from_slice(end.as_bytes());
+            }
+            let doc = Document::parse(&input);
+            prop_assert_eq!(doc.to_bytes(), input);
+            // Classifying never panics and appending keeps the prefix intact.
+            let _ = doc.entries().count();
+            let mut grown = doc.clone();
+            grown.push_line(b"new".to_vec());
+            let style = doc.preferred_ending().as_bytes();
+            let mut expected = doc.to_bytes();
+            if doc.lines.last().is_some_and(|l| l.ending == Ending::None) {
+                expected.extend_from_slice(style);
+            }
+            expected.extend_from_slice(b"new");
+            expected.extend_from_slice(style);
+            prop_assert_eq!(grown.to_bytes(), expected);
+        }
+    }
+}

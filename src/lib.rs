@@ -1,0 +1,21 @@
+//! `tokenfile`: manage a TAB-delimited bearer-token file and answer scope checks.
+//!
+//! Module map (one concept of SPEC.md each):
+//! - [`format`]: §1 the file, a lossless line model
+//! - [`scope`]: §1 scopes
+//! - [`token`]: §1 token, hash and ID
+//! - [`when`]: timestamps and durations
+//! - [`check`]: the check decision shared by the CLI and `serve`
+//! - [`store`]: §2 locked, atomic read-modify-write
+//! - [`audit`]: §5 audit log
+//! - [`lint`]: problems of a token file
+//! - [`cli`]: §3 command line
+
+pub mod audit;
+pub mod check;
+pub mod error;
+pub mod format;
+pub mod scope;
+pub mod store;
+pub mod token;
+pub mod when;

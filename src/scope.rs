@@ -1,0 +1,275 @@
+//! Scopes (SPEC §1 "Scopes"): the grammar, what a record's scopes grant, and the scopes a
+//! check requires.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// `[A-Za-z0-9_.:*-]+`
+fn is_scope_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'*' | b'-')
+}
+
+fn is_scope_word(item: &[u8]) -> bool {
+    !item.is_empty() && item.iter().copied().all(is_scope_char)
+}
+
+/// Spaces around items are tolerated (SPEC §1); TAB cannot occur inside a field.
+fn trim_spaces(mut item: &[u8]) -> &[u8] {
+    while let [b' ', rest @ ..] = item {
+        item = rest;
+    }
+    while let [rest @ .., b' '] = item {
+        item = rest;
+    }
+    item
+}
+
+/// One scope a record holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Granted {
+    /// `*`: every scope.
+    All,
+    /// `kafka:*` is stored as `kafka:` and grants every scope starting with it.
+    Prefix(Box<str>),
+    /// Anything else matches exactly, case-sensitively.
+    Exact(Box<str>),
+}
+
+impl Granted {
+    fn grants(&self, required: &str) -> bool {
+        match self {
+            Granted::All => true,
+            Granted::Prefix(prefix) => {
+                required.len() > prefix.len() && required.starts_with(&**prefix)
+            }
+            Granted::Exact(scope) => **scope == *required,
+        }
+    }
+
+    /// A scope with a `*` that is neither `*` alone nor a trailing `:*` is valid by the
+    /// grammar but can never match a required scope (those contain no `*`); `lint` says so.
+    pub fn is_dead(&self) -> bool {
+        matches!(self, Granted::Exact(s) if s.contains('*'))
+    }
+}
+
+impl fmt::Display for Granted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Granted::All => f.write_str("*"),
+            Granted::Prefix(prefix) => write!(f, "{prefix}*"),
+            Granted::Exact(scope) => f.write_str(scope),
+        }
+    }
+}
+
+/// The scopes field of a record: `*` or a comma-separated list.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScopeSet(Vec<Granted>);
+
+/// Why a scopes field is invalid. Never contains credential bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeError {
+    Empty,
+    EmptyItem,
+    /// The 1-based item and the offending byte; the item itself is not echoed, in case a
+    /// credential was pasted into the wrong column.
+    BadCharacter { item: usize, byte: u8 },
+    StarNotAlone,
+}
+
+impl fmt::Display for ScopeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScopeError::Empty => f.write_str("the scopes field is empty"),
+            ScopeError::EmptyItem => f.write_str("the scopes field has an empty item"),
+            ScopeError::BadCharacter { item, byte } => {
+                let shown = if byte.is_ascii_graphic() || *byte == b' ' {
+                    format!("{:?}", char::from(*byte))
+                } else {
+                    format!("byte 0x{byte:02x}")
+                };
+                write!(f, "scope item {item} contains {shown}, outside [A-Za-z0-9_.:*-]")
+            }
+            ScopeError::StarNotAlone => f.write_str("`*` must stand alone in the scopes field"),
+        }
+    }
+}
+
+impl ScopeSet {
+    pub fn all() -> Self {
+        ScopeSet(vec![Granted::All])
+    }
+
+    /// Parses a scopes field as stored in the file.
+    pub fn parse(field: &[u8]) -> std::result::Result<Self, ScopeError> {
+        if trim_spaces(field).is_empty() {
+            return Err(ScopeError::Empty);
+        }
+        let mut items = Vec::new();
+        for (index, raw) in field.split(|&b| b == b',').enumerate() {
+            let item = trim_spaces(raw);
+            if item.is_empty() {
+                return Err(ScopeError::EmptyItem);
+            }
+            if let Some(&byte) = item.iter().find(|&&b| !is_scope_char(b)) {
+                return Err(ScopeError::BadCharacter {
+                    item: index + 1,
+                    byte,
+                });
+            }
+            // The grammar admits only ASCII, so this cannot fail.
+            let text = std::str::from_utf8(item).map_err(|_| ScopeError::EmptyItem)?;
+            items.push(match text {
+                "*" => Granted::All,
+                _ if text.ends_with(":*") => Granted::Prefix(text[..text.len() - 1].into()),
+                _ => Granted::Exact(text.into()),
+            });
+        }
+        if items.len() > 1 && items.contains(&Granted::All) {
+            return Err(ScopeError::StarNotAlone);
+        }
+        Ok(ScopeSet(items))
+    }
+
+    /// Parses scopes given on the command line (`--scope a --scope b,c`) for a new record.
+    pub fn from_args<S: AsRef<str>>(args: &[S]) -> Result<Self> {
+        let joined = args
+            .iter()
+            .map(|s| s.as_ref())
+            .collect::<Vec<_>>()
+            .join(",");
+        if args.is_empty() {
+            return Err(Error::usage("at least one --scope is required"));
+        }
+        ScopeSet::parse(joined.as_bytes()).map_err(|e| Error::usage(format!("--scope: {e}")))
+    }
+
+    pub fn grants(&self, required: &RequiredScopes) -> bool {
+        required
+            .0
+            .iter()
+            .all(|req| self.0.iter().any(|g| g.grants(req)))
+    }
+
+    pub fn items(&self) -> &[Granted] {
+        &self.0
+    }
+
+    /// Canonical field form: items joined by `,` without spaces.
+    pub fn to_field(&self) -> String {
+        self.0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// The scopes a check requires: at least one, each matching the grammar and without `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequiredScopes(Vec<Box<str>>);
+
+impl RequiredScopes {
+    /// Parses required scopes from several arguments, each possibly comma-separated.
+    /// Anything empty or malformed is a usage error — never a grant (fail closed).
+    pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Self> {
+        let mut scopes: Vec<Box<str>> = Vec::new();
+        for arg in args {
+            for raw in arg.as_ref().split(',') {
+                let item = raw.trim_matches(' ');
+                if item.is_empty() {
+                    return Err(Error::usage("empty required scope"));
+                }
+                if !is_scope_word(item.as_bytes()) {
+                    return Err(Error::usage(format!(
+                        "malformed required scope {item:?}: use [A-Za-z0-9_.:-]"
+                    )));
+                }
+                if item.contains('*') {
+                    return Err(Error::usage(format!(
+                        "required scope {item:?} contains `*`: a check asks for one concrete scope"
+                    )));
+                }
+                if !scopes.iter().any(|s| **s == *item) {
+                    scopes.push(item.into());
+                }
+            }
+        }
+        if scopes.is_empty() {
+            return Err(Error::usage("no required scope given (use --scope)"));
+        }
+        Ok(RequiredScopes(scopes))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|s| &**s)
+    }
+}
+
+impl fmt::Display for RequiredScopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(s: &str) -> ScopeSet {
+        ScopeSet::parse(s.as_bytes()).unwrap()
+    }
+
+    fn req(s: &str) -> RequiredScopes {
+        RequiredScopes::parse(&[s]).unwrap()
+    }
+
+    #[test]
+    fn star_grants_everything() {
+        assert!(set("*").grants(&req("anything:at.all")));
+    }
+
+    #[test]
+    fn prefix_wildcard_needs_something_after_the_colon() {
+        let s = set("kafka:*");
+        assert!(s.grants(&req("kafka:endpoint:read")));
+        assert!(s.grants(&req("kafka:x")));
+        assert!(!s.grants(&req("kafka")));
+        assert!(!s.grants(&req("kafka:")));
+        assert!(!s.grants(&req("kafkaX:read")));
+    }
+
+    #[test]
+    fn exact_is_case_sensitive() {
+        let s = set("read, write");
+        assert!(s.grants(&req("read")));
+        assert!(s.grants(&req("read,write")));
+        assert!(!s.grants(&req("Read")));
+        assert!(!s.grants(&req("read,admin")));
+    }
+
+    #[test]
+    fn star_inside_a_scope_is_dead_not_a_wildcard() {
+        let s = set("ka*ka");
+        assert!(!s.grants(&req("kaXka")));
+        assert!(s.items()[0].is_dead());
+    }
+
+    #[test]
+    fn invalid_scope_fields() {
+        for bad in ["", " ", "a,,b", "a,", "*,read", "read,*", "sp ace", "é", "a;b"] {
+            assert!(ScopeSet::parse(bad.as_bytes()).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn required_scopes_fail_closed() {
+        for bad in ["", " ", "*", "kafka:*", "a,,b", "a b", "x\u{0}"] {
+            let err = RequiredScopes::parse(&[bad]).unwrap_err();
+            assert_eq!(err.exit(), crate::error::Exit::Usage, "{bad:?}");
+        }
+        assert!(RequiredScopes::parse::<&str>(&[]).is_err());
+    }
+}

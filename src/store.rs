@@ -1,0 +1,344 @@
+//! Writing the file (SPEC §2): an exclusive `flock(2)` on the sidecar `<file>.lock`, then a
+//! read-modify-write that lands atomically by rename.
+//!
+//! Paths: the *target* is the real file behind any symlinks, so a symlinked path replaces
+//! the file it points to and keeps the link; the lock and the audit log sit beside the
+//! target, so every writer — whichever link it came through — shares one lock.
+
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::format::Document;
+
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+const NEW_FILE_MODE: u32 = 0o600;
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+    lock_timeout: Duration,
+}
+
+/// Appends `suffix` to the full file name: `tokens` → `tokens.lock`.
+pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+fn temp_prefix(target: &Path) -> String {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.tmp-")
+}
+
+impl Store {
+    pub fn new(path: impl Into<PathBuf>, lock_timeout: Duration) -> Self {
+        Store {
+            path: path.into(),
+            lock_timeout,
+        }
+    }
+
+    /// The path as the user gave it.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The real file behind the path. For a path that does not exist yet, its directory is
+    /// resolved instead.
+    pub fn target(&self) -> Result<PathBuf> {
+        match fs::canonicalize(&self.path) {
+            Ok(real) => Ok(real),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if fs::symlink_metadata(&self.path).is_ok() {
+                    return Err(Error::File(format!(
+                        "{} is a symlink to a file that does not exist",
+                        self.path.display()
+                    )));
+                }
+                let name = self.path.file_name().ok_or_else(|| {
+                    Error::usage(format!("{} is not a file name", self.path.display()))
+                })?;
+                let parent = match self.path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                };
+                let dir = fs::canonicalize(parent)
+                    .map_err(|e| Error::io("open the directory of", &self.path, e))?;
+                Ok(dir.join(name))
+            }
+            Err(e) => Err(Error::io("resolve", &self.path, e)),
+        }
+    }
+
+    pub fn lock_path(&self) -> Result<PathBuf> {
+        Ok(sibling(&self.target()?, ".lock"))
+    }
+
+    /// Reads the whole file; a missing file is an error that says how to create one.
+    pub fn read(&self) -> Result<Vec<u8>> {
+        read_existing(&self.path)
+    }
+
+    /// Takes the exclusive lock, waiting up to the lock timeout.
+    pub fn lock(&self) -> Result<Locked> {
+        let target = self.target()?;
+        let lock_path = sibling(&target, ".lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(NEW_FILE_MODE)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open the lock file", &lock_path, e))?;
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) => {
+                    let waited = started.elapsed();
+                    if waited >= self.lock_timeout {
+                        return Err(Error::LockTimeout {
+                            lock: lock_path,
+                            waited,
+                        });
+                    }
+                    thread::sleep(pause.min(self.lock_timeout - waited));
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(Error::io("lock", &lock_path, e));
+                }
+            }
+        }
+        let locked = Locked {
+            target,
+            _lock: lock,
+        };
+        locked.remove_stale_temp_files();
+        Ok(locked)
+    }
+
+    /// Locked read-modify-write of an existing file. `change` edits the document and says
+    /// what it did; the file is rewritten only if its bytes changed.
+    pub fn update<T>(&self, change: impl FnOnce(&mut Document) -> Result<T>) -> Result<T> {
+        let locked = self.lock()?;
+        let (before, meta) = locked.read()?.ok_or_else(|| missing_file(&self.path))?;
+        let mut doc = Document::parse(&before);
+        let outcome = change(&mut doc)?;
+        let after = doc.to_bytes();
+        if after != before {
+            locked.replace(&after, Some(&meta))?;
+        }
+        Ok(outcome)
+    }
+}
+
+pub fn missing_file(path: &Path) -> Error {
+    Error::File(format!(
+        "{} does not exist: create it with `tokenfile --file {} init`, or point --file / \
+         $TOKENFILE at your token file",
+        path.display(),
+        path.display()
+    ))
+}
+
+fn read_existing(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => missing_file(path),
+        _ => Error::io("read", path, e),
+    })
+}
+
+/// Proof of holding the lock; released when dropped (the lock file itself stays).
+#[derive(Debug)]
+pub struct Locked {
+    target: PathBuf,
+    _lock: File,
+}
+
+impl Locked {
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// The current bytes and metadata, or `None` if the file does not exist.
+    pub fn read(&self) -> Result<Option<(Vec<u8>, Metadata)>> {
+        let mut file = match File::open(&self.target) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("open", &self.target, e)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("stat", &self.target, e))?;
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read", &self.target, e))?;
+        Ok(Some((bytes, meta)))
+    }
+
+    /// Atomically replaces the file with `bytes`, keeping owner, group and mode of `like`.
+    pub fn replace(&self, bytes: &[u8], like: Option<&Metadata>) -> Result<()> {
+        self.install(bytes, like, false)
+    }
+
+    /// Atomically creates the file; fails if it exists (even if created behind our back by
+    /// something that does not take the lock).
+    pub fn create_new(&self, bytes: &[u8]) -> Result<()> {
+        self.install(bytes, None, true)
+    }
+
+    fn install(&self, bytes: &[u8], like: Option<&Metadata>, no_clobber: bool) -> Result<()> {
+        let target = &self.target;
+        let dir = target.parent().unwrap_or(Path::new("/"));
+        // tempfile creates the file with O_EXCL and mode 0600: never readable by others,
+        // not even for the first byte.
+        let mut temp = tempfile::Builder::new()
+            .prefix(&temp_prefix(target))
+            .tempfile_in(dir)
+            .map_err(|e| Error::io("create a temporary file in", dir, e))?;
+        temp.write_all(bytes)
+            .map_err(|e| Error::io("write a temporary copy of", target, e))?;
+        if let Some(meta) = like {
+            keep_owner_and_mode(temp.as_file(), meta, target)?;
+        }
+        temp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io("sync a temporary copy of", target, e))?;
+        if no_clobber {
+            temp.persist_noclobber(target).map_err(|e| {
+                if e.error.kind() == io::ErrorKind::AlreadyExists {
+                    Error::File(format!("{} already exists; not overwriting it", target.display()))
+                } else {
+                    Error::io("create", target, e.error)
+                }
+            })?;
+        } else {
+            temp.persist(target)
+                .map_err(|e| Error::io("replace", target, e.error))?;
+        }
+        // The rename is durable only once the directory entry is.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("sync the directory", dir, e))
+    }
+
+    /// A writer killed mid-write leaves its temp file behind. Holding the lock means no
+    /// writer is active, so every temp file of ours is such a leftover.
+    fn remove_stale_temp_files(&self) {
+        let Some(dir) = self.target.parent() else {
+            return;
+        };
+        let prefix = temp_prefix(&self.target);
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+fn keep_owner_and_mode(temp: &File, like: &Metadata, target: &Path) -> Result<()> {
+    let mine = temp
+        .metadata()
+        .map_err(|e| Error::io("stat a temporary copy of", target, e))?;
+    if mine.uid() != like.uid() || mine.gid() != like.gid() {
+        std::os::unix::fs::fchown(temp, Some(like.uid()), Some(like.gid())).map_err(|e| {
+            Error::File(format!(
+                "cannot give the new {} its old owner {}:{} ({e}); run as that user or root",
+                target.display(),
+                like.uid(),
+                like.gid()
+            ))
+        })?;
+    }
+    let mode = like.mode() & 0o7777;
+    if mode != NEW_FILE_MODE {
+        temp.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("set the mode of a temporary copy of", target, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> Store {
+        Store::new(dir.join("tokens"), Duration::from_millis(200))
+    }
+
+    #[test]
+    fn create_then_update_keeps_mode_and_cleans_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.lock().unwrap().create_new(b"a\n").unwrap();
+        let path = dir.path().join("tokens");
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        fs::write(dir.path().join(".tokens.tmp-crashed"), b"half").unwrap();
+        s.update(|doc| {
+            doc.push_line(b"b".to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"a\nb\n");
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+        assert!(names.contains(&"tokens.lock".to_string()));
+    }
+
+    #[test]
+    fn create_new_refuses_existing() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("tokens"), b"keep").unwrap();
+        let err = store(dir.path()).lock().unwrap().create_new(b"x").unwrap_err();
+        assert!(err.to_string().contains("already exists"));
+        assert_eq!(fs::read(dir.path().join("tokens")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn lock_times_out_while_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let _held = s.lock().unwrap();
+        let err = s.lock().unwrap_err();
+        assert!(matches!(err, Error::LockTimeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn symlink_is_kept_and_target_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::write(&real, b"a\n").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        Store::new(&link, DEFAULT_LOCK_TIMEOUT)
+            .update(|doc| {
+                doc.push_line(b"b".to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(&real).unwrap(), b"a\nb\n");
+        assert!(dir.path().join("real.lock").exists());
+    }
+}

@@ -1,0 +1,310 @@
+//! Tokens, digests and IDs (SPEC §1 "Token, hash and ID").
+//!
+//! A minted token is `tf_` + 43 base64url characters (256 bits from the OS CSPRNG) + a
+//! 6-character checksum (base64url of the first 4 bytes of SHA-256 over everything before
+//! it). The checksum lets `check`/`id` tell a mistyped or truncated token apart from a
+//! foreign one without any file; such a token is still simply unknown.
+
+use std::fmt;
+use std::io::Read;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Result};
+
+pub const PREFIX: &str = "tf_";
+const RANDOM_CHARS: usize = 43; // 32 bytes, base64url without padding
+const CHECKSUM_CHARS: usize = 6; // 4 bytes
+pub const MINTED_LEN: usize = PREFIX.len() + RANDOM_CHARS + CHECKSUM_CHARS;
+
+/// The longest token accepted from stdin or the environment; far above any real bearer
+/// token, low enough that a runaway pipe cannot exhaust memory.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// A secret bearer token. Its `Debug` is redacted, and its bytes are wiped on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Secret(bytes)
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn digest(&self) -> Digest {
+        Digest::of(&self.0)
+    }
+
+    /// Reads the token from the first line of `input`, without its line ending.
+    pub fn read_first_line(input: impl Read) -> std::io::Result<Secret> {
+        let mut bytes = Vec::new();
+        // One byte past the limit tells "too long" apart from "exactly at the limit".
+        input
+            .take(MAX_TOKEN_LEN as u64 + 2)
+            .read_to_end(&mut bytes)?;
+        if let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+            bytes.truncate(end);
+        }
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        if bytes.len() > MAX_TOKEN_LEN {
+            bytes.clear();
+        }
+        Ok(Secret(bytes))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        // Best effort: keep the secret from lingering in freed memory.
+        for b in self.0.iter_mut() {
+            // SAFETY: `b` is a valid, aligned, exclusive reference into our own buffer.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+/// The SHA-256 of a token.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(Sha256::digest(bytes).into())
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// Parses 64 lowercase hex digits (the stored `sha256:` form requires lowercase).
+    pub fn from_hex(text: &[u8]) -> Option<Self> {
+        if text.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in text.chunks_exact(2).enumerate() {
+            out[i] = (lower_hex_value(pair[0])? << 4) | lower_hex_value(pair[1])?;
+        }
+        Some(Digest(out))
+    }
+
+    pub fn id(&self) -> Id {
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&hex(&self.0[..ID_LEN / 2]).as_bytes()[..ID_LEN]);
+        Id(id)
+    }
+}
+
+impl fmt::Debug for Digest {
+    // A digest is not a secret by itself, but it lets anyone verify a guessed token and
+    // must not go to logs; show only the ID.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest(id={})", self.id())
+    }
+}
+
+fn lower_hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+pub const ID_LEN: usize = 12;
+pub const MIN_ID_PREFIX: usize = 4;
+
+/// A record's public identifier: the first 12 hex digits of its token's SHA-256.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id([u8; ID_LEN]);
+
+impl Id {
+    pub fn as_str(&self) -> &str {
+        // Built only from hex digits.
+        std::str::from_utf8(&self.0).unwrap_or("????????????")
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Id({})", self.as_str())
+    }
+}
+
+/// A user-given ID or ID prefix: at least 4 hex digits (case-insensitive on input).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdPrefix(String);
+
+impl IdPrefix {
+    pub fn parse(text: &str) -> Result<Self> {
+        let lower = text.trim().to_ascii_lowercase();
+        if lower.len() < MIN_ID_PREFIX
+            || lower.len() > ID_LEN
+            || !lower.bytes().all(|b| lower_hex_value(b).is_some())
+        {
+            return Err(Error::usage(format!(
+                "{text:?} is not a record ID: give {MIN_ID_PREFIX} to {ID_LEN} hex digits \
+                 as shown by `tokenfile list`"
+            )));
+        }
+        Ok(IdPrefix(lower))
+    }
+
+    pub fn matches(&self, id: &Id) -> bool {
+        id.as_str().starts_with(&self.0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Mints a new token from 256 bits of the OS CSPRNG.
+pub fn mint() -> Result<Secret> {
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random)
+        .map_err(|e| Error::File(format!("cannot get randomness from the OS: {e}")))?;
+    let mut token = String::with_capacity(MINTED_LEN);
+    token.push_str(PREFIX);
+    URL_SAFE_NO_PAD.encode_string(random, &mut token);
+    let checksum = checksum(token.as_bytes());
+    token.push_str(&checksum);
+    random.fill(0);
+    Ok(Secret(token.into_bytes()))
+}
+
+fn checksum(body: &[u8]) -> String {
+    let sum = Sha256::digest(body);
+    URL_SAFE_NO_PAD.encode(&sum[..4])
+}
+
+/// What a presented token looks like, for a helpful hint; never a grant by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A well-formed minted token.
+    Minted,
+    /// Starts like a minted token but its length or checksum is wrong: mistyped or truncated.
+    DamagedMinted,
+    /// Anything else (a legacy or hand-made token).
+    Foreign,
+}
+
+pub fn shape(token: &[u8]) -> Shape {
+    if !token.starts_with(PREFIX.as_bytes()) {
+        return Shape::Foreign;
+    }
+    if token.len() != MINTED_LEN {
+        return Shape::DamagedMinted;
+    }
+    let (body, sum) = token.split_at(MINTED_LEN - CHECKSUM_CHARS);
+    if checksum(body).as_bytes() == sum {
+        Shape::Minted
+    } else {
+        Shape::DamagedMinted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_tokens_are_url_safe_and_checksummed() {
+        let a = mint().unwrap();
+        let b = mint().unwrap();
+        assert_ne!(a, b);
+        let text = std::str::from_utf8(a.expose()).unwrap();
+        assert!(text.starts_with("tf_"));
+        assert_eq!(text.len(), MINTED_LEN);
+        assert!(
+            text.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert_eq!(shape(a.expose()), Shape::Minted);
+    }
+
+    #[test]
+    fn damaged_tokens_are_recognized() {
+        let t = mint().unwrap();
+        let bytes = t.expose();
+        assert_eq!(shape(&bytes[..bytes.len() - 1]), Shape::DamagedMinted);
+        let mut typo = bytes.to_vec();
+        typo[10] = if typo[10] == b'A' { b'B' } else { b'A' };
+        assert_eq!(shape(&typo), Shape::DamagedMinted);
+        assert_eq!(shape(b"legacy-secret"), Shape::Foreign);
+    }
+
+    #[test]
+    fn digest_hex_round_trip_and_id() {
+        let d = Digest::of(b"abc");
+        assert_eq!(
+            d.to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(Digest::from_hex(d.to_hex().as_bytes()), Some(d));
+        assert_eq!(Digest::from_hex(d.to_hex().to_uppercase().as_bytes()), None);
+        assert_eq!(d.id().as_str(), "ba7816bf8f01");
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let t = mint().unwrap();
+        let shown = format!("{t:?} {:?}", t.digest());
+        assert!(!shown.contains(std::str::from_utf8(t.expose()).unwrap()));
+        assert!(!shown.contains(&t.digest().to_hex()));
+    }
+
+    #[test]
+    fn first_line_of_input() {
+        let s = Secret::read_first_line(&b"tok\r\nsecond\n"[..]).unwrap();
+        assert_eq!(s.expose(), b"tok");
+        let s = Secret::read_first_line(&b"tok"[..]).unwrap();
+        assert_eq!(s.expose(), b"tok");
+        let s = Secret::read_first_line(&b""[..]).unwrap();
+        assert!(s.is_empty());
+        let long = vec![b'a'; MAX_TOKEN_LEN + 10];
+        assert!(Secret::read_first_line(&long[..]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn id_prefix_rules() {
+        assert!(IdPrefix::parse("abc").is_err());
+        assert!(IdPrefix::parse("abcg").is_err());
+        assert!(IdPrefix::parse("ba7816bf8f01ff").is_err());
+        let p = IdPrefix::parse("BA78").unwrap();
+        assert!(p.matches(&Digest::of(b"abc").id()));
+    }
+}

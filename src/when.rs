@@ -1,0 +1,140 @@
+//! Times and durations: RFC 3339 timestamps in the file, `WHEN` and `DURATION` arguments.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::{Error, Result};
+
+pub type Timestamp = OffsetDateTime;
+
+pub fn now() -> Timestamp {
+    OffsetDateTime::now_utc()
+}
+
+/// Strict RFC 3339 (fractional seconds and offsets accepted).
+pub fn parse_timestamp(text: &[u8]) -> Option<Timestamp> {
+    let text = std::str::from_utf8(text).ok()?;
+    OffsetDateTime::parse(text, &Rfc3339).ok()
+}
+
+/// The form this tool writes: UTC, whole seconds, `Z`.
+pub fn format_timestamp(t: Timestamp) -> String {
+    let t = t
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t);
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// `90d`, `12h`, `30m`, `45s`, `2w`, `500ms`, or a combination such as `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let bad = || {
+        Error::usage(format!(
+            "{text:?} is not a duration: use a number and a unit, e.g. 90d, 12h, 30m, 45s"
+        ))
+    };
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit_secs: u64 = match &rest[..unit_len] {
+            "ms" => {
+                total += Duration::from_millis(number);
+                rest = &rest[unit_len..];
+                continue;
+            }
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 7 * 86_400,
+            _ => return Err(bad()),
+        };
+        let secs = number.checked_mul(unit_secs).ok_or_else(bad)?;
+        total = total
+            .checked_add(Duration::from_secs(secs))
+            .ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// `WHEN`: an RFC 3339 time, or a duration from `now`.
+pub fn parse_when(text: &str, now: Timestamp) -> Result<Timestamp> {
+    if let Some(t) = parse_timestamp(text.trim().as_bytes()) {
+        return Ok(t);
+    }
+    let duration = parse_duration(text).map_err(|_| {
+        Error::usage(format!(
+            "{text:?} is neither an RFC 3339 time (2026-05-05T14:23:00Z) nor a duration (90d, 12h, 30m)"
+        ))
+    })?;
+    now.checked_add(time::Duration::try_from(duration).map_err(|_| Error::usage("duration too long"))?)
+        .ok_or_else(|| Error::usage(format!("{text:?} is too far in the future")))
+}
+
+/// The lock timeout: a duration, or a plain number of seconds.
+pub fn parse_lock_timeout(text: &str) -> Result<Duration> {
+    if let Ok(secs) = text.trim().parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 && secs < 1e9 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    parse_duration(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90d").unwrap(), Duration::from_secs(90 * 86400));
+        assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        for bad in ["", "d", "10", "10x", "-5m", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timestamps() {
+        for good in [
+            "2026-05-05T14:23:00Z",
+            "2026-05-05T14:23:00.123456Z",
+            "2026-05-05T16:23:00+02:00",
+        ] {
+            assert!(parse_timestamp(good.as_bytes()).is_some(), "{good}");
+        }
+        for bad in ["2026-05-05", "yesterday", "2026-05-05T14:23:00", "2026-13-05T14:23:00Z"] {
+            assert!(parse_timestamp(bad.as_bytes()).is_none(), "{bad}");
+        }
+        let t = parse_timestamp(b"2026-05-05T16:23:00.5+02:00").unwrap();
+        assert_eq!(format_timestamp(t), "2026-05-05T14:23:00Z");
+    }
+
+    #[test]
+    fn when_is_time_or_duration() {
+        let now = parse_timestamp(b"2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(
+            format_timestamp(parse_when("1d", now).unwrap()),
+            "2026-01-02T00:00:00Z"
+        );
+        assert_eq!(
+            format_timestamp(parse_when("2027-01-01T00:00:00Z", now).unwrap()),
+            "2027-01-01T00:00:00Z"
+        );
+        assert!(parse_when("soon", now).is_err());
+    }
+}
