@@ -345,7 +345,7 @@ pub const FIELD_EXPIRES: usize = 4;
 pub fn format_record(
     credential: &[u8],
     scopes: &ScopeSet,
-    name: &str,
+    name: &[u8],
     created: Option<Timestamp>,
     expires: Option<Timestamp>,
 ) -> Vec<u8> {
@@ -355,7 +355,7 @@ pub fn format_record(
     let mut fields: Vec<&[u8]> = vec![
         credential,
         scopes.as_bytes(),
-        name.as_bytes(),
+        name,
         created.as_deref().unwrap_or("").as_bytes(),
         expires.as_deref().unwrap_or("").as_bytes(),
     ];
@@ -492,10 +492,10 @@ mod tests {
     #[test]
     fn format_record_trims_trailing_empty_fields() {
         let s = ScopeSet::parse(b"a, b").unwrap();
-        assert_eq!(format_record(b"c", &s, "", None, None), b"c\ta,b");
+        assert_eq!(format_record(b"c", &s, b"", None, None), b"c\ta,b");
         let t = parse_timestamp(b"2026-01-01T00:00:00Z");
         assert_eq!(
-            format_record(b"c", &s, "", None, t),
+            format_record(b"c", &s, b"", None, t),
             b"c\ta,b\t\t\t2026-01-01T00:00:00Z"
         );
     }

@@ -13,9 +13,13 @@
 
 pub mod audit;
 pub mod check;
+pub mod cli;
+pub mod edit;
 pub mod error;
 pub mod format;
+pub mod lint;
 pub mod scope;
+pub mod serve;
 pub mod store;
 pub mod token;
 pub mod when;

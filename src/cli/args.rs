@@ -1,0 +1,183 @@
+//! The command line (SPEC §3), as clap definitions. Behaviour lives in `cli::commands`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub const DEFAULT_FILE: &str = "/etc/tokenfile/tokens";
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0   success; for `check`: granted
+  1   check: the token is valid but lacks a required scope
+  2   usage error (bad flag, malformed or empty required scope)
+  3   check: no token, unknown token or expired token
+  4   no record has that ID, or the ID prefix is ambiguous
+  5   lint/edit: the file has problems; or the file is unsafe to use (world-writable)
+  10  I/O failure: cannot read or write the file, lock timeout
+
+Tokens are never taken from the command line: `check` and `id` read the first line of
+stdin (or `check --token-env VAR`). A minted token is printed once, alone, on stdout.";
+
+/// Manage a TAB-delimited bearer-token file and answer scope checks.
+#[derive(Debug, Parser)]
+#[command(name = "tokenfile", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The token file [default: $TOKENFILE, else /etc/tokenfile/tokens]
+    #[arg(long, short = 'f', global = true, env = "TOKENFILE", value_name = "PATH")]
+    pub file: Option<PathBuf>,
+
+    /// How long to wait for the lock held by another writer (e.g. 10s, 500ms, 2m)
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s")]
+    pub lock_timeout: String,
+
+    /// Where changes are logged [default: $TOKENFILE_AUDIT_LOG, else <file>.audit.jsonl]
+    #[arg(long, global = true, env = "TOKENFILE_AUDIT_LOG", value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an empty token file (mode 0600) with a header comment; refuses if it exists
+    Init,
+
+    /// Add a new token and print it once on stdout (only its SHA-256 is stored)
+    ///
+    /// Example: T=$(tokenfile mint --scope deploy --name ci --expires 90d)
+    Mint(MintArgs),
+
+    /// Show the records: ID, status, stored form, scopes, name, created, expires (never a secret)
+    List(JsonArg),
+
+    /// Remove the records with these IDs (all or nothing)
+    Revoke {
+        /// Record IDs or unique prefixes of at least 4 hex digits, as shown by `list`
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+
+    /// Replace a token with a new one with the same scopes and name
+    Rotate(RotateArgs),
+
+    /// Decide whether a token has the required scopes (exit 0 granted, 1 forbidden, 3 unknown)
+    ///
+    /// The token is the first line of stdin, or the value of --token-env VAR; never an argument.
+    /// Example: printf '%s\n' "$T" | tokenfile check --scope deploy && ./deploy.sh
+    Check(CheckArgs),
+
+    /// Print the record ID of the token read from stdin
+    Id,
+
+    /// Report invalid lines, duplicates, expired and plaintext records, unsafe permissions
+    Lint(LintArgs),
+
+    /// Store every plaintext credential as its sha256: digest (IDs, order, comments kept)
+    Hash,
+
+    /// Edit the file in $VISUAL/$EDITOR; validated on save and installed atomically
+    Edit,
+
+    /// Serve checks over a Unix socket and/or HTTP, reloading the file on every change
+    Serve(ServeArgs),
+
+    /// Print a shell completion script (bash, zsh, fish) on stdout
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the man page (roff) on stdout
+    #[command(hide = true)]
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print one JSON document on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MintArgs {
+    /// Scope the token grants; repeat or comma-separate for several (`*` = everything,
+    /// `kafka:*` = every scope under `kafka:`)
+    #[arg(long = "scope", short = 's', required = true, value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+
+    /// Free-text name shown by `list` and in the audit log (no TAB or newline)
+    #[arg(long, default_value = "")]
+    pub name: String,
+
+    /// Expiry: an RFC 3339 time or a duration from now (90d, 12h, 30m)
+    #[arg(long, value_name = "WHEN")]
+    pub expires: Option<String>,
+
+    /// Store the token itself instead of its SHA-256 (for files an older reader also uses)
+    #[arg(long)]
+    pub plaintext: bool,
+
+    /// Print one JSON document (with the token) on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The record ID (or a unique prefix of at least 4 hex digits)
+    #[arg(value_name = "ID")]
+    pub id: String,
+
+    /// Keep the old token valid for this long (e.g. 24h) instead of removing it now
+    #[arg(long, value_name = "DURATION")]
+    pub grace: Option<String>,
+
+    /// Expiry of the new token: RFC 3339 time or duration [default: the old record's]
+    #[arg(long, value_name = "WHEN")]
+    pub expires: Option<String>,
+
+    /// Print one JSON document (with the token) on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Required scope; repeat or comma-separate for several (all must be granted)
+    #[arg(long = "scope", short = 's', required = true, value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+
+    /// Read the token from this environment variable instead of stdin
+    #[arg(long, value_name = "VAR")]
+    pub token_env: Option<String>,
+
+    /// Print one JSON document with the decision on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    /// Also fail (exit 5) on warnings: expired or plaintext records, loose permissions
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Print one JSON document on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Unix socket to listen on (mode 0660), line protocol: `CHECK scope[,scope] TOKEN`
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// HTTP address to listen on for forward-auth (/check, /healthz, /metrics), e.g. 127.0.0.1:8080
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+}

@@ -1,0 +1,620 @@
+//! One function per command of SPEC §3.
+
+use std::collections::BTreeSet;
+use std::io::{self, IsTerminal};
+use std::os::unix::ffi::OsStringExt;
+
+use clap::CommandFactory;
+use serde::Serialize;
+
+use super::args::{CheckArgs, Cli, Command, LintArgs, MintArgs, RotateArgs, ServeArgs};
+use super::output::{self, note, printable};
+use super::Context;
+use crate::audit::{AuditRecord, Event};
+use crate::check::{self, Decision, Unauthorized};
+use crate::error::{Error, Exit, Result};
+use crate::format::{
+    self, Credential, Document, FIELD_CREDENTIAL, FIELD_EXPIRES, Record, format_record,
+};
+use crate::lint::{self, Severity};
+use crate::scope::{RequiredScopes, ScopeSet};
+use crate::token::{self, Id, IdPrefix, Secret, Shape};
+use crate::when::{self, Timestamp, format_timestamp, parse_duration, parse_when};
+
+pub fn dispatch(ctx: &Context, command: Command) -> Result<Exit> {
+    match command {
+        Command::Init => init(ctx),
+        Command::Mint(args) => mint(ctx, args),
+        Command::List(args) => list(ctx, args.json),
+        Command::Revoke { ids } => revoke(ctx, &ids),
+        Command::Rotate(args) => rotate(ctx, args),
+        Command::Check(args) => check(ctx, args),
+        Command::Id => id(),
+        Command::Lint(args) => lint(ctx, args),
+        Command::Hash => hash(ctx),
+        Command::Edit => crate::edit::edit(&ctx.store, &ctx.audit()?),
+        Command::Serve(args) => serve(ctx, args),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tokenfile", &mut out);
+            output::print(&String::from_utf8_lossy(&out))?;
+            Ok(Exit::Success)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map_err(|e| Error::File(format!("cannot render the man page: {e}")))?;
+            output::print(&String::from_utf8_lossy(&out))?;
+            Ok(Exit::Success)
+        }
+    }
+}
+
+const HEADER: &str = "\
+# tokenfile token file: one record per line, fields separated by a single TAB:
+#   credential  scopes  name  created  expires
+# credential is sha256:<hex> (or a plaintext token); scopes is `*` or a comma list.
+# Add tokens with `tokenfile mint`, edit safely with `tokenfile edit`.
+";
+
+fn init(ctx: &Context) -> Result<Exit> {
+    let locked = ctx.store.lock()?;
+    locked.create_new(HEADER.as_bytes())?;
+    ctx.audit()?
+        .record(&Event::new("init", Vec::new()), locked.target());
+    note(&format!("created {}", ctx.store.path().display()));
+    Ok(Exit::Success)
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.contains(['\t', '\n', '\r']) {
+        return Err(Error::usage("--name must not contain a TAB or a line break"));
+    }
+    Ok(())
+}
+
+fn future_expiry(text: Option<&str>, now: Timestamp) -> Result<Option<Timestamp>> {
+    let Some(text) = text else { return Ok(None) };
+    let expires = parse_when(text, now)?;
+    if expires <= now {
+        return Err(Error::usage(format!(
+            "--expires {text} is not in the future"
+        )));
+    }
+    Ok(Some(expires))
+}
+
+/// What `mint` and `rotate` print about a new token.
+#[derive(Serialize)]
+struct Issued<'a> {
+    token: &'a str,
+    id: String,
+    name: String,
+    scopes: Vec<String>,
+    created: String,
+    expires: Option<String>,
+    stored: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaces: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_valid_until: Option<String>,
+}
+
+fn announce(issued: &Issued, json: bool, file: &std::path::Path) -> Result<()> {
+    if json {
+        return output::print_json(issued);
+    }
+    output::print(&format!("{}\n", issued.token))?;
+    let mut context = format!(
+        "{} token {} with scopes {} in {}",
+        if issued.replaces.is_some() { "rotated: new" } else { "minted" },
+        issued.id,
+        issued.scopes.join(","),
+        file.display()
+    );
+    if !issued.name.is_empty() {
+        context.push_str(&format!(" (name: {})", printable(&issued.name)));
+    }
+    if let Some(expires) = &issued.expires {
+        context.push_str(&format!(", expires {expires}"));
+    }
+    note(&context);
+    if let (Some(old), until) = (&issued.replaces, &issued.old_valid_until) {
+        match until {
+            Some(until) => note(&format!("old token {old} stays valid until {until}")),
+            None => note(&format!("old token {old} removed")),
+        }
+    }
+    if issued.stored == "plaintext" {
+        note("stored in plaintext (--plaintext)");
+    }
+    note("this is the only time the token is shown; store it now");
+    Ok(())
+}
+
+fn new_credential(token: &Secret, plaintext: bool) -> Vec<u8> {
+    if plaintext {
+        token.expose().to_vec()
+    } else {
+        Credential::hashed_field(&token.digest())
+    }
+}
+
+fn stored_form(plaintext: bool) -> &'static str {
+    if plaintext { "plaintext" } else { "hashed" }
+}
+
+fn token_text(token: &Secret) -> &str {
+    // Minted tokens are URL-safe ASCII.
+    std::str::from_utf8(token.expose()).unwrap_or("")
+}
+
+fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
+    let scopes = ScopeSet::from_args(&args.scopes)?;
+    check_name(&args.name)?;
+    let now = when::now();
+    let expires = future_expiry(args.expires.as_deref(), now)?;
+    let token = token::mint()?;
+    let line = format_record(
+        &new_credential(&token, args.plaintext),
+        &scopes,
+        args.name.as_bytes(),
+        Some(now),
+        expires,
+    );
+    ctx.store.update(|doc| {
+        doc.push_line(line);
+        Ok(())
+    })?;
+    let id = token.digest().id();
+    let record = AuditRecord {
+        id: id.to_string(),
+        name: args.name.clone(),
+        scopes: scopes.to_field(),
+        expires: expires.map(format_timestamp),
+    };
+    let target = ctx.store.target()?;
+    ctx.audit()?.record(
+        &Event::new("mint", vec![record]).with("stored", stored_form(args.plaintext)),
+        &target,
+    );
+    announce(
+        &Issued {
+            token: token_text(&token),
+            id: id.to_string(),
+            name: args.name,
+            scopes: scopes.items().iter().map(ToString::to_string).collect(),
+            created: format_timestamp(now),
+            expires: expires.map(format_timestamp),
+            stored: stored_form(args.plaintext),
+            replaces: None,
+            old_valid_until: None,
+        },
+        args.json,
+        ctx.store.path(),
+    )?;
+    Ok(Exit::Success)
+}
+
+/// Resolves user-given IDs or prefixes against the records of a document.
+fn resolve_ids(doc: &Document, given: &[String]) -> Result<Vec<Id>> {
+    let known: BTreeSet<Id> = doc.records().map(|(_, r)| r.id()).collect();
+    let mut resolved = Vec::new();
+    for text in given {
+        let prefix = IdPrefix::parse(text)?;
+        let matches: Vec<Id> = known.iter().copied().filter(|id| prefix.matches(id)).collect();
+        match matches.as_slice() {
+            [] => return Err(Error::NoSuchId(text.clone())),
+            [one] => {
+                if !resolved.contains(one) {
+                    resolved.push(*one);
+                }
+            }
+            many => {
+                return Err(Error::AmbiguousId {
+                    prefix: text.clone(),
+                    candidates: many.iter().map(ToString::to_string).collect(),
+                });
+            }
+        }
+    }
+    Ok(resolved)
+}
+
+/// The first record of each ID (the one that counts), for reporting.
+fn first_records(doc: &Document, ids: &[Id]) -> Vec<Record> {
+    ids.iter()
+        .filter_map(|id| doc.records().find(|(_, r)| r.id() == *id).map(|(_, r)| r))
+        .collect()
+}
+
+/// Removes every record line with one of `ids` — duplicates too, so that no copy of a
+/// revoked token keeps granting.
+fn remove_records(doc: &mut Document, ids: &[Id]) {
+    let doomed: BTreeSet<usize> = doc
+        .records()
+        .filter(|(_, r)| ids.contains(&r.id()))
+        .map(|(i, _)| i)
+        .collect();
+    let mut index = 0;
+    doc.lines.retain(|_| {
+        index += 1;
+        !doomed.contains(&(index - 1))
+    });
+}
+
+fn revoke(ctx: &Context, given: &[String]) -> Result<Exit> {
+    let removed = ctx.store.update(|doc| {
+        let ids = resolve_ids(doc, given)?;
+        let removed = first_records(doc, &ids);
+        remove_records(doc, &ids);
+        Ok(removed)
+    })?;
+    let records: Vec<AuditRecord> = removed.iter().map(AuditRecord::from).collect();
+    ctx.audit()?
+        .record(&Event::new("revoke", records.clone()), &ctx.store.target()?);
+    for r in &records {
+        note(&format!("revoked {} ({})", r.id, printable(&r.name)));
+    }
+    Ok(Exit::Success)
+}
+
+fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
+    let now = when::now();
+    let grace = args.grace.as_deref().map(parse_duration).transpose()?;
+    let grace_until = grace
+        .map(|g| {
+            time::Duration::try_from(g)
+                .ok()
+                .and_then(|g| now.checked_add(g))
+                .ok_or_else(|| Error::usage("--grace is too long"))
+        })
+        .transpose()?;
+    let explicit_expiry = future_expiry(args.expires.as_deref(), now)?;
+    let token = token::mint()?;
+    let (old, new_record) = ctx.store.update(|doc| {
+        let ids = resolve_ids(doc, std::slice::from_ref(&args.id))?;
+        let old = first_records(doc, &ids)
+            .pop()
+            .ok_or_else(|| Error::NoSuchId(args.id.clone()))?;
+        let expires = match explicit_expiry {
+            Some(e) => Some(e),
+            None if old.is_expired(now) => {
+                return Err(Error::usage(format!(
+                    "record {} already expired; give the new token a lifetime with --expires",
+                    old.id()
+                )));
+            }
+            None => old.expires,
+        };
+        let plaintext = old.credential.is_plaintext();
+        let line = format_record(
+            &new_credential(&token, plaintext),
+            &old.scopes,
+            &old.name,
+            Some(now),
+            expires,
+        );
+        match grace_until {
+            Some(until) => shorten_expiry(doc, old.id(), until),
+            None => remove_records(doc, &[old.id()]),
+        }
+        doc.push_line(line.clone());
+        match format::parse_line(&line) {
+            format::Entry::Record(new) => Ok((old, new)),
+            _ => Err(Error::File("internal error: the new record does not parse".into())),
+        }
+    })?;
+    let mut event = Event::new("rotate", vec![AuditRecord::from(&new_record)])
+        .with("replaces", old.id().to_string());
+    if let Some(until) = grace_until {
+        event = event.with("old_valid_until", format_timestamp(until));
+    }
+    ctx.audit()?.record(&event, &ctx.store.target()?);
+    announce(
+        &Issued {
+            token: token_text(&token),
+            id: new_record.id().to_string(),
+            name: new_record.name_lossy(),
+            scopes: new_record.scopes.items().iter().map(ToString::to_string).collect(),
+            created: format_timestamp(now),
+            expires: new_record.expires.map(format_timestamp),
+            stored: stored_form(new_record.credential.is_plaintext()),
+            replaces: Some(old.id().to_string()),
+            old_valid_until: grace_until.map(format_timestamp),
+        },
+        args.json,
+        ctx.store.path(),
+    )?;
+    Ok(Exit::Success)
+}
+
+/// Makes every record of `id` expire no later than `until`, leaving the rest of each line
+/// byte for byte.
+fn shorten_expiry(doc: &mut Document, id: Id, until: Timestamp) {
+    let stamp = format_timestamp(until);
+    let targets: Vec<(usize, Record)> = doc.records().filter(|(_, r)| r.id() == id).collect();
+    for (index, record) in targets {
+        if record.expires.is_some_and(|e| e <= until) {
+            continue;
+        }
+        let line = &mut doc.lines[index];
+        line.content = format::with_field(&line.content, FIELD_EXPIRES, stamp.as_bytes());
+    }
+}
+
+/// The presented token: `--token-env VAR`, else the first line of stdin.
+fn presented_token(token_env: Option<&str>) -> Result<Secret> {
+    if let Some(var) = token_env {
+        let mut value = std::env::var_os(var).map(OsStringExt::into_vec).unwrap_or_default();
+        while value.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            value.pop();
+        }
+        if value.len() > token::MAX_TOKEN_LEN {
+            value.clear();
+        }
+        return Ok(Secret::new(value));
+    }
+    let stdin = io::stdin();
+    if stdin.is_terminal() {
+        note("reading the token from the terminal (first line; it is echoed)");
+    }
+    Secret::read_first_line(stdin.lock())
+        .map_err(|e| Error::io("read the token from", std::path::Path::new("standard input"), e))
+}
+
+#[derive(Serialize)]
+struct CheckReport<'a> {
+    result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    required: Vec<&'a str>,
+}
+
+fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
+    // Scopes first: a malformed scope is a usage error before anything else happens.
+    let required = RequiredScopes::parse(&args.scopes)?;
+    let token = presented_token(args.token_env.as_deref())?;
+    let bytes = ctx.store.read()?;
+    lint::ensure_safe(ctx.store.path())?;
+    let grant = check::find_record(&bytes, &token);
+    let decision = check::decide(!token.is_empty(), grant.as_ref(), &required, when::now());
+    let (exit, mut report) = match &decision {
+        Decision::Granted { id, name } => (Exit::Success, ("granted", Some(id), Some(name), None)),
+        Decision::Forbidden { id, name } => (
+            Exit::Forbidden,
+            ("forbidden", Some(id), Some(name), Some("missing scope")),
+        ),
+        Decision::Unauthorized(why) => {
+            let id = match why {
+                Unauthorized::Expired(id) => Some(id),
+                _ => None,
+            };
+            (Exit::Unauthorized, ("unauthorized", id, None, Some(why.reason())))
+        }
+    };
+    let damaged = matches!(decision, Decision::Unauthorized(Unauthorized::Unknown))
+        && token::shape(token.expose()) == Shape::DamagedMinted;
+    if damaged {
+        report.3 = Some("unknown token (mistyped or truncated: its checksum does not match)");
+    }
+    if args.json {
+        output::print_json(&CheckReport {
+            result: report.0,
+            id: report.1.map(ToString::to_string),
+            name: report.2.map(ToString::to_string),
+            reason: report.3,
+            required: required.iter().collect(),
+        })?;
+    } else if exit != Exit::Success {
+        let who = report.1.map(|id| format!("token {id}: ")).unwrap_or_default();
+        let what = match exit {
+            Exit::Forbidden => format!("lacks a required scope of {required}"),
+            _ => report.3.unwrap_or("unauthorized").to_string(),
+        };
+        note(&format!("denied: {who}{what}"));
+    }
+    Ok(exit)
+}
+
+fn id() -> Result<Exit> {
+    let token = presented_token(None)?;
+    if token.is_empty() {
+        return Err(Error::usage("no token on stdin: pipe the token in, e.g. `printf '%s\\n' \"$T\" | tokenfile id`"));
+    }
+    if token::shape(token.expose()) == Shape::DamagedMinted {
+        note("warning: this looks like a tokenfile token with a typo or cut short (its checksum does not match)");
+    }
+    output::print(&format!("{}\n", token.digest().id()))?;
+    Ok(Exit::Success)
+}
+
+#[derive(Serialize)]
+struct ListedRecord {
+    id: String,
+    line: usize,
+    status: &'static str,
+    stored: &'static str,
+    scopes: Vec<String>,
+    name: String,
+    created: Option<String>,
+    expires: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate_of_line: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct Listing {
+    file: String,
+    records: Vec<ListedRecord>,
+    invalid_lines: Vec<usize>,
+}
+
+fn list(ctx: &Context, json: bool) -> Result<Exit> {
+    let doc = Document::parse(&ctx.store.read()?);
+    let now = when::now();
+    let mut first_line: std::collections::HashMap<Id, usize> = Default::default();
+    let mut listing = Listing {
+        file: ctx.store.path().display().to_string(),
+        records: Vec::new(),
+        invalid_lines: Vec::new(),
+    };
+    for (line, entry) in doc.entries() {
+        match entry {
+            format::Entry::Record(r) => {
+                let duplicate_of_line = first_line.get(&r.id()).copied();
+                first_line.entry(r.id()).or_insert(line);
+                listing.records.push(ListedRecord {
+                    id: r.id().to_string(),
+                    line,
+                    status: if r.is_expired(now) { "expired" } else { "active" },
+                    stored: stored_form(r.credential.is_plaintext()),
+                    scopes: r.scopes.items().iter().map(ToString::to_string).collect(),
+                    name: r.name_lossy(),
+                    created: r.created.map(format_timestamp),
+                    expires: r.expires.map(format_timestamp),
+                    duplicate_of_line,
+                });
+            }
+            format::Entry::Invalid(_) => listing.invalid_lines.push(line),
+            format::Entry::Blank | format::Entry::Comment => {}
+        }
+    }
+    if json {
+        output::print_json(&listing)?;
+    } else {
+        let rows: Vec<Vec<String>> = listing
+            .records
+            .iter()
+            .map(|r| {
+                vec![
+                    r.id.clone(),
+                    r.status.to_string(),
+                    r.stored.to_string(),
+                    r.scopes.join(","),
+                    if r.name.is_empty() { "-".into() } else { printable(&r.name) },
+                    r.created.clone().unwrap_or_else(|| "-".into()),
+                    r.expires.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        output::print(&output::table(
+            &["ID", "STATUS", "STORED", "SCOPES", "NAME", "CREATED", "EXPIRES"],
+            &rows,
+        ))?;
+    }
+    let duplicates = listing.records.iter().filter(|r| r.duplicate_of_line.is_some()).count();
+    if duplicates > 0 {
+        note(&format!(
+            "{duplicates} record(s) repeat an earlier token and grant nothing; see `tokenfile lint`"
+        ));
+    }
+    if !listing.invalid_lines.is_empty() {
+        note(&format!(
+            "{} invalid line(s) not listed (lines {}); see `tokenfile lint`",
+            listing.invalid_lines.len(),
+            join_numbers(&listing.invalid_lines)
+        ));
+    }
+    Ok(Exit::Success)
+}
+
+fn join_numbers(numbers: &[usize]) -> String {
+    numbers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+#[derive(Serialize)]
+struct LintReport {
+    file: String,
+    errors: usize,
+    warnings: usize,
+    findings: Vec<lint::Finding>,
+}
+
+fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
+    let path = ctx.store.path();
+    let bytes = ctx.store.read()?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+    let mut findings = lint::lint_file(path, &meta)?;
+    findings.extend(lint::lint_document(&Document::parse(&bytes), when::now()));
+    let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+    let warnings = findings.len() - errors;
+    if args.json {
+        output::print_json(&LintReport {
+            file: path.display().to_string(),
+            errors,
+            warnings,
+            findings,
+        })?;
+    } else {
+        let mut text = String::new();
+        for f in &findings {
+            let place = match f.line {
+                Some(line) => format!("{}:{line}", path.display()),
+                None => path.display().to_string(),
+            };
+            let severity = match f.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            };
+            text.push_str(&format!("{place}: {severity}: {} [{}]\n", f.message, f.kind));
+        }
+        output::print(&text)?;
+        note(&format!("{}: {errors} error(s), {warnings} warning(s)", path.display()));
+    }
+    let failed = errors > 0 || (args.strict && warnings > 0);
+    Ok(if failed { Exit::Problems } else { Exit::Success })
+}
+
+fn hash(ctx: &Context) -> Result<Exit> {
+    let (hashed, invalid) = ctx.store.update(|doc| {
+        let plain: Vec<(usize, Record)> = doc
+            .records()
+            .filter(|(_, r)| r.credential.is_plaintext())
+            .collect();
+        for (index, record) in &plain {
+            let line = &mut doc.lines[*index];
+            let field = Credential::hashed_field(&record.digest());
+            line.content = format::with_field(&line.content, FIELD_CREDENTIAL, &field);
+        }
+        let invalid = doc
+            .entries()
+            .filter(|(_, e)| matches!(e, format::Entry::Invalid(_)))
+            .count();
+        Ok((plain.into_iter().map(|(_, r)| r).collect::<Vec<_>>(), invalid))
+    })?;
+    if !hashed.is_empty() {
+        let records = hashed.iter().map(AuditRecord::from).collect();
+        ctx.audit()?
+            .record(&Event::new("hash", records), &ctx.store.target()?);
+    }
+    note(&format!(
+        "hashed {} plaintext credential(s) in {}",
+        hashed.len(),
+        ctx.store.path().display()
+    ));
+    if invalid > 0 {
+        note(&format!(
+            "warning: {invalid} invalid line(s) left as they are (they may hold plaintext); fix them with `tokenfile edit`"
+        ));
+    }
+    Ok(Exit::Success)
+}
+
+fn serve(ctx: &Context, args: ServeArgs) -> Result<Exit> {
+    if args.socket.is_none() && args.http.is_none() {
+        return Err(Error::usage(
+            "serve needs --socket PATH and/or --http 127.0.0.1:PORT",
+        ));
+    }
+    crate::serve::run(crate::serve::ServeOptions {
+        file: ctx.store.path().to_path_buf(),
+        socket: args.socket,
+        http: args.http,
+    })
+}

@@ -1,0 +1,73 @@
+//! The command line (SPEC §3): parsing, dispatch, and the one place where results become
+//! messages and exit codes.
+
+mod args;
+mod commands;
+mod output;
+
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use args::{Cli, Command, DEFAULT_FILE};
+
+use crate::audit::AuditLog;
+use crate::error::{Error, Exit, Result};
+use crate::store::{self, Store};
+
+/// What every command needs: where the file, its lock and its audit log are.
+pub struct Context {
+    pub store: Store,
+    audit_log: Option<PathBuf>,
+}
+
+impl Context {
+    pub fn audit(&self) -> Result<AuditLog> {
+        Ok(AuditLog::new(match &self.audit_log {
+            Some(path) => path.clone(),
+            None => store::sibling(&self.store.target()?, ".audit.jsonl"),
+        }))
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are successes; everything else clap rejects is usage.
+            return ExitCode::from(if e.use_stderr() {
+                Exit::Usage.code()
+            } else {
+                Exit::Success.code()
+            });
+        }
+    };
+    match run(cli) {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => {
+            // `tokenfile list | head`: the reader went away; nothing is wrong.
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tokenfile: error: {e}");
+            ExitCode::from(e.exit().code())
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<Exit> {
+    let lock_timeout = crate::when::parse_lock_timeout(&cli.lock_timeout)
+        .map_err(|e| Error::usage(format!("--lock-timeout: {e}")))?;
+    let ctx = Context {
+        store: Store::new(
+            cli.file.unwrap_or_else(|| PathBuf::from(DEFAULT_FILE)),
+            lock_timeout,
+        ),
+        audit_log: cli.audit_log,
+    };
+    commands::dispatch(&ctx, cli.command)
+}

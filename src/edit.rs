@@ -1,0 +1,221 @@
+//! `tokenfile edit`: visudo for the token file.
+//!
+//! The admin edits a private copy (0600, beside the file) without holding the lock, so
+//! other writers are not blocked while an editor is open. On save the copy is validated;
+//! with problems the admin edits again, writes anyway (explicitly) or quits. Installing
+//! takes the lock and re-reads the file: if it changed meanwhile, lines that were only
+//! appended (what `mint` does) are carried over; any other concurrent change is never
+//! overwritten — the edit is refused and the copy kept for the admin to re-apply.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufRead, Write};
+use std::path::Path;
+use std::process::Command;
+
+use crate::audit::{AuditLog, AuditRecord, Event};
+use crate::error::{Error, Exit, Result};
+use crate::format::{Document, Line};
+use crate::lint::{self, Severity};
+use crate::store::{self, Store};
+use crate::token::Id;
+use crate::when;
+
+enum Answer {
+    EditAgain,
+    WriteAnyway,
+    Quit,
+}
+
+fn ask() -> Result<Answer> {
+    eprint!("tokenfile: (e)dit again, (w)rite anyway, (q)uit without saving? [e] ");
+    let _ = io::stderr().flush();
+    let mut reply = String::new();
+    let read = io::stdin()
+        .lock()
+        .read_line(&mut reply)
+        .map_err(|e| Error::io("read the answer from", Path::new("standard input"), e))?;
+    if read == 0 {
+        eprintln!();
+        return Ok(Answer::Quit); // no one to ask: never install a broken file silently
+    }
+    Ok(match reply.trim() {
+        "w" | "W" | "write" => Answer::WriteAnyway,
+        "q" | "Q" | "quit" | "x" => Answer::Quit,
+        _ => Answer::EditAgain,
+    })
+}
+
+fn editor() -> String {
+    ["VISUAL", "EDITOR"]
+        .iter()
+        .filter_map(|var| std::env::var(var).ok())
+        .find(|value| !value.trim().is_empty())
+        .unwrap_or_else(|| "vi".to_string())
+}
+
+fn run_editor(path: &Path) -> Result<()> {
+    let editor = editor();
+    // Through sh, so that EDITOR="code --wait" works as it does for git and visudo.
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(path)
+        .status()
+        .map_err(|e| Error::File(format!("cannot start the editor `{editor}`: {e}")))?;
+    if !status.success() {
+        return Err(Error::File(format!(
+            "the editor `{editor}` failed ({status}); nothing was installed"
+        )));
+    }
+    Ok(())
+}
+
+/// If `current` is `original` plus appended lines, returns `edited` plus those lines.
+fn merge_appended(original: &[u8], current: &[u8], edited: &[u8]) -> Option<Vec<u8>> {
+    let mut appended = current.strip_prefix(original)?;
+    if !original.is_empty() && !original.ends_with(b"\n") {
+        // The appender had to end the last line first.
+        appended = appended
+            .strip_prefix(b"\r\n")
+            .or_else(|| appended.strip_prefix(b"\n"))?;
+    }
+    let mut merged = edited.to_vec();
+    if !merged.is_empty() && !merged.ends_with(b"\n") {
+        let ending = Document::parse(edited).preferred_ending();
+        merged.extend_from_slice(ending.as_bytes());
+    }
+    merged.extend_from_slice(appended);
+    Some(merged)
+}
+
+/// Record lines by ID (first record of each ID), for the audit log.
+fn records_by_id(doc: &Document) -> BTreeMap<Id, (AuditRecord, Line)> {
+    let mut map = BTreeMap::new();
+    for (index, record) in doc.records() {
+        map.entry(record.id())
+            .or_insert_with(|| (AuditRecord::from(&record), doc.lines[index].clone()));
+    }
+    map
+}
+
+fn audit_event(before: &[u8], after: &[u8]) -> Event {
+    let old = records_by_id(&Document::parse(before));
+    let new = records_by_id(&Document::parse(after));
+    let mut records = Vec::new();
+    let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, (record, line)) in &new {
+        match old.get(id) {
+            None => added.push(id.to_string()),
+            Some((_, old_line)) if old_line.content != line.content => changed.push(id.to_string()),
+            Some(_) => continue,
+        }
+        records.push(record.clone());
+    }
+    for (id, (record, _)) in &old {
+        if !new.contains_key(id) {
+            removed.push(id.to_string());
+            records.push(record.clone());
+        }
+    }
+    Event::new("edit", records)
+        .with("added", added)
+        .with("removed", removed)
+        .with("changed", changed)
+}
+
+pub fn edit(store: &Store, audit: &AuditLog) -> Result<Exit> {
+    let target = store.target()?;
+    let original = store.read()?;
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Beside the file: same file system, same protection, 0600 from the start.
+    let mut copy = tempfile::Builder::new()
+        .prefix(&format!(".{name}.edit-"))
+        .tempfile_in(dir)
+        .map_err(|e| Error::io("create an editing copy in", dir, e))?;
+    copy.write_all(&original)
+        .and_then(|()| copy.flush())
+        .map_err(|e| Error::io("write", copy.path(), e))?;
+    let shown = store.path().display().to_string();
+
+    let edited = loop {
+        run_editor(copy.path())?;
+        let edited = fs::read(copy.path()).map_err(|e| Error::io("read", copy.path(), e))?;
+        if edited == original {
+            eprintln!("tokenfile: no changes; {shown} left as it was");
+            return Ok(Exit::Success);
+        }
+        let problems: Vec<_> = lint::lint_document(&Document::parse(&edited), when::now())
+            .into_iter()
+            .filter(|f| f.severity == Severity::Error)
+            .collect();
+        if problems.is_empty() {
+            break edited;
+        }
+        for p in &problems {
+            let line = p.line.map(|l| format!(":{l}")).unwrap_or_default();
+            eprintln!("{shown}{line}: {}", p.message);
+        }
+        eprintln!(
+            "tokenfile: {} problem(s); invalid lines grant nothing and duplicates are ignored",
+            problems.len()
+        );
+        match ask()? {
+            Answer::EditAgain => continue,
+            Answer::WriteAnyway => break edited,
+            Answer::Quit => {
+                return Err(Error::Problems(format!(
+                    "{shown}: edit discarded because of the problems above; the file was not changed"
+                )));
+            }
+        }
+    };
+
+    let locked = store.lock()?;
+    let (current, meta) = locked.read()?.ok_or_else(|| store::missing_file(store.path()))?;
+    let install = if current == original {
+        edited
+    } else if let Some(merged) = merge_appended(&original, &current, &edited) {
+        eprintln!("tokenfile: lines appended to {shown} while you edited were kept");
+        merged
+    } else {
+        let kept = copy.into_temp_path().keep().map_err(|e| {
+            Error::File(format!("cannot keep your edited copy: {}", e.error))
+        })?;
+        return Err(Error::File(format!(
+            "{shown} was changed by someone else while you edited it; your version was NOT \
+             installed, so that change is not lost. Your edit is saved in {} — run \
+             `tokenfile edit` again and re-apply it",
+            kept.display()
+        )));
+    };
+    locked.replace(&install, Some(&meta))?;
+    drop(locked);
+    audit.record(&audit_event(&current, &install), &target);
+    eprintln!("tokenfile: installed {shown}");
+    Ok(Exit::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appended_lines_survive_an_edit() {
+        assert_eq!(
+            merge_appended(b"a\n", b"a\nnew\n", b"A\n").as_deref(),
+            Some(&b"A\nnew\n"[..])
+        );
+        assert_eq!(
+            merge_appended(b"a", b"a\nnew\n", b"A").as_deref(),
+            Some(&b"A\nnew\n"[..])
+        );
+        assert_eq!(merge_appended(b"a\nb\n", b"a\n", b"x\n"), None);
+        assert_eq!(merge_appended(b"a\n", b"b\n", b"x\n"), None);
+    }
+}

@@ -1,0 +1,286 @@
+//! Problems of a token file: what `lint` reports, what `edit` validates, and the safety
+//! check that `check` and `serve` apply before trusting a file.
+
+use std::collections::HashMap;
+use std::fs::{self, Metadata};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::format::{Credential, Document, Entry};
+use crate::token::Digest;
+use crate::when::{Timestamp, format_timestamp};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Makes `lint` exit 5: the file does not mean what it says.
+    Error,
+    /// Worth fixing, but the file works as written (`lint --strict` fails on these too).
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// A short stable name for scripts: `invalid`, `duplicate`, `expired`, ...
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub message: String,
+}
+
+impl Finding {
+    fn new(severity: Severity, kind: &'static str, line: Option<usize>, message: String) -> Self {
+        Finding {
+            severity,
+            kind,
+            line,
+            id: None,
+            message,
+        }
+    }
+
+    fn with_id(mut self, id: impl ToString) -> Self {
+        self.id = Some(id.to_string());
+        self
+    }
+}
+
+/// Content problems: invalid lines, duplicates, expired and plaintext records, dead scopes.
+pub fn lint_document(doc: &Document, now: Timestamp) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut first_line_of: HashMap<Digest, usize> = HashMap::new();
+    if doc.bom {
+        findings.push(Finding::new(
+            Severity::Warning,
+            "bom",
+            Some(1),
+            "the file starts with a UTF-8 byte order mark, which older readers take as part of the first credential".into(),
+        ));
+    }
+    for (line, entry) in doc.entries() {
+        let record = match entry {
+            Entry::Record(record) => record,
+            Entry::Invalid(why) => {
+                findings.push(Finding::new(
+                    Severity::Error,
+                    "invalid",
+                    Some(line),
+                    format!("invalid line, grants nothing: {why}"),
+                ));
+                continue;
+            }
+            Entry::Blank | Entry::Comment => continue,
+        };
+        let id = record.id();
+        if let Some(&first) = first_line_of.get(&record.digest()) {
+            findings.push(
+                Finding::new(
+                    Severity::Error,
+                    "duplicate",
+                    Some(line),
+                    format!("same token as line {first} (ID {id}); only line {first} counts"),
+                )
+                .with_id(id),
+            );
+            continue;
+        }
+        first_line_of.insert(record.digest(), line);
+        if let Some(expires) = record.expires.filter(|&e| e <= now) {
+            findings.push(
+                Finding::new(
+                    Severity::Warning,
+                    "expired",
+                    Some(line),
+                    format!(
+                        "record {id} expired at {}; remove it with `tokenfile revoke {id}`",
+                        format_timestamp(expires)
+                    ),
+                )
+                .with_id(id),
+            );
+        }
+        if let Credential::Plain(_) = record.credential {
+            findings.push(
+                Finding::new(
+                    Severity::Warning,
+                    "plaintext",
+                    Some(line),
+                    format!(
+                        "record {id} stores its token in plaintext; `tokenfile hash` stores only its SHA-256"
+                    ),
+                )
+                .with_id(id),
+            );
+        }
+        for scope in record.scopes.items().iter().filter(|s| s.is_dead()) {
+            findings.push(
+                Finding::new(
+                    Severity::Warning,
+                    "dead-scope",
+                    Some(line),
+                    format!(
+                        "record {id}: scope {scope} can never match (only `*` alone or a trailing `:*` are wildcards)"
+                    ),
+                )
+                .with_id(id),
+            );
+        }
+    }
+    findings
+}
+
+/// Why a file is unsafe to trust, if it is: anyone who can write it, or replace it in its
+/// directory, can grant themselves every scope.
+pub fn unsafe_reason(path: &Path) -> Result<Option<String>> {
+    let meta = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+    if meta.permissions().mode() & 0o002 != 0 {
+        return Ok(Some(format!(
+            "{} is world-writable (mode {:o}): anyone on this host can add a token; \
+             fix with `chmod o-w {}`",
+            path.display(),
+            meta.permissions().mode() & 0o7777,
+            path.display()
+        )));
+    }
+    let real = fs::canonicalize(path).map_err(|e| Error::io("resolve", path, e))?;
+    if let Some(dir) = real.parent() {
+        let dir_meta = fs::metadata(dir).map_err(|e| Error::io("stat", dir, e))?;
+        let mode = dir_meta.permissions().mode();
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Ok(Some(format!(
+                "the directory {} is world-writable without the sticky bit: anyone can replace {}",
+                dir.display(),
+                real.display()
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Refuses (exit 5) a file that is unsafe to use.
+pub fn ensure_safe(path: &Path) -> Result<()> {
+    match unsafe_reason(path)? {
+        Some(reason) => Err(Error::Unsafe(format!("refusing to use it: {reason}"))),
+        None => Ok(()),
+    }
+}
+
+/// Network file systems where `flock` is not shared with other hosts (or not at all).
+fn network_fs_name(path: &Path) -> Option<&'static str> {
+    let stat = nix::sys::statfs::statfs(path).ok()?;
+    let magic = stat.filesystem_type().0 as i64;
+    Some(match magic {
+        0x6969 => "NFS",
+        0xFF53_4D42 => "CIFS",
+        0xFE53_4D42 => "SMB2",
+        0x517B => "SMB",
+        0x0102_1997 => "9P",
+        0x00C3_6400 => "Ceph",
+        0x6573_5546 => "FUSE",
+        0x5346_414F => "AFS",
+        0x0BD0_0BD0 => "Lustre",
+        0x4750_4653 => "GPFS",
+        _ => return None,
+    })
+}
+
+/// Problems of the file on disk: permissions and file system.
+pub fn lint_file(path: &Path, meta: &Metadata) -> Result<Vec<Finding>> {
+    let mut findings = Vec::new();
+    if let Some(reason) = unsafe_reason(path)? {
+        findings.push(Finding::new(Severity::Error, "unsafe-permissions", None, reason));
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o002 == 0 && mode & 0o020 != 0 {
+        findings.push(Finding::new(
+            Severity::Warning,
+            "group-writable",
+            None,
+            format!(
+                "{} is group-writable (mode {:o}): every member of group {} can add a token",
+                path.display(),
+                mode & 0o7777,
+                meta.gid()
+            ),
+        ));
+    }
+    if mode & 0o004 != 0 {
+        findings.push(Finding::new(
+            Severity::Warning,
+            "world-readable",
+            None,
+            format!(
+                "{} is readable by every user (mode {:o}): plaintext tokens in it are exposed, \
+                 and digests can be attacked offline; `chmod o-r` it",
+                path.display(),
+                mode & 0o7777
+            ),
+        ));
+    }
+    if let Some(fs_name) = network_fs_name(path) {
+        findings.push(Finding::new(
+            Severity::Warning,
+            "network-fs",
+            None,
+            format!(
+                "{} is on a network file system ({fs_name}): its lock is not shared between \
+                 hosts; write it from one admin host only and ship it to the others",
+                path.display()
+            ),
+        ));
+    }
+    Ok(findings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::when::parse_timestamp;
+
+    fn kinds(file: &str) -> Vec<(&'static str, Option<usize>)> {
+        let now = parse_timestamp(b"2026-06-01T00:00:00Z").unwrap();
+        lint_document(&Document::parse(file.as_bytes()), now)
+            .into_iter()
+            .map(|f| (f.kind, f.line))
+            .collect()
+    }
+
+    #[test]
+    fn finds_each_kind_by_line() {
+        let hashed = format!("sha256:{}", Digest::of(b"a").to_hex());
+        let file = format!(
+            "# c\n{hashed}\tread\nbad\t\na\twrite\nold\tx\t\t\t2026-01-01T00:00:00Z\n{hashed}\tr*ad\n"
+        );
+        assert_eq!(
+            kinds(&file),
+            vec![
+                ("invalid", Some(3)),
+                ("duplicate", Some(4)),
+                ("expired", Some(5)),
+                ("plaintext", Some(5)),
+                ("duplicate", Some(6)),
+            ]
+        );
+    }
+
+    #[test]
+    fn world_writable_is_unsafe() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t");
+        fs::write(&path, b"").unwrap();
+        assert!(ensure_safe(&path).is_ok());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(matches!(ensure_safe(&path), Err(Error::Unsafe(_))));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(ensure_safe(&path), Err(Error::Unsafe(_))));
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(ensure_safe(&path).is_ok());
+    }
+}
