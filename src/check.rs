@@ -205,10 +205,8 @@ pub fn find_record(bytes: &[u8], token: &Secret) -> Option<Grant> {
             Some(hex) => constant_time_eq(hex, digest_hex.as_bytes()),
             None => constant_time_eq(credential, token.expose()),
         };
-        if candidate {
-            if let Entry::Record(record) = format::parse_line(line) {
-                return Some(Grant::from_record(&record, index + 1));
-            }
+        if candidate && let Entry::Record(record) = format::parse_line(line) {
+            return Some(Grant::from_record(&record, index + 1));
         }
     }
     None
@@ -247,11 +245,23 @@ mod tests {
         let file = format!(
             "# c\nlegacy\nscoped\tread,kafka:*\tbob\nold\t*\t\t\t2026-05-01T00:00:00Z\n{hashed}\n"
         );
-        assert!(matches!(both(&file, "legacy", "x"), Decision::Granted { .. }));
-        assert!(matches!(both(&file, "scoped", "kafka:a"), Decision::Granted { .. }));
-        assert!(matches!(both(&file, "scoped", "write"), Decision::Forbidden { .. }));
+        assert!(matches!(
+            both(&file, "legacy", "x"),
+            Decision::Granted { .. }
+        ));
+        assert!(matches!(
+            both(&file, "scoped", "kafka:a"),
+            Decision::Granted { .. }
+        ));
+        assert!(matches!(
+            both(&file, "scoped", "write"),
+            Decision::Forbidden { .. }
+        ));
         assert!(matches!(both(&file, "h", "read"), Decision::Granted { .. }));
-        assert!(matches!(both(&file, "h", "write"), Decision::Forbidden { .. }));
+        assert!(matches!(
+            both(&file, "h", "write"),
+            Decision::Forbidden { .. }
+        ));
         assert_eq!(
             both(&file, "nope", "read"),
             Decision::Unauthorized(Unauthorized::Unknown)
@@ -279,7 +289,10 @@ mod tests {
     #[test]
     fn first_record_counts_and_invalid_lines_grant_nothing() {
         let file = "tok\tbad scope\ntok\tread\ntok\t*\n";
-        assert!(matches!(both(file, "tok", "write"), Decision::Forbidden { .. }));
+        assert!(matches!(
+            both(file, "tok", "write"),
+            Decision::Forbidden { .. }
+        ));
         let (_, problems) = TokenIndex::load(file.as_bytes());
         assert!(matches!(problems[0], LoadProblem::Invalid { line: 1, .. }));
         assert!(matches!(
@@ -290,14 +303,23 @@ mod tests {
                 ..
             }
         ));
-        assert!(matches!(both("tok\t\n", "tok", "x"), Decision::Unauthorized(_)));
+        assert!(matches!(
+            both("tok\t\n", "tok", "x"),
+            Decision::Unauthorized(_)
+        ));
     }
 
     #[test]
     fn crlf_and_bom_files_work() {
         let file = "\u{feff}tok\tread\r\nother\r\n";
-        assert!(matches!(both(file, "tok", "read"), Decision::Granted { .. }));
-        assert!(matches!(both(file, "other", "read"), Decision::Granted { .. }));
+        assert!(matches!(
+            both(file, "tok", "read"),
+            Decision::Granted { .. }
+        ));
+        assert!(matches!(
+            both(file, "other", "read"),
+            Decision::Granted { .. }
+        ));
     }
 
     proptest! {

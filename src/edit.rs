@@ -177,16 +177,19 @@ pub fn edit(store: &Store, audit: &AuditLog) -> Result<Exit> {
     };
 
     let locked = store.lock()?;
-    let (current, meta) = locked.read()?.ok_or_else(|| store::missing_file(store.path()))?;
+    let (current, meta) = locked
+        .read()?
+        .ok_or_else(|| store::missing_file(store.path()))?;
     let install = if current == original {
         edited
     } else if let Some(merged) = merge_appended(&original, &current, &edited) {
         eprintln!("tokenfile: lines appended to {shown} while you edited were kept");
         merged
     } else {
-        let kept = copy.into_temp_path().keep().map_err(|e| {
-            Error::File(format!("cannot keep your edited copy: {}", e.error))
-        })?;
+        let kept = copy
+            .into_temp_path()
+            .keep()
+            .map_err(|e| Error::File(format!("cannot keep your edited copy: {}", e.error)))?;
         return Err(Error::File(format!(
             "{shown} was changed by someone else while you edited it; your version was NOT \
              installed, so that change is not lost. Your edit is saved in {} — run \

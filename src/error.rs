@@ -34,7 +34,10 @@ pub enum Error {
     /// No record has that ID.
     NoSuchId(String),
     /// The ID prefix matches more than one record; the candidates are listed.
-    AmbiguousId { prefix: String, candidates: Vec<String> },
+    AmbiguousId {
+        prefix: String,
+        candidates: Vec<String>,
+    },
     /// The file has problems (lint, edit) — the message says which.
     Problems(String),
     /// The file is unsafe to use (e.g. world-writable).

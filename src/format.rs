@@ -129,10 +129,10 @@ impl Document {
     /// way to append without gluing the new record onto it.
     pub fn push_line(&mut self, content: Vec<u8>) {
         let ending = self.preferred_ending();
-        if let Some(last) = self.lines.last_mut() {
-            if last.ending == Ending::None {
-                last.ending = ending;
-            }
+        if let Some(last) = self.lines.last_mut()
+            && last.ending == Ending::None
+        {
+            last.ending = ending;
         }
         self.lines.push(Line { content, ending });
     }
@@ -244,10 +244,9 @@ pub enum Invalid {
 impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Invalid::TooManyFields(n) => write!(
-                f,
-                "{n} TAB-separated fields, at most {MAX_FIELDS} allowed"
-            ),
+            Invalid::TooManyFields(n) => {
+                write!(f, "{n} TAB-separated fields, at most {MAX_FIELDS} allowed")
+            }
             Invalid::EmptyCredential => f.write_str("the credential field is empty"),
             Invalid::WhitespaceInCredential => f.write_str(
                 "the credential contains whitespace (fields are separated by a single TAB)",
@@ -321,7 +320,7 @@ pub fn parse_credential(field: &[u8]) -> Result<Credential, Invalid> {
 fn parse_optional_time(field: Option<&&[u8]>) -> Result<Option<Timestamp>, ()> {
     match field {
         None => Ok(None),
-        Some(f) if f.is_empty() => Ok(None),
+        Some([]) => Ok(None),
         Some(f) => parse_timestamp(f).map(Some).ok_or(()),
     }
 }
@@ -405,7 +404,10 @@ mod tests {
             entry(b"to ken\tread"),
             Entry::Invalid(Invalid::WhitespaceInCredential)
         );
-        assert_eq!(entry(b"sha256:abc\tread"), Entry::Invalid(Invalid::BadDigest));
+        assert_eq!(
+            entry(b"sha256:abc\tread"),
+            Entry::Invalid(Invalid::BadDigest)
+        );
         assert_eq!(
             entry(b"tok\tread\tname\tyesterday"),
             Entry::Invalid(Invalid::Created)
@@ -486,7 +488,10 @@ mod tests {
     fn with_field_keeps_the_rest() {
         assert_eq!(with_field(b"tok", 4, b"E"), b"tok\t*\t\t\tE");
         assert_eq!(with_field(b"tok\t a , b \tn", 0, b"X"), b"X\t a , b \tn");
-        assert_eq!(with_field(b"t\tr\tn\tc\told", 4, b"new"), b"t\tr\tn\tc\tnew");
+        assert_eq!(
+            with_field(b"t\tr\tn\tc\told", 4, b"new"),
+            b"t\tr\tn\tc\tnew"
+        );
     }
 
     #[test]

@@ -194,7 +194,12 @@ fn network_fs_name(path: &Path) -> Option<&'static str> {
 pub fn lint_file(path: &Path, meta: &Metadata) -> Result<Vec<Finding>> {
     let mut findings = Vec::new();
     if let Some(reason) = unsafe_reason(path)? {
-        findings.push(Finding::new(Severity::Error, "unsafe-permissions", None, reason));
+        findings.push(Finding::new(
+            Severity::Error,
+            "unsafe-permissions",
+            None,
+            reason,
+        ));
     }
     let mode = meta.permissions().mode();
     if mode & 0o002 == 0 && mode & 0o020 != 0 {

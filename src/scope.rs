@@ -75,7 +75,10 @@ pub enum ScopeError {
     EmptyItem,
     /// The 1-based item and the offending byte; the item itself is not echoed, in case a
     /// credential was pasted into the wrong column.
-    BadCharacter { item: usize, byte: u8 },
+    BadCharacter {
+        item: usize,
+        byte: u8,
+    },
     StarNotAlone,
 }
 
@@ -90,7 +93,10 @@ impl fmt::Display for ScopeError {
                 } else {
                     format!("byte 0x{byte:02x}")
                 };
-                write!(f, "scope item {item} contains {shown}, outside [A-Za-z0-9_.:*-]")
+                write!(
+                    f,
+                    "scope item {item} contains {shown}, outside [A-Za-z0-9_.:*-]"
+                )
             }
             ScopeError::StarNotAlone => f.write_str("`*` must stand alone in the scopes field"),
         }
@@ -259,7 +265,9 @@ mod tests {
 
     #[test]
     fn invalid_scope_fields() {
-        for bad in ["", " ", "a,,b", "a,", "*,read", "read,*", "sp ace", "é", "a;b"] {
+        for bad in [
+            "", " ", "a,,b", "a,", "*,read", "read,*", "sp ace", "é", "a;b",
+        ] {
             assert!(ScopeSet::parse(bad.as_bytes()).is_err(), "{bad:?} accepted");
         }
     }

@@ -219,7 +219,10 @@ impl Locked {
         if no_clobber {
             temp.persist_noclobber(target).map_err(|e| {
                 if e.error.kind() == io::ErrorKind::AlreadyExists {
-                    Error::File(format!("{} already exists; not overwriting it", target.display()))
+                    Error::File(format!(
+                        "{} already exists; not overwriting it",
+                        target.display()
+                    ))
                 } else {
                     Error::io("create", target, e.error)
                 }
@@ -310,7 +313,11 @@ mod tests {
     fn create_new_refuses_existing() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("tokens"), b"keep").unwrap();
-        let err = store(dir.path()).lock().unwrap().create_new(b"x").unwrap_err();
+        let err = store(dir.path())
+            .lock()
+            .unwrap()
+            .create_new(b"x")
+            .unwrap_err();
         assert!(err.to_string().contains("already exists"));
         assert_eq!(fs::read(dir.path().join("tokens")).unwrap(), b"keep");
     }
@@ -337,7 +344,12 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         assert_eq!(fs::read(&real).unwrap(), b"a\nb\n");
         assert!(dir.path().join("real.lock").exists());
     }

@@ -78,16 +78,19 @@ pub fn parse_when(text: &str, now: Timestamp) -> Result<Timestamp> {
             "{text:?} is neither an RFC 3339 time (2026-05-05T14:23:00Z) nor a duration (90d, 12h, 30m)"
         ))
     })?;
-    now.checked_add(time::Duration::try_from(duration).map_err(|_| Error::usage("duration too long"))?)
-        .ok_or_else(|| Error::usage(format!("{text:?} is too far in the future")))
+    now.checked_add(
+        time::Duration::try_from(duration).map_err(|_| Error::usage("duration too long"))?,
+    )
+    .ok_or_else(|| Error::usage(format!("{text:?} is too far in the future")))
 }
 
 /// The lock timeout: a duration, or a plain number of seconds.
 pub fn parse_lock_timeout(text: &str) -> Result<Duration> {
-    if let Ok(secs) = text.trim().parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 && secs < 1e9 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
+    if let Ok(secs) = text.trim().parse::<f64>()
+        && secs.is_finite()
+        && (0.0..1e9).contains(&secs)
+    {
+        return Ok(Duration::from_secs_f64(secs));
     }
     parse_duration(text)
 }
@@ -98,8 +101,14 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("90d").unwrap(), Duration::from_secs(90 * 86400));
-        assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86400)
+        );
+        assert_eq!(
+            parse_duration("12h").unwrap(),
+            Duration::from_secs(12 * 3600)
+        );
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
@@ -117,7 +126,12 @@ mod tests {
         ] {
             assert!(parse_timestamp(good.as_bytes()).is_some(), "{good}");
         }
-        for bad in ["2026-05-05", "yesterday", "2026-05-05T14:23:00", "2026-13-05T14:23:00Z"] {
+        for bad in [
+            "2026-05-05",
+            "yesterday",
+            "2026-05-05T14:23:00",
+            "2026-13-05T14:23:00Z",
+        ] {
             assert!(parse_timestamp(bad.as_bytes()).is_none(), "{bad}");
         }
         let t = parse_timestamp(b"2026-05-05T16:23:00.5+02:00").unwrap();

@@ -25,7 +25,13 @@ stdin (or `check --token-env VAR`). A minted token is printed once, alone, on st
 #[command(name = "tokenfile", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
     /// The token file [default: $TOKENFILE, else /etc/tokenfile/tokens]
-    #[arg(long, short = 'f', global = true, env = "TOKENFILE", value_name = "PATH")]
+    #[arg(
+        long,
+        short = 'f',
+        global = true,
+        env = "TOKENFILE",
+        value_name = "PATH"
+    )]
     pub file: Option<PathBuf>,
 
     /// How long to wait for the lock held by another writer (e.g. 10s, 500ms, 2m)

@@ -7,9 +7,9 @@ use std::os::unix::ffi::OsStringExt;
 use clap::CommandFactory;
 use serde::Serialize;
 
+use super::Context;
 use super::args::{CheckArgs, Cli, Command, LintArgs, MintArgs, RotateArgs, ServeArgs};
 use super::output::{self, note, printable};
-use super::Context;
 use crate::audit::{AuditRecord, Event};
 use crate::check::{self, Decision, Unauthorized};
 use crate::error::{Error, Exit, Result};
@@ -69,7 +69,9 @@ fn init(ctx: &Context) -> Result<Exit> {
 
 fn check_name(name: &str) -> Result<()> {
     if name.contains(['\t', '\n', '\r']) {
-        return Err(Error::usage("--name must not contain a TAB or a line break"));
+        return Err(Error::usage(
+            "--name must not contain a TAB or a line break",
+        ));
     }
     Ok(())
 }
@@ -108,7 +110,11 @@ fn announce(issued: &Issued, json: bool, file: &std::path::Path) -> Result<()> {
     output::print(&format!("{}\n", issued.token))?;
     let mut context = format!(
         "{} token {} with scopes {} in {}",
-        if issued.replaces.is_some() { "rotated: new" } else { "minted" },
+        if issued.replaces.is_some() {
+            "rotated: new"
+        } else {
+            "minted"
+        },
         issued.id,
         issued.scopes.join(","),
         file.display()
@@ -203,7 +209,11 @@ fn resolve_ids(doc: &Document, given: &[String]) -> Result<Vec<Id>> {
     let mut resolved = Vec::new();
     for text in given {
         let prefix = IdPrefix::parse(text)?;
-        let matches: Vec<Id> = known.iter().copied().filter(|id| prefix.matches(id)).collect();
+        let matches: Vec<Id> = known
+            .iter()
+            .copied()
+            .filter(|id| prefix.matches(id))
+            .collect();
         match matches.as_slice() {
             [] => return Err(Error::NoSuchId(text.clone())),
             [one] => {
@@ -303,7 +313,9 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
         doc.push_line(line.clone());
         match format::parse_line(&line) {
             format::Entry::Record(new) => Ok((old, new)),
-            _ => Err(Error::File("internal error: the new record does not parse".into())),
+            _ => Err(Error::File(
+                "internal error: the new record does not parse".into(),
+            )),
         }
     })?;
     let mut event = Event::new("rotate", vec![AuditRecord::from(&new_record)])
@@ -317,7 +329,12 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
             token: token_text(&token),
             id: new_record.id().to_string(),
             name: new_record.name_lossy(),
-            scopes: new_record.scopes.items().iter().map(ToString::to_string).collect(),
+            scopes: new_record
+                .scopes
+                .items()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             created: format_timestamp(now),
             expires: new_record.expires.map(format_timestamp),
             stored: stored_form(new_record.credential.is_plaintext()),
@@ -347,7 +364,9 @@ fn shorten_expiry(doc: &mut Document, id: Id, until: Timestamp) {
 /// The presented token: `--token-env VAR`, else the first line of stdin.
 fn presented_token(token_env: Option<&str>) -> Result<Secret> {
     if let Some(var) = token_env {
-        let mut value = std::env::var_os(var).map(OsStringExt::into_vec).unwrap_or_default();
+        let mut value = std::env::var_os(var)
+            .map(OsStringExt::into_vec)
+            .unwrap_or_default();
         while value.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             value.pop();
         }
@@ -360,8 +379,13 @@ fn presented_token(token_env: Option<&str>) -> Result<Secret> {
     if stdin.is_terminal() {
         note("reading the token from the terminal (first line; it is echoed)");
     }
-    Secret::read_first_line(stdin.lock())
-        .map_err(|e| Error::io("read the token from", std::path::Path::new("standard input"), e))
+    Secret::read_first_line(stdin.lock()).map_err(|e| {
+        Error::io(
+            "read the token from",
+            std::path::Path::new("standard input"),
+            e,
+        )
+    })
 }
 
 #[derive(Serialize)]
@@ -395,7 +419,10 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
                 Unauthorized::Expired(id) => Some(id),
                 _ => None,
             };
-            (Exit::Unauthorized, ("unauthorized", id, None, Some(why.reason())))
+            (
+                Exit::Unauthorized,
+                ("unauthorized", id, None, Some(why.reason())),
+            )
         }
     };
     let damaged = matches!(decision, Decision::Unauthorized(Unauthorized::Unknown))
@@ -412,7 +439,10 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
             required: required.iter().collect(),
         })?;
     } else if exit != Exit::Success {
-        let who = report.1.map(|id| format!("token {id}: ")).unwrap_or_default();
+        let who = report
+            .1
+            .map(|id| format!("token {id}: "))
+            .unwrap_or_default();
         let what = match exit {
             Exit::Forbidden => format!("lacks a required scope of {required}"),
             _ => report.3.unwrap_or("unauthorized").to_string(),
@@ -425,10 +455,14 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
 fn id() -> Result<Exit> {
     let token = presented_token(None)?;
     if token.is_empty() {
-        return Err(Error::usage("no token on stdin: pipe the token in, e.g. `printf '%s\\n' \"$T\" | tokenfile id`"));
+        return Err(Error::usage(
+            "no token on stdin: pipe the token in, e.g. `printf '%s\\n' \"$T\" | tokenfile id`",
+        ));
     }
     if token::shape(token.expose()) == Shape::DamagedMinted {
-        note("warning: this looks like a tokenfile token with a typo or cut short (its checksum does not match)");
+        note(
+            "warning: this looks like a tokenfile token with a typo or cut short (its checksum does not match)",
+        );
     }
     output::print(&format!("{}\n", token.digest().id()))?;
     Ok(Exit::Success)
@@ -472,7 +506,11 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
                 listing.records.push(ListedRecord {
                     id: r.id().to_string(),
                     line,
-                    status: if r.is_expired(now) { "expired" } else { "active" },
+                    status: if r.is_expired(now) {
+                        "expired"
+                    } else {
+                        "active"
+                    },
                     stored: stored_form(r.credential.is_plaintext()),
                     scopes: r.scopes.items().iter().map(ToString::to_string).collect(),
                     name: r.name_lossy(),
@@ -497,18 +535,28 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
                     r.status.to_string(),
                     r.stored.to_string(),
                     r.scopes.join(","),
-                    if r.name.is_empty() { "-".into() } else { printable(&r.name) },
+                    if r.name.is_empty() {
+                        "-".into()
+                    } else {
+                        printable(&r.name)
+                    },
                     r.created.clone().unwrap_or_else(|| "-".into()),
                     r.expires.clone().unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
         output::print(&output::table(
-            &["ID", "STATUS", "STORED", "SCOPES", "NAME", "CREATED", "EXPIRES"],
+            &[
+                "ID", "STATUS", "STORED", "SCOPES", "NAME", "CREATED", "EXPIRES",
+            ],
             &rows,
         ))?;
     }
-    let duplicates = listing.records.iter().filter(|r| r.duplicate_of_line.is_some()).count();
+    let duplicates = listing
+        .records
+        .iter()
+        .filter(|r| r.duplicate_of_line.is_some())
+        .count();
     if duplicates > 0 {
         note(&format!(
             "{duplicates} record(s) repeat an earlier token and grant nothing; see `tokenfile lint`"
@@ -525,7 +573,11 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
 }
 
 fn join_numbers(numbers: &[usize]) -> String {
-    numbers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    numbers
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Serialize)]
@@ -542,7 +594,10 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
     let mut findings = lint::lint_file(path, &meta)?;
     findings.extend(lint::lint_document(&Document::parse(&bytes), when::now()));
-    let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
     let warnings = findings.len() - errors;
     if args.json {
         output::print_json(&LintReport {
@@ -562,13 +617,23 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
                 Severity::Error => "error",
                 Severity::Warning => "warning",
             };
-            text.push_str(&format!("{place}: {severity}: {} [{}]\n", f.message, f.kind));
+            text.push_str(&format!(
+                "{place}: {severity}: {} [{}]\n",
+                f.message, f.kind
+            ));
         }
         output::print(&text)?;
-        note(&format!("{}: {errors} error(s), {warnings} warning(s)", path.display()));
+        note(&format!(
+            "{}: {errors} error(s), {warnings} warning(s)",
+            path.display()
+        ));
     }
     let failed = errors > 0 || (args.strict && warnings > 0);
-    Ok(if failed { Exit::Problems } else { Exit::Success })
+    Ok(if failed {
+        Exit::Problems
+    } else {
+        Exit::Success
+    })
 }
 
 fn hash(ctx: &Context) -> Result<Exit> {
@@ -586,7 +651,10 @@ fn hash(ctx: &Context) -> Result<Exit> {
             .entries()
             .filter(|(_, e)| matches!(e, format::Entry::Invalid(_)))
             .count();
-        Ok((plain.into_iter().map(|(_, r)| r).collect::<Vec<_>>(), invalid))
+        Ok((
+            plain.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
+            invalid,
+        ))
     })?;
     if !hashed.is_empty() {
         let records = hashed.iter().map(AuditRecord::from).collect();
