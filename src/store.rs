@@ -132,6 +132,10 @@ impl Store {
     /// Locked read-modify-write of an existing file. `change` edits the document and says
     /// what it did; the file is rewritten only if its bytes changed.
     pub fn update<T>(&self, change: impl FnOnce(&mut Document) -> Result<T>) -> Result<T> {
+        // Checked before locking too, so that a mistyped path leaves no lock file behind.
+        if fs::symlink_metadata(&self.path).is_err() {
+            return Err(missing_file(&self.path));
+        }
         let locked = self.lock()?;
         let (before, meta) = locked.read()?.ok_or_else(|| missing_file(&self.path))?;
         let mut doc = Document::parse(&before);
