@@ -174,6 +174,11 @@ impl TokenIndex {
         self.by_digest.len()
     }
 
+    /// Every token's digest with the record that counts for it (in no particular order).
+    pub fn iter(&self) -> impl Iterator<Item = (&Digest, &Grant)> + '_ {
+        self.by_digest.iter()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_digest.is_empty()
     }

@@ -211,7 +211,13 @@ impl Locked {
         let mut temp = tempfile::Builder::new()
             .prefix(&temp_prefix(target))
             .tempfile_in(dir)
-            .map_err(|e| Error::io("create a temporary file in", dir, e))?;
+            .map_err(|e| {
+                Error::File(format!(
+                    "cannot create a temporary copy of {} in {}: {e}",
+                    target.display(),
+                    dir.display()
+                ))
+            })?;
         temp.write_all(bytes)
             .map_err(|e| Error::io("write a temporary copy of", target, e))?;
         if let Some(meta) = like {

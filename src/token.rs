@@ -6,7 +6,7 @@
 //! foreign one without any file; such a token is still simply unknown.
 
 use std::fmt;
-use std::io::Read;
+use std::io::{BufRead, Read};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -44,13 +44,14 @@ impl Secret {
         Digest::of(&self.0)
     }
 
-    /// Reads the token from the first line of `input`, without its line ending.
-    pub fn read_first_line(input: impl Read) -> std::io::Result<Secret> {
+    /// Reads the token from the first line of `input`, without its line ending. Stops at
+    /// the first newline: whoever feeds the line (a terminal, a script) need not close it.
+    pub fn read_first_line(input: impl BufRead) -> std::io::Result<Secret> {
         let mut bytes = Vec::new();
         // One byte past the limit tells "too long" apart from "exactly at the limit".
         input
             .take(MAX_TOKEN_LEN as u64 + 2)
-            .read_to_end(&mut bytes)?;
+            .read_until(b'\n', &mut bytes)?;
         if let Some(end) = bytes.iter().position(|&b| b == b'\n') {
             bytes.truncate(end);
         }

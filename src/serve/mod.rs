@@ -1,9 +1,36 @@
-//! `tokenfile serve` (SPEC §4). Placeholder until the serve issue lands.
+//! `tokenfile serve` (SPEC §4): a long-running checker over a Unix socket and/or HTTP that
+//! follows every change of the token file.
+//!
+//! - [`load`]: reading the file consistently, the names that lead to it;
+//! - [`state`]: the snapshot in use, swapped whole, and the shared check;
+//! - [`watch`]: the reloader thread (inotify, periodic stat, SIGHUP);
+//! - [`socket`]: the Unix socket line protocol;
+//! - [`http`]: forward auth, `/healthz`, `/metrics`;
+//! - [`metrics`]: counters and their Prometheus text.
+//!
+//! Order at start matters: the file is read and the listeners bound before any thread
+//! exists (the socket's mode is set through the process-wide umask), so that a bad path or
+//! a busy port fails right away with its exit code, before anything is served.
 
+mod http;
+mod load;
+mod metrics;
+mod socket;
+mod state;
+mod watch;
+
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch as signal_watch;
+use tracing::{info, warn};
 
 use crate::error::{Error, Exit, Result};
+
+use state::Shared;
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -13,7 +40,119 @@ pub struct ServeOptions {
     pub http: Option<SocketAddr>,
 }
 
+/// Runs until SIGTERM or SIGINT, then shuts down gracefully and returns success.
 pub fn run(options: ServeOptions) -> Result<Exit> {
-    let _ = options;
-    Err(Error::usage("serve is not implemented yet"))
+    if options.socket.is_none() && options.http.is_none() {
+        return Err(Error::usage(
+            "serve needs --socket PATH and/or --http 127.0.0.1:PORT",
+        ));
+    }
+    init_logging();
+    let (snapshot, fingerprint) = load::initial(&options.file)?;
+    let shared = Arc::new(Shared::new(options.file.clone(), snapshot));
+    // Bind before any thread exists; see the module comment.
+    let socket = options.socket.as_deref().map(socket::bind).transpose()?;
+    let http = options.http.map(http::bind).transpose()?;
+
+    let reloader = watch::Reloader::start(shared.clone(), fingerprint)
+        .map_err(|e| Error::File(format!("cannot start the reloader thread: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tokenfile-serve")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::File(format!("cannot start the async runtime: {e}")))?;
+    let (socket_listener, socket_file) = match socket {
+        Some((listener, file)) => (Some(listener), Some(file)),
+        None => (None, None),
+    };
+    let served = runtime.block_on(serve(
+        shared,
+        socket_listener,
+        http,
+        reloader.trigger(),
+        &options,
+    ));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    reloader.stop();
+    // Removes the socket file (if it is still ours).
+    drop(socket_file);
+    served?;
+    info!("stopped");
+    Ok(Exit::Success)
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    socket: Option<std::os::unix::net::UnixListener>,
+    http: Option<std::net::TcpListener>,
+    reload: watch::Trigger,
+    options: &ServeOptions,
+) -> Result<()> {
+    let signals = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| Error::File(format!("cannot handle {name}: {e}")))
+    };
+    let mut hangup = signals(SignalKind::hangup(), "SIGHUP")?;
+    let mut terminate = signals(SignalKind::terminate(), "SIGTERM")?;
+    let mut interrupt = signals(SignalKind::interrupt(), "SIGINT")?;
+
+    let (stop, stopping) = signal_watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(listener) = socket {
+        let path = options.socket.clone().unwrap_or_default();
+        let listener = tokio::net::UnixListener::from_std(listener)
+            .map_err(|e| Error::io("listen on the socket", &path, e))?;
+        servers.spawn(socket::serve(listener, shared.clone(), stopping.clone()));
+        info!(socket = %path.display(), "listening");
+    }
+    if let Some(listener) = http {
+        let addr = listener.local_addr().ok();
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| {
+            Error::File(format!("cannot listen on {}: {e}", display_addr(addr)))
+        })?;
+        servers.spawn(http::serve(listener, shared.clone(), stopping.clone()));
+        info!(http = %display_addr(addr), "listening");
+    }
+    info!(file = %shared.file().display(), "serving checks");
+
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => reload.reload(),
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    info!("shutting down: finishing requests in flight");
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(http::DRAIN_TIMEOUT + std::time::Duration::from_secs(1), async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("some connections did not finish in time; closing them");
+    }
+    Ok(())
+}
+
+fn display_addr(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "the HTTP address".to_owned(), |a| a.to_string())
+}
+
+/// Resolves once `shutdown` says stop (or its sender is gone).
+async fn stopped(shutdown: &mut signal_watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Structured logs on stderr; `RUST_LOG` filters (default `info`; `debug` shows every
+/// decision, by record ID). A token never reaches a log line.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Someone (a test, an embedding program) may have set a subscriber already: keep it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
 }

@@ -1,0 +1,253 @@
+//! Reading the token file for `serve`: one consistent copy of its bytes, or why not.
+//!
+//! The file may be written in place while we read it (an editor, `>>`, `cp`). A read is
+//! accepted only if the file's identity, size and times are the same before and after it and
+//! the byte count matches the size; otherwise it is [`Reading::Unstable`] and retried later.
+//! (The reloader adds the rest of the guarantee: it waits for writers to finish; see
+//! `watch.rs`.)
+
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::lint;
+use crate::store::missing_file;
+
+use super::state::{FileStatus, Snapshot, log_problems};
+
+/// What identifies one version of the file without reading it. Any write changes the
+/// times; a rename or a symlink swap changes the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl Fingerprint {
+    pub fn of(meta: &Metadata) -> Self {
+        Fingerprint {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }
+    }
+}
+
+impl Fingerprint {
+    /// The same file with another size but the very same times: caught in the middle of an
+    /// in-place truncate. (Linux sets the new size before the new times, and a truncate can
+    /// wait for disk I/O in between; its inotify event comes only at the end.)
+    pub fn resized_without_times(&self, before: &Fingerprint) -> bool {
+        self.dev == before.dev
+            && self.ino == before.ino
+            && self.size != before.size
+            && self.mtime == before.mtime
+            && self.ctime == before.ctime
+    }
+}
+
+/// The fingerprint of the file behind `path` (symlinks followed), `None` if it cannot be
+/// stat'ed — a missing file, or a directory on the way that went away.
+pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    fs::metadata(path).ok().map(|m| Fingerprint::of(&m))
+}
+
+#[derive(Debug)]
+pub enum Reading {
+    Read {
+        bytes: Vec<u8>,
+        fingerprint: Fingerprint,
+    },
+    Missing,
+    /// The file changed while it was read; try again shortly.
+    Unstable,
+    /// Exists but cannot be read.
+    Unreadable(io::Error),
+    /// Readable but unsafe to trust (world-writable); the reason says how to fix it.
+    Unsafe(String),
+}
+
+/// Reads the whole file behind `path` once.
+pub fn read(path: &Path) -> Reading {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Reading::Missing,
+        Err(e) => return Reading::Unreadable(e),
+    };
+    let before = match file.metadata() {
+        Ok(meta) => meta,
+        Err(e) => return Reading::Unreadable(e),
+    };
+    if !before.is_file() {
+        return Reading::Unreadable(io::Error::other("not a regular file"));
+    }
+    // The size is only a hint for the allocation; a huge or growing file must not make us
+    // reserve memory up front.
+    let hint = usize::try_from(before.len().min(1 << 24)).unwrap_or(0);
+    let mut bytes = Vec::with_capacity(hint);
+    if let Err(e) = file.read_to_end(&mut bytes) {
+        return Reading::Unreadable(e);
+    }
+    let after = match file.metadata() {
+        Ok(meta) => meta,
+        Err(e) => return Reading::Unreadable(e),
+    };
+    let fingerprint = Fingerprint::of(&after);
+    if Fingerprint::of(&before) != fingerprint || bytes.len() as u64 != after.len() {
+        return Reading::Unstable;
+    }
+    match lint::unsafe_reason(path) {
+        Ok(None) => Reading::Read { bytes, fingerprint },
+        Ok(Some(reason)) => Reading::Unsafe(reason),
+        // It went away or changed between our read and the check.
+        Err(_) => Reading::Unstable,
+    }
+}
+
+/// Every name that leads to the file: `path` itself and each symlink target on the way,
+/// as (canonical directory)/(name). Events on these names concern the file; their
+/// directories are what the reloader watches. A Kubernetes `tokens -> ..data/tokens` with
+/// `..data -> ..2026_05_01...` gives `<dir>/tokens` and `<dir>/..2026_05_01.../tokens`, so
+/// the swap of `..data` (in `<dir>`) and a change of the real file are both seen.
+pub fn names(path: &Path) -> Vec<PathBuf> {
+    const MAX_HOPS: usize = 40; // as the kernel's ELOOP limit
+    let mut names = Vec::new();
+    let mut current = path.to_path_buf();
+    for _ in 0..MAX_HOPS {
+        let Some(name) = current.file_name().map(ToOwned::to_owned) else {
+            break;
+        };
+        let parent = match current.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let Ok(dir) = fs::canonicalize(parent) else {
+            break;
+        };
+        let full = dir.join(name);
+        if names.contains(&full) {
+            break; // a symlink loop
+        }
+        names.push(full.clone());
+        match fs::read_link(&full) {
+            Ok(target) if target.is_absolute() => current = target,
+            Ok(target) => current = dir.join(target),
+            Err(_) => break,
+        }
+    }
+    names
+}
+
+/// How often the first read retries a file that keeps changing.
+const FIRST_READ_TRIES: usize = 100;
+const FIRST_READ_PAUSE: Duration = Duration::from_millis(20);
+
+/// The state to start with. A missing or unreadable file is an error at start — far more
+/// often a wrong `--file` than an intent; once running, a vanished file means no tokens.
+/// An unsafe file starts in the refused state (no token accepted) so that fixing its mode
+/// is enough.
+pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>)> {
+    for _ in 0..FIRST_READ_TRIES {
+        match read(path) {
+            Reading::Read { bytes, fingerprint } => {
+                let (snapshot, problems) = Snapshot::from_bytes(&bytes);
+                log_problems(path, &problems);
+                tracing::info!(
+                    file = %path.display(),
+                    records = snapshot.index.records,
+                    tokens = snapshot.index.len(),
+                    invalid_lines = snapshot.invalid_lines,
+                    "loaded the token file"
+                );
+                return Ok((snapshot, Some(fingerprint)));
+            }
+            Reading::Missing => return Err(missing_file(path)),
+            Reading::Unreadable(e) => return Err(Error::io("read", path, e)),
+            Reading::Unsafe(reason) => {
+                tracing::error!(
+                    file = %path.display(),
+                    "refusing every token until the file is safe: {reason}"
+                );
+                return Ok((
+                    Snapshot::empty(FileStatus::Refused(reason)),
+                    fingerprint(path),
+                ));
+            }
+            Reading::Unstable => thread::sleep(FIRST_READ_PAUSE),
+        }
+    }
+    Err(Error::File(format!(
+        "{} kept changing while being read; is something writing it continuously?",
+        path.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_and_fingerprints() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        assert!(matches!(read(&path), Reading::Missing));
+        fs::write(&path, b"tok\tread\n").unwrap();
+        let Reading::Read { bytes, fingerprint } = read(&path) else {
+            panic!("not read");
+        };
+        assert_eq!(bytes, b"tok\tread\n");
+        assert_eq!(Some(fingerprint), super::fingerprint(&path));
+        fs::create_dir(dir.path().join("d")).unwrap();
+        assert!(matches!(read(&dir.path().join("d")), Reading::Unreadable(_)));
+    }
+
+    #[test]
+    fn world_writable_is_unsafe() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        fs::write(&path, b"tok\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(matches!(read(&path), Reading::Unsafe(_)));
+    }
+
+    #[test]
+    fn names_follow_a_kubernetes_layout() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(dir.path()).unwrap();
+        fs::create_dir(base.join("..2026_01")).unwrap();
+        fs::write(base.join("..2026_01/tokens"), b"").unwrap();
+        symlink("..2026_01", base.join("..data")).unwrap();
+        symlink("..data/tokens", base.join("tokens")).unwrap();
+        assert_eq!(
+            names(&base.join("tokens")),
+            vec![base.join("tokens"), base.join("..2026_01/tokens")]
+        );
+    }
+
+    #[test]
+    fn names_stop_at_a_loop() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(dir.path()).unwrap();
+        symlink("b", base.join("a")).unwrap();
+        symlink("a", base.join("b")).unwrap();
+        assert_eq!(names(&base.join("a")), vec![base.join("a"), base.join("b")]);
+    }
+}

@@ -1,0 +1,135 @@
+//! Counters of `serve` and their Prometheus text exposition (format 0.0.4).
+//!
+//! Plain atomics rather than a metrics crate: a handful of counters, one writer per event,
+//! and a text format simple enough to write by hand.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::check::Decision;
+
+use super::state::Snapshot;
+
+/// How one check ended, the `outcome` label of `tokenfile_checks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Granted,
+    Forbidden,
+    Unauthorized,
+    /// The request itself was unusable (no or malformed scope): HTTP 400, socket `ERROR`.
+    Invalid,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 4] = [
+        Outcome::Granted,
+        Outcome::Forbidden,
+        Outcome::Unauthorized,
+        Outcome::Invalid,
+    ];
+
+    pub fn of(decision: &Decision) -> Self {
+        match decision {
+            Decision::Granted { .. } => Outcome::Granted,
+            Decision::Forbidden { .. } => Outcome::Forbidden,
+            Decision::Unauthorized(_) => Outcome::Unauthorized,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Granted => "granted",
+            Outcome::Forbidden => "forbidden",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::Invalid => "invalid",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    checks: [AtomicU64; 4],
+    /// New states installed from the file (content changed, or SIGHUP).
+    reloads: AtomicU64,
+    /// Attempts that ended without a usable file: missing, unreadable, unsafe.
+    reload_failures: AtomicU64,
+}
+
+impl Metrics {
+    pub fn count_check(&self, outcome: Outcome) {
+        self.checks[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn count_reload(&self) {
+        self.reloads.fetch_add(1, Relaxed);
+    }
+
+    pub fn count_reload_failure(&self) {
+        self.reload_failures.fetch_add(1, Relaxed);
+    }
+
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Relaxed)
+    }
+
+    pub fn reload_failures(&self) -> u64 {
+        self.reload_failures.load(Relaxed)
+    }
+
+    /// The whole exposition; `snapshot` supplies the gauges of the state in use.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let mut out = String::with_capacity(1536);
+        let name = "tokenfile_checks_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Checks answered, by outcome.\n# TYPE {name} counter"
+        );
+        for outcome in Outcome::ALL {
+            let value = self.checks[outcome as usize].load(Relaxed);
+            let _ = writeln!(out, "{name}{{outcome=\"{}\"}} {value}", outcome.label());
+        }
+        let mut single = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        single(
+            "tokenfile_reloads_total",
+            "counter",
+            "Times a new state of the token file was installed.",
+            self.reloads().to_string(),
+        );
+        single(
+            "tokenfile_reload_failures_total",
+            "counter",
+            "Reloads that found the file missing, unreadable or unsafe (no token is accepted then).",
+            self.reload_failures().to_string(),
+        );
+        single(
+            "tokenfile_records_loaded",
+            "gauge",
+            "Valid records in the state in use.",
+            snapshot.index.records.to_string(),
+        );
+        single(
+            "tokenfile_invalid_lines",
+            "gauge",
+            "Invalid lines skipped in the state in use.",
+            snapshot.invalid_lines.to_string(),
+        );
+        single(
+            "tokenfile_file_present",
+            "gauge",
+            "1 if the state in use was read from the file; 0 if it is missing, unreadable or unsafe.",
+            u8::from(snapshot.status.is_loaded()).to_string(),
+        );
+        single(
+            "tokenfile_last_reload_timestamp_seconds",
+            "gauge",
+            "Unix time at which the state in use was installed.",
+            format!("{:.3}", snapshot.installed_unix()),
+        );
+        out
+    }
+}

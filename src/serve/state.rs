@@ -1,0 +1,210 @@
+//! The state `serve` answers from: one immutable [`Snapshot`] of the token file, replaced
+//! whole through an [`ArcSwap`] so that a check sees either the old file or the new one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use crate::check::{Decision, Grant, LoadProblem, TokenIndex, Unauthorized};
+use crate::scope::RequiredScopes;
+use crate::token::{Digest, MAX_TOKEN_LEN, Secret};
+use crate::when;
+
+use super::metrics::{Metrics, Outcome};
+
+/// Where the state in use came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileStatus {
+    /// Read and parsed; invalid lines were skipped.
+    Loaded,
+    /// The file does not exist: no token is accepted (fail closed).
+    Missing,
+    /// The file exists but cannot be used — unreadable or unsafe. No token is accepted.
+    /// The reason names the path and the problem, never the file's content.
+    Refused(String),
+}
+
+impl FileStatus {
+    pub fn is_loaded(&self) -> bool {
+        matches!(self, FileStatus::Loaded)
+    }
+
+    /// Short machine-readable word for `/healthz`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            FileStatus::Loaded => "ok",
+            FileStatus::Missing => "missing",
+            FileStatus::Refused(_) => "refused",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub index: TokenIndex,
+    pub status: FileStatus,
+    pub invalid_lines: usize,
+    /// When this state was installed.
+    pub installed: SystemTime,
+    /// SHA-256 of the bytes the index was built from: an unchanged file is not rebuilt.
+    pub content: Option<Digest>,
+}
+
+impl Snapshot {
+    /// Builds the state of a file's bytes, returning the problems for the caller to log.
+    pub fn from_bytes(bytes: &[u8]) -> (Snapshot, Vec<LoadProblem>) {
+        let (index, problems) = TokenIndex::load(bytes);
+        let invalid_lines = problems
+            .iter()
+            .filter(|p| matches!(p, LoadProblem::Invalid { .. }))
+            .count();
+        let snapshot = Snapshot {
+            index,
+            status: FileStatus::Loaded,
+            invalid_lines,
+            installed: SystemTime::now(),
+            content: Some(Digest::of(bytes)),
+        };
+        (snapshot, problems)
+    }
+
+    /// A state that grants nothing.
+    pub fn empty(status: FileStatus) -> Snapshot {
+        Snapshot {
+            index: TokenIndex::default(),
+            status,
+            invalid_lines: 0,
+            installed: SystemTime::now(),
+            content: None,
+        }
+    }
+
+    /// Whether replacing `current` by `self` takes anything away: a token, or a change of
+    /// a token's scopes or expiry (conservatively, any change counts). Such a state might
+    /// be a file caught halfway through an in-place rewrite, so the reloader confirms it
+    /// before installing it; a state that only adds is installed at once.
+    pub fn withdraws_from(&self, current: &Snapshot) -> bool {
+        if current.index.is_empty() {
+            return false;
+        }
+        let new: HashMap<&Digest, &Grant> = self.index.iter().collect();
+        current.index.iter().any(|(digest, old)| {
+            new.get(digest)
+                .is_none_or(|g| g.scopes != old.scopes || g.expires != old.expires)
+        })
+    }
+
+    pub fn installed_unix(&self) -> f64 {
+        self.installed
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    }
+}
+
+/// Everything the listeners and the reloader share.
+#[derive(Debug)]
+pub struct Shared {
+    file: PathBuf,
+    current: ArcSwap<Snapshot>,
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    pub fn new(file: PathBuf, initial: Snapshot) -> Self {
+        Shared {
+            file,
+            current: ArcSwap::from_pointee(initial),
+            metrics: Metrics::default(),
+        }
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn install(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+
+    /// The one decision both listeners use, counted by outcome.
+    pub fn check(&self, token: &Secret, required: &RequiredScopes) -> Decision {
+        let decision = if token.expose().len() > MAX_TOKEN_LEN {
+            // Same limit as `tokenfile check` on stdin, so both answer alike.
+            Decision::Unauthorized(Unauthorized::Unknown)
+        } else {
+            self.current.load().index.check(token, required, when::now())
+        };
+        self.metrics.count_check(Outcome::of(&decision));
+        decision
+    }
+
+    /// A request that could not be decided (no or malformed scope).
+    pub fn count_invalid(&self) {
+        self.metrics.count_check(Outcome::Invalid);
+    }
+}
+
+/// Logs what was skipped in a freshly loaded file: line numbers and reasons, never content.
+pub fn log_problems(file: &Path, problems: &[LoadProblem]) {
+    const SHOWN: usize = 50;
+    for problem in problems.iter().take(SHOWN) {
+        tracing::warn!(file = %file.display(), "{problem}");
+    }
+    if problems.len() > SHOWN {
+        tracing::warn!(
+            file = %file.display(),
+            "{} more problems not shown; run `tokenfile lint` for all",
+            problems.len() - SHOWN
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlong_token_is_unknown_and_counted() {
+        let long = "a".repeat(MAX_TOKEN_LEN + 1);
+        let (snapshot, _) = Snapshot::from_bytes(format!("{long}\n").as_bytes());
+        let shared = Shared::new(PathBuf::from("t"), snapshot);
+        let required = RequiredScopes::parse(&["read"]).unwrap();
+        assert_eq!(
+            shared.check(&Secret::new(long.into_bytes()), &required),
+            Decision::Unauthorized(Unauthorized::Unknown)
+        );
+        let text = shared.metrics.render(&shared.snapshot());
+        assert!(text.contains("tokenfile_checks_total{outcome=\"unauthorized\"} 1"));
+    }
+
+    #[test]
+    fn what_withdraws() {
+        let snap = |text: &str| Snapshot::from_bytes(text.as_bytes()).0;
+        let old = snap("a\tread\nb\tread\n");
+        assert!(!snap("a\tread\nb\tread\nc\tx\n").withdraws_from(&old));
+        assert!(!snap("# moved\nb\tread\n\na\tread\tnew name\n").withdraws_from(&old));
+        assert!(snap("a\tread\n").withdraws_from(&old));
+        assert!(snap("a\tread\nb\tre\n").withdraws_from(&old));
+        assert!(snap("a\tread\nb\tread,write\n").withdraws_from(&old));
+        assert!(snap("").withdraws_from(&old));
+        assert!(!old.withdraws_from(&Snapshot::empty(FileStatus::Missing)));
+    }
+
+    #[test]
+    fn empty_state_grants_nothing() {
+        let shared = Shared::new(PathBuf::from("t"), Snapshot::empty(FileStatus::Missing));
+        let required = RequiredScopes::parse(&["read"]).unwrap();
+        assert!(matches!(
+            shared.check(&Secret::new(b"tok".to_vec()), &required),
+            Decision::Unauthorized(Unauthorized::Unknown)
+        ));
+    }
+}

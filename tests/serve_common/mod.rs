@@ -1,0 +1,364 @@
+//! Helpers for the black-box tests of `tokenfile serve`: start the real binary, talk to it
+//! over its socket and HTTP, poll for an answer with a deadline, and always kill what was
+//! started.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokenfile::token::Digest;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tokenfile");
+
+/// SPEC §4 / the issue: a change is answered within one second.
+pub const RELOAD: Duration = Duration::from_secs(1);
+/// Generous bound for things that are not about speed (start-up, shutdown).
+pub const PATIENCE: Duration = Duration::from_secs(10);
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A hashed record line for `token`.
+pub fn record(token: &str, scopes: &str, name: &str) -> String {
+    format!("sha256:{}\t{scopes}\t{name}\n", Digest::of(token.as_bytes()).to_hex())
+}
+
+pub fn id(token: &str) -> String {
+    Digest::of(token.as_bytes()).id().to_string()
+}
+
+pub fn ok(token: &str) -> String {
+    format!("OK {}", id(token))
+}
+
+/// Polls `probe` every few milliseconds until it returns true; panics after `within`.
+pub fn eventually(what: &str, within: Duration, mut probe: impl FnMut() -> bool) {
+    let end = Instant::now() + within;
+    loop {
+        if probe() {
+            return;
+        }
+        if Instant::now() >= end {
+            panic!("{what}: not within {within:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Socket,
+    Http,
+    Both,
+}
+
+/// A running `tokenfile serve`; killed and reaped when dropped.
+pub struct Serve {
+    child: Option<Child>,
+    pub socket: Option<PathBuf>,
+    pub http: Option<SocketAddr>,
+    log: PathBuf,
+}
+
+impl Serve {
+    /// Starts serving `file`; the socket and the log go into `dir`.
+    pub fn start(file: &Path, dir: &Path, listen: Listen) -> Serve {
+        Self::start_with(file, dir, listen, &[])
+    }
+
+    pub fn start_with(file: &Path, dir: &Path, listen: Listen, env: &[(&str, &str)]) -> Serve {
+        let socket = matches!(listen, Listen::Socket | Listen::Both).then(|| dir.join("serve.sock"));
+        // A free port can be taken between our probe and the server's bind: retry.
+        for _ in 0..5 {
+            let http = matches!(listen, Listen::Http | Listen::Both).then(free_port);
+            let log = dir.join("serve.log");
+            let mut serve = Serve {
+                child: Some(spawn(file, socket.as_deref(), http, &log, env)),
+                socket: socket.clone(),
+                http,
+                log,
+            };
+            match serve.wait_ready() {
+                Ok(()) => return serve,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("serve did not start:\n{log}"),
+            }
+        }
+        panic!("no free port found for serve");
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let end = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.try_status() {
+                return Err(format!("exited with {status}:\n{}", self.log()));
+            }
+            let socket_up = self
+                .socket
+                .as_ref()
+                .is_none_or(|p| UnixStream::connect(p).is_ok());
+            let http_up = self.http.is_none_or(|a| TcpStream::connect(a).is_ok());
+            if socket_up && http_up {
+                return Ok(());
+            }
+            if Instant::now() >= end {
+                return Err(format!("not ready within {PATIENCE:?}:\n{}", self.log()));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits (bounded) for the server to exit by itself.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let end = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.try_status() {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < end, "serve did not exit:\n{}", self.log());
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn ask(&self, line: &str) -> String {
+        ask_once(self.socket.as_ref().expect("no socket"), line)
+    }
+
+    pub fn get(&self, target: &str, headers: &[(&str, &str)]) -> Response {
+        http(self.http.expect("no http"), "GET", target, headers)
+    }
+
+    /// Polls a socket answer until it is `want`.
+    pub fn answers(&self, line: &str, want: &str, within: Duration) {
+        let end = Instant::now() + within;
+        loop {
+            let got = self.ask(line);
+            if got == want {
+                return;
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "{line:?} answered {got:?}, not {want:?}, within {within:?}\nlog:\n{}",
+                    self.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A Prometheus sample of `/metrics` (the first line starting with `name`).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics", &[]).text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn(
+    file: &Path,
+    socket: Option<&Path>,
+    http: Option<SocketAddr>,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> Child {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--file").arg(file).arg("serve");
+    if let Some(socket) = socket {
+        cmd.arg("--socket").arg(socket);
+    }
+    if let Some(addr) = http {
+        cmd.arg("--http").arg(addr.to_string());
+    }
+    cmd.env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let log = fs::File::create(log).expect("log file");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn tokenfile serve")
+}
+
+pub fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr")
+}
+
+/// One request on a fresh connection.
+pub fn ask_once(socket: &Path, line: &str) -> String {
+    Client::connect(socket).ask(line)
+}
+
+/// A persistent socket connection.
+pub struct Client {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    pub fn connect(socket: &Path) -> Client {
+        let stream = UnixStream::connect(socket).expect("connect to the socket");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("write to the socket");
+    }
+
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read from the socket");
+        assert!(line.ends_with('\n'), "unterminated answer {line:?}");
+        line.trim_end_matches('\n').to_owned()
+    }
+
+    pub fn ask(&mut self, line: &str) -> String {
+        self.send(format!("{line}\n").as_bytes());
+        self.read_line()
+    }
+
+    /// Closes our writing half and returns everything the server still sends.
+    pub fn finish(mut self) -> String {
+        self.writer.shutdown(Shutdown::Write).unwrap();
+        let mut rest = String::new();
+        self.reader.read_to_string(&mut rest).expect("read to the end");
+        rest
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request, `Connection: close`, read to the end.
+pub fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Response {
+    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    raw_http(addr, request.as_bytes())
+}
+
+/// Sends raw bytes and parses the (first) response.
+pub fn raw_http(addr: SocketAddr, request: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect over HTTP");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.write_all(request).expect("send the request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read the response");
+    parse_response(&raw)
+}
+
+pub fn parse_response(raw: &[u8]) -> Response {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: raw[end + 4..].to_vec(),
+    }
+}
+
+/// Replaces `path` atomically the way careful writers do: a temp file, then rename.
+pub fn replace_by_rename(path: &Path, content: &str) {
+    let temp = path.with_extension("tmp-test");
+    fs::write(&temp, content).unwrap();
+    fs::rename(&temp, path).unwrap();
+}
+
+/// Runs `tokenfile --file FILE args…` with `stdin`, returning (exit code, stdout).
+pub fn cli(file: &Path, args: &[&str], stdin: &str) -> (i32, String) {
+    let mut child = Command::new(BIN)
+        .arg("--file")
+        .arg(file)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tokenfile");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    )
+}

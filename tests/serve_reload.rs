@@ -1,0 +1,245 @@
+//! `serve` follows every way the token file changes (SPEC §4), each seen within a second.
+
+mod serve_common;
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serve_common::*;
+use tempfile::TempDir;
+
+/// A temp dir with `tokens` holding one record: `alpha`, scope `read`.
+fn setup() -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    fs::write(&file, record("alpha", "read", "a")).unwrap();
+    (dir, file)
+}
+
+fn started(dir: &TempDir, file: &Path) -> Serve {
+    let serve = Serve::start(file, dir.path(), Listen::Socket);
+    assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+    assert_eq!(serve.ask("CHECK read beta"), "UNAUTHORIZED");
+    serve
+}
+
+#[test]
+fn append_in_place() {
+    let (dir, file) = setup();
+    let serve = started(&dir, &file);
+    let mut f = OpenOptions::new().append(true).open(&file).unwrap();
+    f.write_all(record("beta", "read", "b").as_bytes()).unwrap();
+    drop(f);
+    serve.answers("CHECK read beta", &ok("beta"), RELOAD);
+    assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+}
+
+#[test]
+fn shell_append_and_truncating_write() {
+    let (dir, file) = setup();
+    let serve = started(&dir, &file);
+    let line = record("beta", "read", "b");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf '%s' \"$1\" >> \"$2\""))
+        .args(["sh", &line, file.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    serve.answers("CHECK read beta", &ok("beta"), RELOAD);
+    // Truncate + write in place, as `>` or an editor that overwrites does.
+    fs::write(&file, record("gamma", "read", "g")).unwrap();
+    serve.answers("CHECK read gamma", &ok("gamma"), RELOAD);
+    serve.answers("CHECK read alpha", "UNAUTHORIZED", RELOAD);
+    assert_eq!(serve.ask("CHECK read beta"), "UNAUTHORIZED");
+}
+
+#[test]
+fn replaced_by_rename() {
+    let (dir, file) = setup();
+    let serve = started(&dir, &file);
+    replace_by_rename(&file, &record("beta", "read", "b"));
+    serve.answers("CHECK read beta", &ok("beta"), RELOAD);
+    assert_eq!(serve.ask("CHECK read alpha"), "UNAUTHORIZED");
+}
+
+#[test]
+fn mint_and_revoke_through_the_cli() {
+    let (dir, file) = setup();
+    let serve = started(&dir, &file);
+    let (code, token) = cli(&file, &["mint", "--scope", "write", "--name", "ci"], "");
+    assert_eq!(code, 0, "mint failed");
+    assert!(token.starts_with("tf_"), "{token:?}");
+    serve.answers(&format!("CHECK write {token}"), &ok(&token), RELOAD);
+    let (code, _) = cli(&file, &["revoke", &id(&token)], "");
+    assert_eq!(code, 0, "revoke failed");
+    serve.answers(&format!("CHECK write {token}"), "UNAUTHORIZED", RELOAD);
+    assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+}
+
+#[test]
+fn sed_in_place() {
+    let (dir, file) = setup();
+    let serve = started(&dir, &file);
+    assert_eq!(serve.ask("CHECK write alpha"), format!("FORBIDDEN {}", id("alpha")));
+    // GNU sed -i writes a temp file and renames it over the original.
+    let status = Command::new("sed")
+        .args(["-i", "s/\tread\t/\tread,write\t/"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    serve.answers("CHECK write alpha", &ok("alpha"), RELOAD);
+}
+
+#[test]
+fn vim_style_save() {
+    let (dir, file) = setup();
+    let serve = started(&dir, &file);
+    // vim (backupcopy=no/auto): rename the original to a backup, write a new file, drop
+    // the backup.
+    let backup = dir.path().join("tokens~");
+    fs::rename(&file, &backup).unwrap();
+    fs::write(&file, record("alpha", "read", "a") + &record("beta", "read", "b")).unwrap();
+    fs::remove_file(&backup).unwrap();
+    serve.answers("CHECK read beta", &ok("beta"), RELOAD);
+    assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+}
+
+#[test]
+fn cp_over_it() {
+    let (dir, file) = setup();
+    let serve = started(&dir, &file);
+    let source = dir.path().join("new-tokens");
+    fs::write(&source, record("beta", "read", "b")).unwrap();
+    let status = Command::new("cp").arg(&source).arg(&file).status().unwrap();
+    assert!(status.success());
+    serve.answers("CHECK read beta", &ok("beta"), RELOAD);
+    assert_eq!(serve.ask("CHECK read alpha"), "UNAUTHORIZED");
+}
+
+/// The layout of a Kubernetes Secret volume: `tokens -> ..data/tokens`,
+/// `..data -> ..<timestamp>`, swapped by renaming a new `..data` link over the old one.
+#[test]
+fn kubernetes_secret_volume_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("secret");
+    fs::create_dir(&volume).unwrap();
+    let version = |name: &str, content: &str| {
+        fs::create_dir(volume.join(name)).unwrap();
+        fs::write(volume.join(name).join("tokens"), content).unwrap();
+    };
+    let swap = |to: &str| {
+        symlink(to, volume.join("..data_tmp")).unwrap();
+        fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    };
+    version("..2026_01_01_00_00_00.1", &record("alpha", "read", "a"));
+    symlink("..2026_01_01_00_00_00.1", volume.join("..data")).unwrap();
+    symlink("..data/tokens", volume.join("tokens")).unwrap();
+    let file = volume.join("tokens");
+    let serve = started(&dir, &file);
+
+    version("..2026_01_02_00_00_00.2", &record("beta", "read", "b"));
+    swap("..2026_01_02_00_00_00.2");
+    fs::remove_dir_all(volume.join("..2026_01_01_00_00_00.1")).unwrap();
+    serve.answers("CHECK read beta", &ok("beta"), RELOAD);
+    assert_eq!(serve.ask("CHECK read alpha"), "UNAUTHORIZED");
+
+    // A second swap: the watch must have followed to the new directory.
+    version("..2026_01_03_00_00_00.3", &record("gamma", "read", "g"));
+    swap("..2026_01_03_00_00_00.3");
+    fs::remove_dir_all(volume.join("..2026_01_02_00_00_00.2")).unwrap();
+    serve.answers("CHECK read gamma", &ok("gamma"), RELOAD);
+    assert_eq!(serve.ask("CHECK read beta"), "UNAUTHORIZED");
+}
+
+/// `--file` is a symlink to a file in another directory, which is replaced by rename there.
+#[test]
+fn symlink_to_a_file_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("real")).unwrap();
+    let real = dir.path().join("real/tokens");
+    fs::write(&real, record("alpha", "read", "a")).unwrap();
+    let link = dir.path().join("tokens");
+    symlink(&real, &link).unwrap();
+    let serve = started(&dir, &link);
+    replace_by_rename(&real, &record("beta", "read", "b"));
+    serve.answers("CHECK read beta", &ok("beta"), RELOAD);
+    // And through the CLI, which replaces the link's target and keeps the link.
+    let (code, token) = cli(&link, &["mint", "--scope", "read"], "");
+    assert_eq!(code, 0);
+    serve.answers(&format!("CHECK read {token}"), &ok(&token), RELOAD);
+}
+
+#[test]
+fn deleted_means_no_tokens_until_recreated() {
+    let (dir, file) = setup();
+    let serve = started(&dir, &file);
+    fs::remove_file(&file).unwrap();
+    serve.answers("CHECK read alpha", "UNAUTHORIZED", RELOAD);
+    assert!(
+        serve.log().contains("ERROR") && serve.log().contains("gone"),
+        "a vanished file is logged loudly:\n{}",
+        serve.log()
+    );
+    fs::write(&file, record("alpha", "read", "a")).unwrap();
+    serve.answers("CHECK read alpha", &ok("alpha"), RELOAD);
+}
+
+#[test]
+fn world_writable_file_is_refused_until_fixed() {
+    let (dir, file) = setup();
+    let serve = started(&dir, &file);
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o666)).unwrap();
+    serve.answers("CHECK read alpha", "UNAUTHORIZED", RELOAD);
+    assert!(serve.log().contains("world-writable"), "{}", serve.log());
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    serve.answers("CHECK read alpha", &ok("alpha"), RELOAD);
+}
+
+#[test]
+fn invalid_lines_are_skipped_and_logged_without_content() {
+    let (dir, file) = setup();
+    let serve = started(&dir, &file);
+    let content = record("alpha", "read", "a")
+        + "secret-plaintext\tbad scope!\n"
+        + &record("beta", "read", "b");
+    replace_by_rename(&file, &content);
+    serve.answers("CHECK read beta", &ok("beta"), RELOAD);
+    assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+    assert_eq!(serve.ask("CHECK read secret-plaintext"), "UNAUTHORIZED");
+    let log = serve.log();
+    assert!(log.contains("line 2"), "{log}");
+    assert!(!log.contains("secret-plaintext"), "{log}");
+}
+
+#[test]
+fn sighup_forces_a_reload() {
+    let (dir, file) = setup();
+    let serve = Serve::start(&file, dir.path(), Listen::Both);
+    let before = serve.metric("tokenfile_reloads_total");
+    serve.signal(libc::SIGHUP);
+    eventually("SIGHUP reloads", RELOAD, || {
+        serve.metric("tokenfile_reloads_total") > before
+    });
+    assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+    assert!(serve.log().contains("SIGHUP"), "{}", serve.log());
+}
+
+#[test]
+fn missing_file_at_start_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("--file")
+        .arg(dir.path().join("nope"))
+        .args(["serve", "--socket"])
+        .arg(dir.path().join("s"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    assert!(!dir.path().join("s").exists());
+}
