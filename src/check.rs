@@ -3,19 +3,19 @@
 //!
 //! Two ways to find the record of a presented token, with the same answer:
 //! - [`TokenIndex`]: every record keyed by its SHA-256 digest, built once (for `serve`);
-//! - [`find_record`]: a single pass over the raw file that fully parses only lines whose
-//!   credential matches (for one-shot `check`, where building an index would cost more than
-//!   the answer).
+//! - [`find_record`] / [`find_record_in`]: a single pass over the raw file (in chunks, for
+//!   the reader) that fully parses only lines whose credential matches (for one-shot
+//!   `check`, where building an index would cost more than the answer).
 //!
 //! Either way the presented token is compared by digest for `sha256:` records, never to the
 //! stored string itself, and plaintext records are compared without early exit.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry as MapEntry;
+use std::io::{self, Read};
 use std::sync::Arc;
 
 use crate::format::{self, Entry, HASH_PREFIX, Invalid, Record};
-use crate::scope::{RequiredScopes, ScopeSet};
+use crate::scope::{RequiredScopes, ScopeError, ScopeSet};
 use crate::token::{Digest, Id, Secret};
 use crate::when::Timestamp;
 
@@ -118,69 +118,274 @@ impl std::fmt::Display for LoadProblem {
 }
 
 /// All records of a file keyed by token digest; the first record of a token wins.
+///
+/// Built for a million records in a fraction of a second: the lines are split in place
+/// (nothing is copied but names), each distinct scopes field is parsed once and shared, and
+/// the grants sit in one vector in file order behind a small open-addressing table keyed by
+/// the digest (already a uniform hash, so it is folded, not re-hashed).
 #[derive(Debug, Default, Clone)]
 pub struct TokenIndex {
-    by_digest: HashMap<Digest, Grant>,
+    /// The first record of each token, in file order.
+    entries: Vec<(Digest, Grant)>,
+    /// Linear probing over a power of two of slots, at most half full.
+    slots: Vec<Slot>,
     /// Lines with a valid record, including shadowed duplicates.
     pub records: usize,
 }
 
+/// An index into `entries` and 32 more bits of the digest's hash, so that a probe reads an
+/// entry (a likely cache miss) only when it is almost surely the one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    entry: u32,
+    tag: u32,
+}
+
+const EMPTY: Slot = Slot {
+    entry: u32::MAX,
+    tag: 0,
+};
+
+/// Entry indices are `u32`, one value being [`EMPTY`].
+const MAX_ENTRIES: usize = u32::MAX as usize;
+
+/// A fast hash for scopes fields while loading: they come from the file, whose writer can
+/// grant itself anything anyway, so there is no flooding to defend against.
+#[derive(Default, Clone, Copy)]
+struct FieldHasher(u64);
+
+impl std::hash::Hasher for FieldHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7C_C1_B7_27_22_0A_95);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write(&n.to_le_bytes());
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FieldHash = std::hash::BuildHasherDefault<FieldHasher>;
+
+/// Asks the CPU to bring `item` into the cache; a hint only.
+#[inline(always)]
+fn prefetch<T>(item: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch never faults and changes no memory; the pointer is valid anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>((item as *const T).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = item;
+}
+
+/// A digest's hash: its four words folded and spread (Fibonacci hashing), so that even
+/// hand-made digests that differ only at the end land far apart. The high half picks the
+/// slot, the low half is the tag.
+fn slot_hash(digest: &Digest) -> u64 {
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&digest.0[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(w)
+    };
+    let folded =
+        word(0) ^ word(1).rotate_left(16) ^ word(2).rotate_left(32) ^ word(3).rotate_left(48);
+    folded.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 impl TokenIndex {
+    /// The slot that holds `digest`, or the empty slot where it would go, and the tag.
+    fn probe(&self, digest: &Digest) -> (usize, u32) {
+        let mask = self.slots.len() - 1;
+        let hash = slot_hash(digest);
+        let tag = hash as u32;
+        let mut slot = (hash >> 32) as usize & mask;
+        loop {
+            let found = self.slots[slot];
+            if found == EMPTY
+                || (found.tag == tag && self.entries[found.entry as usize].0 == *digest)
+            {
+                return (slot, tag);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+
     /// Builds the index from the file's bytes, reporting invalid lines and duplicates.
+    ///
+    /// Two passes: the lines are parsed in order into `entries`, then the table is built
+    /// with each slot fetched into the cache a few records ahead of its use (on a large
+    /// file, waiting for a table slot in main memory was the largest single cost).
     pub fn load(bytes: &[u8]) -> (TokenIndex, Vec<LoadProblem>) {
-        let doc = format::Document::parse(bytes);
+        let body = bytes.strip_prefix(format::BOM).unwrap_or(bytes);
+        // A guess (records are rarely shorter); the vector grows if it is wrong.
         let mut index = TokenIndex {
-            by_digest: HashMap::with_capacity(doc.lines.len()),
+            entries: Vec::with_capacity(body.len() / 80 + 1),
+            slots: Vec::new(),
             records: 0,
         };
         let mut problems = Vec::new();
-        // Records usually share a handful of scope sets; share them instead of copying.
-        let mut interned: HashMap<ScopeSet, Arc<ScopeSet>> = HashMap::new();
-        for (line, entry) in doc.entries() {
-            match entry {
-                Entry::Record(record) => {
-                    index.records += 1;
-                    let digest = record.digest();
-                    match index.by_digest.entry(digest) {
-                        MapEntry::Occupied(first) => problems.push(LoadProblem::Duplicate {
-                            line,
-                            first: first.get().line,
-                            id: digest.id(),
-                        }),
-                        MapEntry::Vacant(slot) => {
-                            let scopes = interned
-                                .entry(record.scopes.clone())
-                                .or_insert_with(|| Arc::new(record.scopes.clone()))
-                                .clone();
-                            slot.insert(Grant {
-                                scopes,
-                                ..Grant::from_record(&record, line)
-                            });
-                        }
-                    }
-                }
-                Entry::Invalid(why) => problems.push(LoadProblem::Invalid { line, why }),
-                Entry::Blank | Entry::Comment => {}
+        // Records usually share a handful of scope sets: parse each distinct field once and
+        // share the result.
+        let all: Arc<ScopeSet> = Arc::new(ScopeSet::all());
+        let mut scope_sets: HashMap<&[u8], Result<Arc<ScopeSet>, ScopeError>, FieldHash> =
+            HashMap::default();
+        let no_name: Arc<str> = Arc::from("");
+        let mut number = 0;
+        let mut line_start = 0;
+        let mut field_start = 0;
+        let mut fields = format::Fields::default();
+        // One pass over the bytes finds every TAB and line end.
+        let delimiters = memchr::memchr2_iter(b'\t', b'\n', body).chain(std::iter::once(body.len()));
+        for at in delimiters {
+            if at < body.len() && body[at] == b'\t' {
+                fields.push(&body[field_start..at]);
+                field_start = at + 1;
+                continue;
             }
+            let raw = &body[line_start..at];
+            let last = &body[field_start..at];
+            let line_fields = std::mem::take(&mut fields);
+            (line_start, field_start) = (at + 1, at + 1);
+            number += 1;
+            if at == body.len() && raw.is_empty() {
+                break; // nothing after the last line ending
+            }
+            // A CR before the LF belongs to the line ending, not to the last field.
+            let (content, last) = match raw.strip_suffix(b"\r") {
+                Some(content) => (content, &last[..last.len() - 1]),
+                None => (raw, last),
+            };
+            if !format::is_record_line(content) {
+                continue;
+            }
+            let mut line_fields = line_fields;
+            line_fields.push(last);
+            let fields = format::check_fields(line_fields, |field| match field {
+                None => Ok(all.clone()),
+                Some(field) => scope_sets
+                    .entry(field)
+                    .or_insert_with(|| ScopeSet::parse(field).map(Arc::new))
+                    .clone(),
+            });
+            let fields = match fields {
+                Ok(fields) => fields,
+                Err(why) => {
+                    problems.push(LoadProblem::Invalid { line: number, why });
+                    continue;
+                }
+            };
+            index.records += 1;
+            if index.entries.len() == MAX_ENTRIES {
+                continue; // beyond 4 billion tokens: not indexed
+            }
+            let digest = fields.digest();
+            let name = match fields.name {
+                [] => no_name.clone(),
+                name => match std::str::from_utf8(name) {
+                    Ok(name) => Arc::from(name),
+                    Err(_) => Arc::from(&*String::from_utf8_lossy(name)),
+                },
+            };
+            index.entries.push((
+                digest,
+                Grant {
+                    id: digest.id(),
+                    name,
+                    scopes: fields.scopes,
+                    expires: fields.expires,
+                    line: number,
+                },
+            ));
+        }
+        let duplicates = index.build_slots();
+        if !duplicates.is_empty() {
+            // Only the first record of a token counts: drop the others and build again.
+            let mut shadowed = vec![false; index.entries.len()];
+            for &(duplicate, first) in &duplicates {
+                shadowed[duplicate] = true;
+                let (digest, grant) = &index.entries[duplicate];
+                problems.push(LoadProblem::Duplicate {
+                    line: grant.line,
+                    first: index.entries[first].1.line,
+                    id: digest.id(),
+                });
+            }
+            let mut position = 0;
+            index.entries.retain(|_| {
+                position += 1;
+                !shadowed[position - 1]
+            });
+            index.build_slots();
+            // In line order, as one pass would have reported them.
+            problems.sort_by_key(|p| match p {
+                LoadProblem::Invalid { line, .. } | LoadProblem::Duplicate { line, .. } => *line,
+            });
         }
         (index, problems)
     }
 
+    /// Fills the table from `entries`; returns (duplicate, first) entry index pairs.
+    fn build_slots(&mut self) -> Vec<(usize, usize)> {
+        const AHEAD: usize = 8;
+        self.slots = vec![EMPTY; (self.entries.len().max(4) * 2).next_power_of_two()];
+        let mask = self.slots.len() - 1;
+        let mut duplicates = Vec::new();
+        for i in 0..self.entries.len() {
+            if let Some((ahead, _)) = self.entries.get(i + AHEAD) {
+                prefetch(&self.slots[(slot_hash(ahead) >> 32) as usize & mask]);
+            }
+            let (slot, tag) = self.probe(&self.entries[i].0);
+            match self.slots[slot] {
+                EMPTY => {
+                    self.slots[slot] = Slot {
+                        entry: i as u32,
+                        tag,
+                    }
+                }
+                first => duplicates.push((i, first.entry as usize)),
+            }
+        }
+        duplicates
+    }
+
     pub fn get(&self, token: &Secret) -> Option<&Grant> {
-        self.by_digest.get(&token.digest())
+        self.get_digest(&token.digest())
     }
 
     pub fn len(&self) -> usize {
-        self.by_digest.len()
+        self.entries.len()
     }
 
-    /// Every token's digest with the record that counts for it (in no particular order).
+    /// The record that counts for a digest (e.g. one taken from another index's [`iter`]).
+    ///
+    /// [`iter`]: TokenIndex::iter
+    pub fn get_digest(&self, digest: &Digest) -> Option<&Grant> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        match self.slots[self.probe(digest).0] {
+            EMPTY => None,
+            found => Some(&self.entries[found.entry as usize].1),
+        }
+    }
+
+    /// Every token's digest with the record that counts for it (in file order).
     pub fn iter(&self) -> impl Iterator<Item = (&Digest, &Grant)> + '_ {
-        self.by_digest.iter()
+        self.entries.iter().map(|(digest, grant)| (digest, grant))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_digest.is_empty()
+        self.entries.is_empty()
     }
 
     pub fn check(&self, token: &Secret, required: &RequiredScopes, now: Timestamp) -> Decision {
@@ -193,28 +398,136 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Recognizes the lines whose credential is a given token, without parsing them.
+struct Matcher<'a> {
+    token: &'a [u8],
+    digest_hex: String,
+    /// A credential never contains a TAB, so such a token matches no plaintext record.
+    token_has_tab: bool,
+}
+
+/// `sha256:` and 64 hex digits.
+const HASHED_LEN: usize = HASH_PREFIX.len() + 64;
+
+impl<'a> Matcher<'a> {
+    fn new(token: &'a Secret) -> Self {
+        Matcher {
+            token: token.expose(),
+            digest_hex: token.digest().to_hex(),
+            token_has_tab: token.expose().contains(&b'\t'),
+        }
+    }
+
+    /// Whether the credential (the bytes before the first TAB) of `line` is the token, or
+    /// `sha256:` and the token's digest. Only the length of a plaintext credential decides
+    /// before all of its bytes are compared, as with [`constant_time_eq`].
+    fn is_candidate(&self, line: &[u8]) -> bool {
+        let ends_at = |len: usize| line.len() == len || line.get(len) == Some(&b'\t');
+        if line.starts_with(HASH_PREFIX) {
+            // A credential that starts with `sha256:` is compared as a digest, never as a
+            // token (the prefix holds no TAB, so the credential starts with it too).
+            ends_at(HASHED_LEN)
+                && constant_time_eq(&line[HASH_PREFIX.len()..HASHED_LEN], self.digest_hex.as_bytes())
+        } else {
+            let len = self.token.len();
+            !self.token_has_tab
+                && line.len() >= len
+                && ends_at(len)
+                && constant_time_eq(&line[..len], self.token)
+        }
+    }
+
+    /// The grant of `line` (number `number`) if it is a valid record of the token.
+    fn grant(&self, line: &[u8], number: usize) -> Option<Grant> {
+        if !self.is_candidate(line) {
+            return None;
+        }
+        match format::parse_line(line) {
+            Entry::Record(record) => Some(Grant::from_record(&record, number)),
+            _ => None,
+        }
+    }
+}
+
 /// Finds the first valid record of `token` in the raw file bytes in one pass.
 pub fn find_record(bytes: &[u8], token: &Secret) -> Option<Grant> {
     if token.is_empty() {
         return None;
     }
-    let digest_hex = token.digest().to_hex();
+    let matcher = Matcher::new(token);
     let body = bytes.strip_prefix(format::BOM).unwrap_or(bytes);
-    for (index, raw_line) in body.split(|&b| b == b'\n').enumerate() {
-        let line = raw_line.strip_suffix(b"\r").unwrap_or(raw_line);
-        let credential = match line.iter().position(|&b| b == b'\t') {
-            Some(tab) => &line[..tab],
-            None => line,
-        };
-        let candidate = match credential.strip_prefix(HASH_PREFIX) {
-            Some(hex) => constant_time_eq(hex, digest_hex.as_bytes()),
-            None => constant_time_eq(credential, token.expose()),
-        };
-        if candidate && let Entry::Record(record) = format::parse_line(line) {
-            return Some(Grant::from_record(&record, index + 1));
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    for (index, end) in ends.enumerate() {
+        let raw = &body[start..end];
+        start = end + 1;
+        let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if let Some(grant) = matcher.grant(line, index + 1) {
+            return Some(grant);
         }
     }
     None
+}
+
+/// How much of the file [`find_record_in`] holds at a time (more only for a longer line).
+const CHUNK: usize = 256 * 1024;
+
+/// [`find_record`] over a reader, in chunks: a one-shot `check` of a 100 MB file neither
+/// allocates nor touches 100 MB of memory, and stops reading at the record it looks for.
+pub fn find_record_in(mut reader: impl Read, token: &Secret) -> io::Result<Option<Grant>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let matcher = Matcher::new(token);
+    let mut buf = vec![0u8; CHUNK];
+    // buf[start..end] holds bytes read but not yet consumed: the start of a line.
+    let (mut start, mut end) = (0, 0);
+    let mut number = 0;
+    let mut at_file_start = true;
+    loop {
+        if start > 0 {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        if end == buf.len() {
+            // One line fills the buffer: make room for the rest of it.
+            buf.resize(buf.len() * 2, 0);
+        }
+        let read = match reader.read(&mut buf[end..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        end += read;
+        let eof = read == 0;
+        if at_file_start {
+            if end < format::BOM.len() && !eof {
+                continue;
+            }
+            if buf[..end].starts_with(format::BOM) {
+                start = format::BOM.len();
+            }
+            at_file_start = false;
+        }
+        let data = &buf[start..end];
+        let mut consumed = 0;
+        for newline in memchr::memchr_iter(b'\n', data) {
+            number += 1;
+            let raw = &data[consumed..newline];
+            consumed = newline + 1;
+            let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+            if let Some(grant) = matcher.grant(line, number) {
+                return Ok(Some(grant));
+            }
+        }
+        start += consumed;
+        if eof {
+            let raw = &buf[start..end];
+            let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+            return Ok(matcher.grant(line, number + 1));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,10 +8,13 @@
 //! overwritten — the edit is refused and the copy kept for the admin to re-apply.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs;
 use std::io::{self, BufRead, Write};
 use std::path::Path;
 use std::process::Command;
+
+use tempfile::NamedTempFile;
 
 use crate::audit::{AuditLog, AuditRecord, Event};
 use crate::error::{Error, Exit, Result};
@@ -91,7 +94,7 @@ fn merge_appended(original: &[u8], current: &[u8], edited: &[u8]) -> Option<Vec<
 }
 
 /// Record lines by ID (first record of each ID), for the audit log.
-fn records_by_id(doc: &Document) -> BTreeMap<Id, (AuditRecord, Line)> {
+fn records_by_id<'a>(doc: &Document<'a>) -> BTreeMap<Id, (AuditRecord, Line<'a>)> {
     let mut map = BTreeMap::new();
     for (index, record) in doc.records() {
         map.entry(record.id())
@@ -123,6 +126,20 @@ fn audit_event(before: &[u8], after: &[u8]) -> Event {
         .with("added", added)
         .with("removed", removed)
         .with("changed", changed)
+}
+
+/// Keeps the admin's edited copy after a failure to install it, and says where it is.
+fn keep_edit(copy: NamedTempFile, why: impl fmt::Display) -> Error {
+    match copy.into_temp_path().keep() {
+        Ok(kept) => Error::File(format!(
+            "{why}. Your edit is saved in {} — run `tokenfile edit` again and re-apply it",
+            kept.display()
+        )),
+        Err(e) => Error::File(format!(
+            "{why}; your edited copy could not be kept either: {}",
+            e.error
+        )),
+    }
 }
 
 pub fn edit(store: &Store, audit: &AuditLog) -> Result<Exit> {
@@ -176,28 +193,33 @@ pub fn edit(store: &Store, audit: &AuditLog) -> Result<Exit> {
         }
     };
 
-    let locked = store.lock()?;
-    let (current, meta) = locked
-        .read()?
-        .ok_or_else(|| store::missing_file(store.path()))?;
+    // From here on no failure may lose the admin's work: the copy is kept and named.
+    let locked = match store.lock() {
+        Ok(locked) => locked,
+        Err(e) => return Err(keep_edit(copy, format!("{e}; {shown} was not changed"))),
+    };
+    let (current, meta) = match locked.read() {
+        Ok(Some(found)) => found,
+        Ok(None) => return Err(keep_edit(copy, store::missing_file(store.path()))),
+        Err(e) => return Err(keep_edit(copy, e)),
+    };
     let install = if current == original {
         edited
     } else if let Some(merged) = merge_appended(&original, &current, &edited) {
         eprintln!("tokenfile: lines appended to {shown} while you edited were kept");
         merged
     } else {
-        let kept = copy
-            .into_temp_path()
-            .keep()
-            .map_err(|e| Error::File(format!("cannot keep your edited copy: {}", e.error)))?;
-        return Err(Error::File(format!(
-            "{shown} was changed by someone else while you edited it; your version was NOT \
-             installed, so that change is not lost. Your edit is saved in {} — run \
-             `tokenfile edit` again and re-apply it",
-            kept.display()
-        )));
+        return Err(keep_edit(
+            copy,
+            format!(
+                "{shown} was changed by someone else while you edited it; your version was NOT \
+                 installed, so that change is not lost"
+            ),
+        ));
     };
-    locked.replace(&install, Some(&meta))?;
+    if let Err(e) = locked.replace(&install, Some(&meta)) {
+        return Err(keep_edit(copy, format!("{e}; {shown} was not changed")));
+    }
     drop(locked);
     audit.record(&audit_event(&current, &install), &target);
     eprintln!("tokenfile: installed {shown}");

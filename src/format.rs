@@ -4,7 +4,11 @@
 //! unchanged document reproduces the input byte for byte — CRLF, a missing final newline, a
 //! BOM, NUL bytes and invalid UTF-8 included. Lines are classified on demand by
 //! [`parse_line`]; a change replaces, removes or appends whole lines and touches nothing else.
+//!
+//! A parsed document borrows its lines from the bytes it was parsed from (one `Vec` per line
+//! made a 1M-line file cost a million allocations); a changed or appended line owns its bytes.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::scope::{ScopeError, ScopeSet};
@@ -34,66 +38,60 @@ impl Ending {
 }
 
 #[derive(Clone, PartialEq, Eq)]
-pub struct Line {
-    /// The bytes of the line without its ending (and without the BOM on line 1).
-    pub content: Vec<u8>,
+pub struct Line<'a> {
+    /// The bytes of the line without its ending (and without the BOM on line 1): borrowed
+    /// from the parsed input, or owned once the line is changed or new.
+    pub content: Cow<'a, [u8]>,
     pub ending: Ending,
 }
 
-impl fmt::Debug for Line {
+impl fmt::Debug for Line<'_> {
     // Lines may hold plaintext credentials.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Line({} bytes, {:?})", self.content.len(), self.ending)
     }
 }
 
-impl Line {
+impl Line<'_> {
     pub fn entry(&self) -> Entry {
         parse_line(&self.content)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Document {
+pub struct Document<'a> {
     pub bom: bool,
-    pub lines: Vec<Line>,
+    pub lines: Vec<Line<'a>>,
 }
 
-impl Document {
-    pub fn parse(bytes: &[u8]) -> Document {
-        let (bom, mut rest) = match bytes.strip_prefix(BOM) {
+impl<'a> Document<'a> {
+    /// Splits `bytes` into lines that borrow from it; nothing is copied.
+    pub fn parse(bytes: &'a [u8]) -> Document<'a> {
+        let (bom, rest) = match bytes.strip_prefix(BOM) {
             Some(rest) => (true, rest),
             None => (false, bytes),
         };
         let mut lines = Vec::with_capacity(rest.len() / 64 + 1);
-        while !rest.is_empty() {
-            let line = match rest.iter().position(|&b| b == b'\n') {
-                Some(end) => {
-                    let (mut content, ending) = (&rest[..end], Ending::Lf);
-                    rest = &rest[end + 1..];
-                    if let Some(stripped) = content.strip_suffix(b"\r") {
-                        content = stripped;
-                        Line {
-                            content: content.to_vec(),
-                            ending: Ending::CrLf,
-                        }
-                    } else {
-                        Line {
-                            content: content.to_vec(),
-                            ending,
-                        }
-                    }
-                }
-                None => {
-                    let line = Line {
-                        content: rest.to_vec(),
-                        ending: Ending::None,
-                    };
-                    rest = &[];
-                    line
-                }
-            };
-            lines.push(line);
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', rest) {
+            let content = &rest[start..end];
+            lines.push(match content.strip_suffix(b"\r") {
+                Some(content) => Line {
+                    content: Cow::Borrowed(content),
+                    ending: Ending::CrLf,
+                },
+                None => Line {
+                    content: Cow::Borrowed(content),
+                    ending: Ending::Lf,
+                },
+            });
+            start = end + 1;
+        }
+        if start < rest.len() {
+            lines.push(Line {
+                content: Cow::Borrowed(&rest[start..]),
+                ending: Ending::None,
+            });
         }
         Document { bom, lines }
     }
@@ -134,7 +132,10 @@ impl Document {
         {
             last.ending = ending;
         }
-        self.lines.push(Line { content, ending });
+        self.lines.push(Line {
+            content: Cow::Owned(content),
+            ending,
+        });
     }
 
     /// Every line with its 1-based number and classification.
@@ -265,12 +266,26 @@ fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0B | 0x0C)
 }
 
+pub fn is_comment(content: &[u8]) -> bool {
+    content.first() == Some(&b'#')
+}
+
+pub fn is_blank(content: &[u8]) -> bool {
+    content.iter().all(|&b| b == b' ' || b == b'\t')
+}
+
+/// Whether a line (without its ending) is meant as a record — neither a comment nor blank —
+/// and so is either a valid record or an invalid line.
+pub fn is_record_line(content: &[u8]) -> bool {
+    !is_comment(content) && !is_blank(content)
+}
+
 /// Classifies one line (without its ending).
 pub fn parse_line(content: &[u8]) -> Entry {
-    if content.first() == Some(&b'#') {
+    if is_comment(content) {
         return Entry::Comment;
     }
-    if content.iter().all(|&b| b == b' ' || b == b'\t') {
+    if is_blank(content) {
         return Entry::Blank;
     }
     match parse_record(content) {
@@ -280,20 +295,104 @@ pub fn parse_line(content: &[u8]) -> Entry {
 }
 
 fn parse_record(content: &[u8]) -> Result<Record, Invalid> {
-    let fields: Vec<&[u8]> = content.split(|&b| b == b'\t').collect();
-    if fields.len() > MAX_FIELDS {
-        return Err(Invalid::TooManyFields(fields.len()));
-    }
-    let credential = parse_credential(fields[0])?;
-    let scopes = match fields.get(1) {
-        None => ScopeSet::all(), // legacy one-field line: full access
-        Some(field) => ScopeSet::parse(field).map_err(Invalid::Scopes)?,
+    let fields = split_record(content, |field| match field {
+        None => Ok(ScopeSet::all()), // legacy one-field line: full access
+        Some(field) => ScopeSet::parse(field),
+    })?;
+    let credential = match fields.hashed {
+        Some(digest) => Credential::Hashed(digest),
+        None => Credential::Plain(Secret::new(fields.credential.to_vec())),
     };
-    let name = fields.get(2).map(|f| f.to_vec()).unwrap_or_default();
-    let created = parse_optional_time(fields.get(3)).map_err(|()| Invalid::Created)?;
-    let expires = parse_optional_time(fields.get(4)).map_err(|()| Invalid::Expires)?;
     Ok(Record {
         credential,
+        scopes: fields.scopes,
+        name: fields.name.to_vec(),
+        created: fields.created,
+        expires: fields.expires,
+    })
+}
+
+/// A valid record line split into its fields, borrowing from the line. [`parse_line`] and
+/// the index of [`crate::check::TokenIndex`] both go through [`split_record`], so they accept
+/// exactly the same lines for exactly the same reasons.
+#[derive(Debug)]
+pub struct RecordFields<'a, S> {
+    /// The credential field as stored (a plaintext token, or `sha256:<hex>`).
+    pub credential: &'a [u8],
+    /// The digest of a `sha256:` credential; `None` for a plaintext one.
+    pub hashed: Option<Digest>,
+    /// What the `scopes` callback made of the scopes field.
+    pub scopes: S,
+    /// Empty when the line has no name field.
+    pub name: &'a [u8],
+    pub created: Option<Timestamp>,
+    pub expires: Option<Timestamp>,
+}
+
+impl<S> RecordFields<'_, S> {
+    /// The digest the record is looked up by.
+    pub fn digest(&self) -> Digest {
+        self.hashed
+            .unwrap_or_else(|| Digest::of(self.credential))
+    }
+}
+
+/// The TAB-separated fields of a line, borrowed: the first [`MAX_FIELDS`] (missing ones
+/// empty, which is what an empty field means too) and how many there are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fields<'a> {
+    pub fields: [&'a [u8]; MAX_FIELDS],
+    pub count: usize,
+}
+
+impl<'a> Fields<'a> {
+    /// Adds the next field.
+    #[inline]
+    pub fn push(&mut self, field: &'a [u8]) {
+        if self.count < MAX_FIELDS {
+            self.fields[self.count] = field;
+        }
+        self.count += 1;
+    }
+
+    pub fn split(content: &'a [u8]) -> Fields<'a> {
+        let mut fields = Fields::default();
+        let mut start = 0;
+        for tab in memchr::memchr_iter(b'\t', content) {
+            fields.push(&content[start..tab]);
+            start = tab + 1;
+        }
+        fields.push(&content[start..]);
+        fields
+    }
+}
+
+/// Splits and checks a record line (not a comment or blank line) without copying it. The
+/// scopes field (`None` on a legacy one-field line) is handed to `scopes`, so that a caller
+/// that sees the same field a million times can parse it once.
+pub fn split_record<'a, S>(
+    content: &'a [u8],
+    scopes: impl FnOnce(Option<&'a [u8]>) -> Result<S, ScopeError>,
+) -> Result<RecordFields<'a, S>, Invalid> {
+    check_fields(Fields::split(content), scopes)
+}
+
+/// [`split_record`] of a line already split into its fields.
+pub fn check_fields<'a, S>(
+    fields: Fields<'a>,
+    scopes: impl FnOnce(Option<&'a [u8]>) -> Result<S, ScopeError>,
+) -> Result<RecordFields<'a, S>, Invalid> {
+    if fields.count > MAX_FIELDS {
+        return Err(Invalid::TooManyFields(fields.count));
+    }
+    let [credential, scopes_field, name, created, expires] = fields.fields;
+    let hashed = check_credential(credential)?;
+    let scopes = scopes((fields.count > 1).then_some(scopes_field)).map_err(Invalid::Scopes)?;
+    let created = parse_optional_time(created).map_err(|()| Invalid::Created)?;
+    let expires = parse_optional_time(expires).map_err(|()| Invalid::Expires)?;
+    Ok(RecordFields {
+        credential,
+        hashed,
         scopes,
         name,
         created,
@@ -301,27 +400,37 @@ fn parse_record(content: &[u8]) -> Result<Record, Invalid> {
     })
 }
 
-/// Parses a credential field: a `sha256:` digest or a plaintext token.
-pub fn parse_credential(field: &[u8]) -> Result<Credential, Invalid> {
+/// Checks a credential field; the digest if it is a `sha256:` one, `None` if plaintext.
+fn check_credential(field: &[u8]) -> Result<Option<Digest>, Invalid> {
     if field.is_empty() {
         return Err(Invalid::EmptyCredential);
     }
-    if field.iter().copied().any(is_space) {
+    // The common case first: a good digest holds no whitespace, so it needs no other test.
+    if let Some(digest) = field.strip_prefix(HASH_PREFIX).and_then(Digest::from_hex) {
+        return Ok(Some(digest));
+    }
+    // No early exit: the loop over a typical 50-byte credential vectorizes.
+    if field.iter().fold(false, |found, &b| found | is_space(b)) {
         return Err(Invalid::WhitespaceInCredential);
     }
-    match field.strip_prefix(HASH_PREFIX) {
-        Some(hex) => Digest::from_hex(hex)
-            .map(Credential::Hashed)
-            .ok_or(Invalid::BadDigest),
-        None => Ok(Credential::Plain(Secret::new(field.to_vec()))),
+    if field.starts_with(HASH_PREFIX) {
+        return Err(Invalid::BadDigest);
     }
+    Ok(None)
 }
 
-fn parse_optional_time(field: Option<&&[u8]>) -> Result<Option<Timestamp>, ()> {
+/// Parses a credential field: a `sha256:` digest or a plaintext token.
+pub fn parse_credential(field: &[u8]) -> Result<Credential, Invalid> {
+    Ok(match check_credential(field)? {
+        Some(digest) => Credential::Hashed(digest),
+        None => Credential::Plain(Secret::new(field.to_vec())),
+    })
+}
+
+fn parse_optional_time(field: &[u8]) -> Result<Option<Timestamp>, ()> {
     match field {
-        None => Ok(None),
-        Some([]) => Ok(None),
-        Some(f) => parse_timestamp(f).map(Some).ok_or(()),
+        [] => Ok(None),
+        f => parse_timestamp(f).map(Some).ok_or(()),
     }
 }
 

@@ -6,7 +6,7 @@
 //! foreign one without any file; such a token is still simply unknown.
 
 use std::fmt;
-use std::io::{BufRead, Read};
+use std::io::BufRead;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -99,16 +99,24 @@ impl Digest {
         if text.len() != 64 {
             return None;
         }
+        // A table lookup per digit and one check at the end: loading a million `sha256:`
+        // records decodes 64 million digits.
         let mut out = [0u8; 32];
+        let mut bad = 0u8;
         for (i, pair) in text.chunks_exact(2).enumerate() {
-            out[i] = (lower_hex_value(pair[0])? << 4) | lower_hex_value(pair[1])?;
+            let (high, low) = (HEX_VALUE[usize::from(pair[0])], HEX_VALUE[usize::from(pair[1])]);
+            bad |= high | low;
+            out[i] = (high << 4) | (low & 0x0F);
         }
-        Some(Digest(out))
+        (bad & NOT_HEX == 0).then_some(Digest(out))
     }
 
     pub fn id(&self) -> Id {
         let mut id = [0u8; ID_LEN];
-        id.copy_from_slice(&hex(&self.0[..ID_LEN / 2]).as_bytes()[..ID_LEN]);
+        for (pair, &b) in id.chunks_exact_mut(2).zip(&self.0) {
+            pair[0] = HEX_DIGITS[usize::from(b >> 4)];
+            pair[1] = HEX_DIGITS[usize::from(b & 15)];
+        }
         Id(id)
     }
 }
@@ -121,6 +129,22 @@ impl fmt::Debug for Digest {
     }
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Marks a byte that is not a lowercase hex digit in [`HEX_VALUE`].
+const NOT_HEX: u8 = 0x80;
+
+/// The value of each lowercase hex digit; [`NOT_HEX`] for every other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[HEX_DIGITS[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
 fn lower_hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -130,11 +154,10 @@ fn lower_hex_value(b: u8) -> Option<u8> {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
+        out.push(HEX_DIGITS[usize::from(b >> 4)] as char);
+        out.push(HEX_DIGITS[usize::from(b & 15)] as char);
     }
     out
 }

@@ -24,7 +24,9 @@ fn last_line(env: &Env) -> String {
 #[test]
 fn mint_prints_the_token_alone_and_stores_only_its_digest() {
     let env = Env::init();
-    let out = env.tokenfile(&["mint", "--scope", "read", "--name", "ci"]).ok();
+    let out = env
+        .tokenfile(&["mint", "--scope", "read", "--name", "ci"])
+        .ok();
     let stdout = out.out();
     let token = stdout.strip_suffix('\n').expect("one trailing newline");
     assert!(!token.contains('\n'), "{out:?}");
@@ -88,7 +90,11 @@ fn id_prints_the_id_that_list_shows() {
         let out = env
             .tokenfile_stdin(&["id"], format!("{token}\n").as_bytes())
             .ok();
-        assert_eq!(out.out(), format!("{}\n", id_of(token.as_bytes())), "{out:?}");
+        assert_eq!(
+            out.out(),
+            format!("{}\n", id_of(token.as_bytes())),
+            "{out:?}"
+        );
         let id = out.out().trim_end().to_string();
         assert!(is_hex12(&id));
         assert_eq!(listed[i], id);
@@ -105,7 +111,8 @@ fn id_prints_the_id_that_list_shows() {
 fn tokens_are_never_accepted_as_arguments() {
     let env = Env::init();
     let token = env.mint(&["--scope", "read"]);
-    env.tokenfile(&["check", "--scope", "read", &token]).code(USAGE);
+    env.tokenfile(&["check", "--scope", "read", &token])
+        .code(USAGE);
     env.tokenfile(&["id", &token]).code(USAGE);
 }
 
@@ -141,7 +148,9 @@ fn a_mistyped_or_truncated_minted_token_is_unknown_and_recognized() {
     for bad in [&typo, &truncated] {
         let out = env.check_out(bad, &["read"]).code(UNAUTHORIZED);
         assert!(out.err().contains("checksum"), "{out:?}");
-        let id = env.tokenfile_stdin(&["id"], format!("{bad}\n").as_bytes()).ok();
+        let id = env
+            .tokenfile_stdin(&["id"], format!("{bad}\n").as_bytes())
+            .ok();
         assert!(id.err().contains("checksum"), "{id:?}");
     }
 }
@@ -171,7 +180,12 @@ fn check_reads_the_token_from_the_named_environment_variable() {
 fn unique_prefix(id: &str, all: &[String]) -> String {
     (4..=12)
         .map(|n| id[..n].to_string())
-        .find(|p| all.iter().filter(|other| other.starts_with(p.as_str())).count() == 1)
+        .find(|p| {
+            all.iter()
+                .filter(|other| other.starts_with(p.as_str()))
+                .count()
+                == 1
+        })
         .expect("IDs are distinct")
 }
 
@@ -232,7 +246,10 @@ fn an_ambiguous_prefix_is_refused_and_lists_the_candidates() {
     let (id_a, id_b) = (id_of(a.as_bytes()), id_of(b.as_bytes()));
     for cmd in ["revoke", "rotate"] {
         let out = env.tokenfile(&[cmd, &prefix]).code(NO_SUCH_ID);
-        assert!(out.err().contains(&id_a) && out.err().contains(&id_b), "{out:?}");
+        assert!(
+            out.err().contains(&id_a) && out.err().contains(&id_b),
+            "{out:?}"
+        );
         assert!(out.stdout.is_empty(), "{out:?}");
     }
     assert_eq!(env.read(), original.as_bytes());
@@ -253,7 +270,11 @@ fn revoke_is_all_or_nothing() {
     let t3 = env.mint(&["--scope", "read"]);
     let before = env.read();
     let (id1, id2) = (id_of(t1.as_bytes()), id_of(t2.as_bytes()));
-    let missing = if id1.starts_with("ffff") { "eeee" } else { "ffff" };
+    let missing = if id1.starts_with("ffff") {
+        "eeee"
+    } else {
+        "ffff"
+    };
     env.tokenfile(&["revoke", &id1, missing]).code(NO_SUCH_ID);
     env.tokenfile(&["revoke", &id1, "abc"]).code(USAGE);
     assert_eq!(env.read(), before);
@@ -328,13 +349,20 @@ fn rotate_with_grace_keeps_the_old_token_until_now_plus_grace() {
 
     // A rotation's new token inherits the old expiry unless --expires says otherwise.
     let out = env
-        .tokenfile(&["rotate", &id_of(new.as_bytes()), "--expires", "30d", "--json"])
+        .tokenfile(&[
+            "rotate",
+            &id_of(new.as_bytes()),
+            "--expires",
+            "30d",
+            "--json",
+        ])
         .ok();
     let newest = out.json();
     let expires = parse_time(newest["expires"].as_str().unwrap());
     let days = (expires - now()).whole_days();
     assert!((29..=30).contains(&days), "{newest}");
-    env.tokenfile(&["rotate", &old_id, "--grace", "soon"]).code(USAGE);
+    env.tokenfile(&["rotate", &old_id, "--grace", "soon"])
+        .code(USAGE);
 }
 
 // --- init, the file path, and I/O errors -----------------------------------------------
@@ -391,6 +419,10 @@ fn a_missing_file_is_an_io_error_that_names_it() {
         assert!(out.stdout.is_empty(), "{out:?}");
     }
     assert!(!env.file.exists(), "nothing may create the file but init");
+    assert!(
+        !env.path("tokens.lock").exists(),
+        "a mistyped path leaves no lock file behind"
+    );
 }
 
 #[test]
@@ -408,7 +440,11 @@ fn file_flag_wins_over_the_environment() {
     assert_eq!(a.read(), a_before);
     assert_eq!(b.check(&token, &["read"]), OK);
     // The short form, after the command.
-    let out = run(a.command(&["mint", "-f", &b.file_str(), "--scope", "x"]), None).ok();
+    let out = run(
+        a.command(&["mint", "-f", &b.file_str(), "--scope", "x"]),
+        None,
+    )
+    .ok();
     assert_eq!(b.check(out.out().trim_end(), &["x"]), OK);
     assert_eq!(a.read(), a_before);
     // Without --file, $TOKENFILE is used.
@@ -434,7 +470,13 @@ fn usage_errors_exit_2() {
         &["frobnicate"],
         &["list", "--bogus"],
         &["mint", "--scope", "read", "--expires", "whenever"],
-        &["mint", "--scope", "read", "--expires", "2001-01-01T00:00:00Z"],
+        &[
+            "mint",
+            "--scope",
+            "read",
+            "--expires",
+            "2001-01-01T00:00:00Z",
+        ],
         &["mint", "--scope", "read", "--name", "tab\there"],
         &["mint", "--scope", "read", "--name", "line\nbreak"],
         &["--lock-timeout", "forever", "mint", "--scope", "read"],

@@ -15,7 +15,10 @@ use common::*;
 #[track_caller]
 fn assert_well_formed(bytes: &[u8]) {
     let text = std::str::from_utf8(bytes).expect("utf-8");
-    assert!(text.ends_with('\n'), "torn file (no final newline): {text:?}");
+    assert!(
+        text.ends_with('\n'),
+        "torn file (no final newline): {text:?}"
+    );
     for line in text.lines() {
         if line.starts_with('#') {
             continue;
@@ -59,7 +62,11 @@ fn fifty_parallel_mints_leave_fifty_valid_records() {
         .into_iter()
         .map(|r| {
             let out = r.wait().ok();
-            let token = out.out().strip_suffix('\n').expect("token line").to_string();
+            let token = out
+                .out()
+                .strip_suffix('\n')
+                .expect("token line")
+                .to_string();
             assert!(is_minted_shape(&token), "{out:?}");
             token
         })
@@ -78,7 +85,10 @@ fn fifty_parallel_mints_leave_fifty_valid_records() {
         .collect();
     let minted: BTreeSet<String> = tokens.iter().map(|t| id_of(t.as_bytes())).collect();
     assert_eq!(listed, minted);
-    let listed_names: BTreeSet<&str> = records.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    let listed_names: BTreeSet<&str> = records
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
     assert_eq!(listed_names, names.iter().map(String::as_str).collect());
 
     for (i, token) in tokens.iter().enumerate() {
@@ -102,16 +112,20 @@ fn concurrent_revokes_and_mints_end_in_exactly_the_expected_set() {
     let seeds: Vec<String> = (0..SEEDS).map(|i| format!("seed-token-{i}")).collect();
     let mut original = b"# seeded\nbroken-line\t\n".to_vec();
     for (i, seed) in seeds.iter().enumerate() {
-        original.extend_from_slice(format!("{}\tseed\tseed {i}\n", hashed(seed.as_bytes())).as_bytes());
+        original
+            .extend_from_slice(format!("{}\tseed\tseed {i}\n", hashed(seed.as_bytes())).as_bytes());
     }
     let env = Env::with_bytes(&original);
 
     // Interleave: revoke, mint, revoke, mint, ... all started before any is waited for.
     let mut running = Vec::new();
     for i in 0..REVOKED.max(MINTS) {
-        if i < REVOKED {
-            let id = id_of(seeds[i].as_bytes());
-            running.push((false, spawn(env.command(&["--lock-timeout", "60s", "revoke", &id]), None)));
+        if let Some(seed) = seeds[..REVOKED].get(i) {
+            let id = id_of(seed.as_bytes());
+            running.push((
+                false,
+                spawn(env.command(&["--lock-timeout", "60s", "revoke", &id]), None),
+            ));
         }
         if i < MINTS {
             running.push((
@@ -148,7 +162,10 @@ fn concurrent_revokes_and_mints_end_in_exactly_the_expected_set() {
     assert_eq!(tail.len(), MINTS);
 
     let ids = env.ids();
-    let expected: Vec<String> = seeds[REVOKED..].iter().map(|s| id_of(s.as_bytes())).collect();
+    let expected: Vec<String> = seeds[REVOKED..]
+        .iter()
+        .map(|s| id_of(s.as_bytes()))
+        .collect();
     assert_eq!(ids[..SEEDS - REVOKED], expected[..]);
     let new_ids: BTreeSet<String> = ids[SEEDS - REVOKED..].iter().cloned().collect();
     let minted_ids: BTreeSet<String> = minted.iter().map(|t| id_of(t.as_bytes())).collect();

@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -27,6 +28,26 @@ fn edit(env: &Env, editor: &PathBuf, stdin: Option<&[u8]>) -> Out {
         .env("DIR", env.dir.path())
         .env("TF", BIN);
     run(cmd, stdin)
+}
+
+/// stderr names a kept copy of the edit beside the file; it holds `expected` and is private.
+#[track_caller]
+fn assert_saved_copy(env: &Env, out: &Out, expected: &[u8]) {
+    let err = out.err();
+    let dir = env.dir.path().canonicalize().unwrap().display().to_string();
+    let start = err
+        .find(&format!("{dir}/.tokens.edit-"))
+        .unwrap_or_else(|| panic!("no saved copy named: {out:?}"));
+    let saved: String = err[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    assert_eq!(fs::read(&saved).unwrap(), expected, "{saved}");
+    assert_eq!(
+        fs::metadata(&saved).unwrap().mode() & 0o777,
+        0o600,
+        "the saved copy stays private"
+    );
 }
 
 #[test]
@@ -59,9 +80,7 @@ fn a_valid_change_is_installed_keeping_the_mode_and_logged() {
 #[test]
 fn edits_in_the_middle_change_only_those_lines() {
     // Change beta's scopes, delete alpha: both land as written.
-    let (env, editor) = setup(
-        "printf '# tokens\\nbeta-token\\twrite,admin\\tbeta\\n' >\"$1\"",
-    );
+    let (env, editor) = setup("printf '# tokens\\nbeta-token\\twrite,admin\\tbeta\\n' >\"$1\"");
     edit(&env, &editor, None).ok();
     assert_eq!(env.read(), b"# tokens\nbeta-token\twrite,admin\tbeta\n");
     assert_eq!(env.check("alpha-token", &["read"]), UNAUTHORIZED);
@@ -76,9 +95,18 @@ fn an_invalid_line_asks_and_quitting_leaves_the_file_alone() {
     let (env, editor) = setup("printf 'broken-line\\t\\n' >>\"$1\"");
     for answer in [&b"q\n"[..], b"quit\n", b""] {
         let out = edit(&env, &editor, Some(answer)).code(PROBLEMS);
-        assert!(out.err().contains("(w)rite anyway"), "prompt on stderr: {out:?}");
-        assert!(out.err().contains(&format!("{}:4", env.file_str())), "line number: {out:?}");
-        assert!(!out.err().contains("broken-line"), "never the credential: {out:?}");
+        assert!(
+            out.err().contains("(w)rite anyway"),
+            "prompt on stderr: {out:?}"
+        );
+        assert!(
+            out.err().contains(&format!("{}:4", env.file_str())),
+            "line number: {out:?}"
+        );
+        assert!(
+            !out.err().contains("broken-line"),
+            "never the credential: {out:?}"
+        );
         assert!(out.stdout.is_empty(), "{out:?}");
         assert_eq!(env.read(), ORIGINAL);
         assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
@@ -130,7 +158,11 @@ fn no_change_leaves_the_file_untouched() {
     let out = edit(&env, &editor, None).ok();
     assert!(out.err().contains("no changes"), "{out:?}");
     assert_eq!(env.read(), ORIGINAL);
-    assert_eq!(fs::metadata(&env.file).unwrap().ino(), inode, "not even rewritten");
+    assert_eq!(
+        fs::metadata(&env.file).unwrap().ino(),
+        inode,
+        "not even rewritten"
+    );
     assert!(env.audit_lines().is_empty());
     assert!(env.leftovers().is_empty());
 }
@@ -180,7 +212,11 @@ fn a_record_minted_while_editing_is_kept() {
     );
     let (_, rest) = split_lines(&bytes[expected_start.len()..]);
     assert_eq!(rest.len(), 1, "{}", String::from_utf8_lossy(&bytes));
-    assert!(rest[0].content.starts_with(hashed(token.as_bytes()).as_bytes()));
+    assert!(
+        rest[0]
+            .content
+            .starts_with(hashed(token.as_bytes()).as_bytes())
+    );
     assert_eq!(env.check(token, &["appended"]), OK);
     assert_eq!(env.check("by-editor", &["read"]), OK);
     assert_eq!(env.check("alpha-token", &["read"]), OK);
@@ -204,27 +240,39 @@ fn an_edit_racing_a_non_append_change_is_refused_and_saved() {
     assert_eq!(env.read(), b"# tokens\nbeta-token\twrite\tbeta\n");
     assert_eq!(env.check("by-editor", &["read"]), UNAUTHORIZED);
     // stderr names the saved copy, which holds the edit.
-    let err = out.err();
-    let dir = env.dir.path().canonicalize().unwrap().display().to_string();
-    let start = err
-        .find(&format!("{dir}/.tokens.edit-"))
-        .unwrap_or_else(|| panic!("no saved copy named: {out:?}"));
-    let saved: String = err[start..]
-        .chars()
-        .take_while(|c| !c.is_whitespace())
-        .collect();
     let mut expected = ORIGINAL.to_vec();
     expected.extend_from_slice(b"by-editor\tread\n");
-    assert_eq!(fs::read(&saved).unwrap(), expected, "{saved}");
-    assert_eq!(
-        fs::metadata(&saved).unwrap().mode() & 0o777,
-        0o600,
-        "the saved copy stays private"
-    );
+    assert_saved_copy(&env, &out, &expected);
     let events: Vec<String> = env
         .audit_lines()
         .iter()
         .map(|l| l["event"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(events, ["revoke"]);
+}
+
+#[test]
+fn an_edit_that_cannot_take_the_lock_is_saved_not_lost() {
+    let (env, editor) = setup("printf 'by-editor\\tread\\n' >>\"$1\"");
+    // Another writer holds the lock for longer than the edit waits.
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(env.path("tokens.lock"))
+        .unwrap();
+    // SAFETY: flock on a valid, open descriptor.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0);
+    let mut cmd = env.command(&["--lock-timeout", "300ms", "edit"]);
+    cmd.env("EDITOR", &editor);
+    let out = run(cmd, None).code(IO);
+    assert!(out.err().contains("tokens.lock"), "{out:?}");
+    assert_eq!(env.read(), ORIGINAL);
+    let mut expected = ORIGINAL.to_vec();
+    expected.extend_from_slice(b"by-editor\tread\n");
+    assert_saved_copy(&env, &out, &expected);
+    drop(lock);
+    assert!(env.audit_lines().is_empty());
 }

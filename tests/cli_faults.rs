@@ -21,7 +21,14 @@ const ORIGINAL: &[u8] = b"# a file that must survive\nvictim-token\tread\tvictim
 /// Whether this system lets us make private mounts as an unprivileged namespace root.
 fn namespaces_work() -> bool {
     let probe = Command::new("unshare")
-        .args(["-r", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs \"$0\"", "/tmp"])
+        .args([
+            "-r",
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=64k tmpfs \"$0\"",
+            "/tmp",
+        ])
         .output();
     match probe {
         Ok(out) if out.status.success() => true,
@@ -100,10 +107,22 @@ fn assert_failed_cleanly(o: &Outcome, file: &str, cause: &str) {
         o.name, o.code, o.stdout, o.stderr, o.listing
     );
     assert_eq!(o.code, IO, "{shown}");
-    assert_eq!(o.after, ORIGINAL, "the original file must be unchanged: {shown}");
-    assert!(o.stderr.contains(file), "the message names the file: {shown}");
-    assert!(o.stderr.contains(cause), "the message says what failed: {shown}");
-    assert!(o.stdout.is_empty(), "no token for a change that did not land: {shown}");
+    assert_eq!(
+        o.after, ORIGINAL,
+        "the original file must be unchanged: {shown}"
+    );
+    assert!(
+        o.stderr.contains(file),
+        "the message names the file: {shown}"
+    );
+    assert!(
+        o.stderr.contains(cause),
+        "the message says what failed: {shown}"
+    );
+    assert!(
+        o.stdout.is_empty(),
+        "no token for a change that did not land: {shown}"
+    );
     assert!(
         !o.listing.iter().any(|n| n.contains(".tmp-")),
         "a temp file was left behind: {shown}"
@@ -230,7 +249,10 @@ fn a_directory_the_user_cannot_write_keeps_the_original_file() {
     for (name, args) in change_commands() {
         let out = tokenfile(&args);
         assert_eq!(out.code, IO, "{name}: {out:?}");
-        assert!(out.err().contains(&file.display().to_string()), "{name}: {out:?}");
+        assert!(
+            out.err().contains(&file.display().to_string()),
+            "{name}: {out:?}"
+        );
         assert!(out.err().contains("Permission denied"), "{name}: {out:?}");
         assert!(out.stdout.is_empty(), "{name}: {out:?}");
         assert_eq!(fs::read(&file).unwrap(), ORIGINAL, "{name}");
@@ -261,7 +283,10 @@ fn a_crashed_writers_temp_file_is_cleaned_up_by_the_next_write() {
     let token = env.mint(&["--scope", "read"]);
     assert_eq!(env.check(&token, &["read"]), OK);
     assert!(env.read().starts_with(ORIGINAL));
-    assert_eq!(env.leftovers(), vec![".other.tmp-keep", ".tokens.edit-saved"]);
+    assert_eq!(
+        env.leftovers(),
+        vec![".other.tmp-keep", ".tokens.edit-saved"]
+    );
     assert_eq!(
         fs::read(env.path(".tokens.edit-saved")).unwrap(),
         b"an admin's saved edit"

@@ -88,7 +88,10 @@ fn fixtures() -> Vec<(String, Vec<u8>)> {
         .filter(|p| p.is_file() && p.extension().is_none_or(|e| e != "md"))
         .map(|p| {
             let bytes = fs::read(&p).expect("read fixture");
-            (format!("fixtures/{}", p.file_name().unwrap().to_string_lossy()), bytes)
+            (
+                format!("fixtures/{}", p.file_name().unwrap().to_string_lossy()),
+                bytes,
+            )
         })
         .collect();
     found.sort();
@@ -106,7 +109,14 @@ fn mint_then_revoke_restores_every_file() {
     for (name, original) in samples() {
         let env = Env::with_bytes(&original);
         let minted = env
-            .tokenfile(&["mint", "--scope", "probe:write", "--name", "probe", "--json"])
+            .tokenfile(&[
+                "mint",
+                "--scope",
+                "probe:write",
+                "--name",
+                "probe",
+                "--json",
+            ])
             .ok()
             .json();
         let token = minted["token"].as_str().expect("token");
@@ -118,7 +128,11 @@ fn mint_then_revoke_restores_every_file() {
         let ending = file_ending(&original);
         let mut expected = with_final_ending(&original);
         expected.extend_from_slice(
-            format!("{}\tprobe:write\tprobe\t{created}", hashed(token.as_bytes())).as_bytes(),
+            format!(
+                "{}\tprobe:write\tprobe\t{created}",
+                hashed(token.as_bytes())
+            )
+            .as_bytes(),
         );
         expected.extend_from_slice(ending);
         assert!(
@@ -139,8 +153,14 @@ fn mint_then_revoke_restores_every_file() {
 #[test]
 fn a_file_without_final_newline_gets_exactly_one() {
     for (original, expected) in [
-        (&b"first\tread\nlast-line\t*"[..], &b"first\tread\nlast-line\t*\n"[..]),
-        (b"a-tok\tread\r\nb-tok\twrite", b"a-tok\tread\r\nb-tok\twrite\r\n"),
+        (
+            &b"first\tread\nlast-line\t*"[..],
+            &b"first\tread\nlast-line\t*\n"[..],
+        ),
+        (
+            b"a-tok\tread\r\nb-tok\twrite",
+            b"a-tok\tread\r\nb-tok\twrite\r\n",
+        ),
         (b"lonely", b"lonely\n"),
         (b"# only a comment", b"# only a comment\n"),
     ] {
@@ -218,9 +238,7 @@ fn hash_changes_only_credentials_of_plaintext_records() {
     assert_eq!(env.check("plainA", &["write"]), OK);
     assert_eq!(env.check("legacyTok", &["anything"]), OK);
     assert!(
-        env.records()
-            .iter()
-            .all(|r| r["stored"] == "hashed"),
+        env.records().iter().all(|r| r["stored"] == "hashed"),
         "{:?}",
         env.records()
     );
@@ -302,7 +320,9 @@ fn invalid_lines_are_kept_reported_by_number_and_never_echoed() {
     for n in invalid_lines {
         let prefix = format!("{path}:{n}: error:");
         assert!(
-            text.out().lines().any(|l| l.starts_with(&prefix) && l.ends_with("[invalid]")),
+            text.out()
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.ends_with("[invalid]")),
             "lint should report line {n}: {text:?}"
         );
     }
@@ -320,7 +340,10 @@ fn invalid_lines_are_kept_reported_by_number_and_never_echoed() {
     for secret in secrets {
         let token = String::from_utf8_lossy(secret);
         let out = env.check_out(&token, &["read"]);
-        assert_eq!(out.code, UNAUTHORIZED, "an invalid line must grant nothing: {out:?}");
+        assert_eq!(
+            out.code, UNAUTHORIZED,
+            "an invalid line must grant nothing: {out:?}"
+        );
         assert_no_secret(&out.stderr, &secrets, "check stderr");
     }
 
@@ -360,4 +383,44 @@ fn empty_scopes_grant_nothing_but_a_legacy_line_grants_everything() {
         .map(|f| f["line"].as_u64().unwrap())
         .collect();
     assert_eq!(invalid, vec![1, 2]);
+}
+
+#[test]
+fn tokens_on_odd_lines_still_check() {
+    let env = Env::with_bytes(
+        &[
+            BOM,
+            b"first-after-bom\tread\r\n",
+            b"nul\0inside\tread\r\n",
+            b"\xff\xfe-not-utf8\tread\tname\xe9\r\n",
+            b"last-without-newline\tread",
+        ]
+        .concat(),
+    );
+    for token in [
+        &b"first-after-bom"[..],
+        b"nul\0inside",
+        b"\xff\xfe-not-utf8",
+        b"last-without-newline",
+    ] {
+        let mut stdin = token.to_vec();
+        stdin.push(b'\n');
+        let out = env.tokenfile_stdin(&["check", "--scope", "read"], &stdin);
+        assert_eq!(
+            out.code,
+            OK,
+            "{:?}: {out:?}",
+            String::from_utf8_lossy(token)
+        );
+        let id = env.tokenfile_stdin(&["id"], &stdin).ok();
+        assert_eq!(id.out().trim_end(), id_of(token));
+    }
+    // The BOM is not part of the first credential.
+    let mut with_bom = BOM.to_vec();
+    with_bom.extend_from_slice(b"first-after-bom\n");
+    assert_eq!(
+        env.tokenfile_stdin(&["check", "--scope", "read"], &with_bom)
+            .code,
+        UNAUTHORIZED
+    );
 }

@@ -104,7 +104,11 @@ fn a_malformed_or_empty_required_scope_is_a_usage_error_even_for_a_full_access_t
 fn outcomes_are_the_exit_codes_of_the_table() {
     let past = "2001-01-01T00:00:00Z";
     let env = Env::with_bytes(
-        format!("good\tread\nold\tread\t\t\t{past}\n{}\tread\n", hashed(b"h")).as_bytes(),
+        format!(
+            "good\tread\nold\tread\t\t\t{past}\n{}\tread\n",
+            hashed(b"h")
+        )
+        .as_bytes(),
     );
     expect(&env, "good", &["read"], OK);
     expect(&env, "good", &["write"], FORBIDDEN);
@@ -191,7 +195,11 @@ fn mint_validates_scopes_and_stores_them_canonically() {
     );
     let text = String::from_utf8(env.read()).unwrap();
     let line = text.lines().last().unwrap();
-    assert_eq!(line.split('\t').nth(1), Some("read,write,kafka:*"), "{line}");
+    assert_eq!(
+        line.split('\t').nth(1),
+        Some("read,write,kafka:*"),
+        "{line}"
+    );
     expect(&env, &token, &["read", "write", "kafka:a:b"], OK);
     expect(&env, &token, &["kafka"], FORBIDDEN);
 }

@@ -20,12 +20,15 @@ struct Session {
 
 impl Session {
     fn record(&mut self, label: &str, out: &Out) {
-        self.clean.push((format!("{label} stderr"), out.stderr.clone()));
-        self.clean.push((format!("{label} stdout"), out.stdout.clone()));
+        self.clean
+            .push((format!("{label} stderr"), out.stderr.clone()));
+        self.clean
+            .push((format!("{label} stdout"), out.stdout.clone()));
     }
 
     fn record_issued(&mut self, label: &str, out: &Out, token: &str) {
-        self.clean.push((format!("{label} stderr"), out.stderr.clone()));
+        self.clean
+            .push((format!("{label} stderr"), out.stderr.clone()));
         self.issued
             .push((label.to_string(), out.stdout.clone(), token.to_string()));
     }
@@ -56,12 +59,17 @@ fn no_command_leaks_a_token_or_its_digest() {
     // A hand-written plaintext record and an invalid line that holds a plaintext token.
     s.run("init", &["init"], None);
     let mut bytes = s.env.read();
-    bytes.extend_from_slice(b"legacy-secret-value-1\tread\tlegacy\ninvalid-secret-value-2\tbad scope\n");
+    bytes.extend_from_slice(
+        b"legacy-secret-value-1\tread\tlegacy\ninvalid-secret-value-2\tbad scope\n",
+    );
     s.env.write(&bytes);
     s.secret("legacy-secret-value-1");
     s.secret("invalid-secret-value-2");
 
-    let out = s.env.tokenfile(&["mint", "--scope", "read", "--name", "hashed"]).ok();
+    let out = s
+        .env
+        .tokenfile(&["mint", "--scope", "read", "--name", "hashed"])
+        .ok();
     let t1 = out.out().trim_end().to_string();
     s.record_issued("mint", &out, &t1);
     s.secret(&t1);
@@ -84,12 +92,26 @@ fn no_command_leaks_a_token_or_its_digest() {
     ] {
         s.run(label, args, None);
     }
-    for token in [&t1, &t2, &typo, &"legacy-secret-value-1".to_string(), &"invalid-secret-value-2".to_string()] {
+    for token in [
+        &t1,
+        &t2,
+        &typo,
+        &"legacy-secret-value-1".to_string(),
+        &"invalid-secret-value-2".to_string(),
+    ] {
         for scope in ["read", "write"] {
             s.run("check", &["check", "--scope", scope], Some(token));
-            s.run("check --json", &["check", "--scope", scope, "--json"], Some(token));
+            s.run(
+                "check --json",
+                &["check", "--scope", scope, "--json"],
+                Some(token),
+            );
         }
-        s.run("check bad scope", &["check", "--scope", "bad scope"], Some(token));
+        s.run(
+            "check bad scope",
+            &["check", "--scope", "bad scope"],
+            Some(token),
+        );
         s.run("id", &["id"], Some(token));
         let out = run(
             s.env
@@ -117,25 +139,45 @@ fn no_command_leaks_a_token_or_its_digest() {
     s.secret(&t4);
     s.run("hash", &["hash"], None).ok();
     let editor = s.env.path("editor.sh");
-    write_script(&editor, "printf 'edited-secret-value-3\\tread\\n' >> \"$1\"");
+    write_script(
+        &editor,
+        "printf 'edited-secret-value-3\\tread\\n' >> \"$1\"",
+    );
     s.secret("edited-secret-value-3");
     // The file already has an invalid line: confirm writing anyway.
-    let out = run(s.env.command(&["edit"]).env("EDITOR", &editor), Some(b"w\n")).ok();
+    let out = run(
+        s.env.command(&["edit"]).env("EDITOR", &editor),
+        Some(b"w\n"),
+    )
+    .ok();
     s.record("edit", &out);
     write_script(&editor, "printf 'broken-secret-value-4\\t\\n' >> \"$1\"");
     s.secret("broken-secret-value-4");
-    let out = run(s.env.command(&["edit"]).env("EDITOR", &editor), Some(b"q\n")).code(PROBLEMS);
+    let out = run(
+        s.env.command(&["edit"]).env("EDITOR", &editor),
+        Some(b"q\n"),
+    )
+    .code(PROBLEMS);
     s.record("edit refused", &out);
-    s.run("revoke", &["revoke", &id_of(t3.as_bytes())], None).ok();
+    s.run("revoke", &["revoke", &id_of(t3.as_bytes())], None)
+        .ok();
 
     // Error paths.
     s.run("revoke unknown", &["revoke", "ffff0000ffff"], None);
     s.run("mint bad scope", &["mint", "--scope", ""], None);
     s.env.chmod(0o666);
-    s.run("check world-writable", &["check", "--scope", "read"], Some(&t4));
+    s.run(
+        "check world-writable",
+        &["check", "--scope", "read"],
+        Some(&t4),
+    );
     s.env.chmod(0o600);
     let missing = s.env.path("missing").display().to_string();
-    s.run("check missing file", &["--file", &missing, "check", "--scope", "read"], Some(&t4));
+    s.run(
+        "check missing file",
+        &["--file", &missing, "check", "--scope", "read"],
+        Some(&t4),
+    );
 
     // Plus the audit log, read as a whole.
     let audit = fs::read(s.env.audit_path()).unwrap();
@@ -153,7 +195,10 @@ fn no_command_leaks_a_token_or_its_digest() {
             .filter(|x| *x != token.as_bytes())
             .collect();
         assert_no_secret(stdout, &others, label);
-        assert!(String::from_utf8_lossy(stdout).contains(token.as_str()), "{label}");
+        assert!(
+            String::from_utf8_lossy(stdout).contains(token.as_str()),
+            "{label}"
+        );
     }
 }
 

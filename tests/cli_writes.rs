@@ -51,7 +51,11 @@ fn a_rewrite_keeps_mode_and_owner_and_replaces_by_rename() {
     if let Some((uid, gid)) = owner {
         assert_eq!((meta.uid(), meta.gid()), (uid, gid));
     }
-    assert_ne!(meta.ino(), inode, "the file is replaced by rename, not rewritten in place");
+    assert_ne!(
+        meta.ino(),
+        inode,
+        "the file is replaced by rename, not rewritten in place"
+    );
 
     for mode in [0o400, 0o660, 0o604] {
         env.chmod(mode);
@@ -75,9 +79,22 @@ fn a_symlinked_path_keeps_the_link_and_replaces_the_file_it_points_to() {
     symlink("..data/tokens", &env.file).unwrap();
 
     let token = env.mint(&["--scope", "read"]);
-    assert!(fs::symlink_metadata(&env.file).unwrap().file_type().is_symlink());
-    assert_eq!(fs::read_link(&env.file).unwrap(), Path::new("..data/tokens"));
-    assert!(fs::symlink_metadata(env.path("..data")).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(&env.file)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        fs::read_link(&env.file).unwrap(),
+        Path::new("..data/tokens")
+    );
+    assert!(
+        fs::symlink_metadata(env.path("..data"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     let real = fs::read(version.join("tokens")).unwrap();
     assert!(real.starts_with(b"# real file\n"));
     assert!(
@@ -108,11 +125,22 @@ fn a_symlinked_path_keeps_the_link_and_replaces_the_file_it_points_to() {
     }
     drop(held);
     let out = run(
-        env.command(&["--file", &link.display().to_string(), "mint", "--scope", "y"]),
+        env.command(&[
+            "--file",
+            &link.display().to_string(),
+            "mint",
+            "--scope",
+            "y",
+        ]),
         None,
     )
     .ok();
-    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(env.check(out.out().trim_end(), &["y"]), OK);
 }
 
@@ -141,7 +169,10 @@ fn a_held_lock_times_out_with_a_message_naming_it() {
     ] {
         let out = env.tokenfile(args).code(IO);
         assert!(out.err().contains(&lock.display().to_string()), "{out:?}");
-        assert!(out.stdout.is_empty(), "no token for a mint that did not land: {out:?}");
+        assert!(
+            out.stdout.is_empty(),
+            "no token for a mint that did not land: {out:?}"
+        );
     }
     assert_eq!(env.read(), before);
     assert_eq!(env.audit_lines().len(), audit_before);
@@ -165,7 +196,10 @@ fn a_waiting_writer_proceeds_once_the_lock_is_released() {
     );
     // Give it time to reach the lock; it must still be waiting, the file untouched.
     thread::sleep(Duration::from_millis(500));
-    assert!(!waiting.has_exited(), "the writer did not wait for the lock");
+    assert!(
+        !waiting.has_exited(),
+        "the writer did not wait for the lock"
+    );
     assert_eq!(env.read(), before);
     drop(held);
     let out = waiting.wait().ok();

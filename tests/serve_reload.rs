@@ -44,7 +44,7 @@ fn shell_append_and_truncating_write() {
     let line = record("beta", "read", "b");
     let status = Command::new("sh")
         .arg("-c")
-        .arg(format!("printf '%s' \"$1\" >> \"$2\""))
+        .arg(r#"printf '%s' "$1" >> "$2""#)
         .args(["sh", &line, file.to_str().unwrap()])
         .status()
         .unwrap();
@@ -84,7 +84,10 @@ fn mint_and_revoke_through_the_cli() {
 fn sed_in_place() {
     let (dir, file) = setup();
     let serve = started(&dir, &file);
-    assert_eq!(serve.ask("CHECK write alpha"), format!("FORBIDDEN {}", id("alpha")));
+    assert_eq!(
+        serve.ask("CHECK write alpha"),
+        format!("FORBIDDEN {}", id("alpha"))
+    );
     // GNU sed -i writes a temp file and renames it over the original.
     let status = Command::new("sed")
         .args(["-i", "s/\tread\t/\tread,write\t/"])
@@ -103,7 +106,11 @@ fn vim_style_save() {
     // the backup.
     let backup = dir.path().join("tokens~");
     fs::rename(&file, &backup).unwrap();
-    fs::write(&file, record("alpha", "read", "a") + &record("beta", "read", "b")).unwrap();
+    fs::write(
+        &file,
+        record("alpha", "read", "a") + &record("beta", "read", "b"),
+    )
+    .unwrap();
     fs::remove_file(&backup).unwrap();
     serve.answers("CHECK read beta", &ok("beta"), RELOAD);
     assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));

@@ -357,7 +357,7 @@ fn shorten_expiry(doc: &mut Document, id: Id, until: Timestamp) {
             continue;
         }
         let line = &mut doc.lines[index];
-        line.content = format::with_field(&line.content, FIELD_EXPIRES, stamp.as_bytes());
+        line.content = format::with_field(&line.content, FIELD_EXPIRES, stamp.as_bytes()).into();
     }
 }
 
@@ -490,7 +490,8 @@ struct Listing {
 }
 
 fn list(ctx: &Context, json: bool) -> Result<Exit> {
-    let doc = Document::parse(&ctx.store.read()?);
+    let bytes = ctx.store.read()?;
+    let doc = Document::parse(&bytes);
     let now = when::now();
     let mut first_line: std::collections::HashMap<Id, usize> = Default::default();
     let mut listing = Listing {
@@ -645,7 +646,7 @@ fn hash(ctx: &Context) -> Result<Exit> {
         for (index, record) in &plain {
             let line = &mut doc.lines[*index];
             let field = Credential::hashed_field(&record.digest());
-            line.content = format::with_field(&line.content, FIELD_CREDENTIAL, &field);
+            line.content = format::with_field(&line.content, FIELD_CREDENTIAL, &field).into();
         }
         let invalid = doc
             .entries()

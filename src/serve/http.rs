@@ -183,7 +183,7 @@ fn check(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
     };
     let token = bearer(request.headers());
     let decision = shared.check(&token, &required);
-    log_decision("http", &required, &decision);
+    log_decision("http", &decision);
     match decision {
         Decision::Granted { id, name } => {
             let mut response = Response::new(Full::new(Bytes::new()));
@@ -321,9 +321,10 @@ fn healthz(shared: &Shared) -> Response<Body> {
     let mut body = status.to_string();
     body.push('\n');
     let mut response = Response::new(Full::new(Bytes::from(body)));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -343,7 +344,10 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("kafka%3Aread%2Cwrite").unwrap(), "kafka:read,write");
+        assert_eq!(
+            percent_decode("kafka%3Aread%2Cwrite").unwrap(),
+            "kafka:read,write"
+        );
         assert_eq!(percent_decode("a+b").unwrap(), "a b");
         assert!(percent_decode("%4").is_none());
         assert!(percent_decode("%zz").is_none());
@@ -364,11 +368,20 @@ mod tests {
     fn bearer_tokens() {
         let mut headers = HeaderMap::new();
         assert!(bearer(&headers).is_empty());
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer  tok "));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer  tok "),
+        );
         assert_eq!(bearer(&headers).expose(), b"tok");
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer tok"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer tok"),
+        );
         assert_eq!(bearer(&headers).expose(), b"tok");
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic dG9rOg=="));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic dG9rOg=="),
+        );
         assert!(bearer(&headers).is_empty());
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
         headers.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));

@@ -8,6 +8,7 @@
 
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -76,18 +77,28 @@ pub enum Reading {
     Missing,
     /// The file changed while it was read; try again shortly.
     Unstable,
+    /// Another process has the file open for writing: it may be halfway through.
+    Busy,
     /// Exists but cannot be read.
     Unreadable(io::Error),
     /// Readable but unsafe to trust (world-writable); the reason says how to fix it.
     Unsafe(String),
 }
 
-/// Reads the whole file behind `path` once.
-pub fn read(path: &Path) -> Reading {
-    let mut file = match File::open(path) {
+/// Reads the whole file behind `path` once. With `wait_for_writers`, a file that another
+/// process has open for writing is [`Reading::Busy`] (when the kernel lets us know; see
+/// [`ReadLease`]).
+pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
+    let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Reading::Missing,
         Err(e) => return Reading::Unreadable(e),
+    };
+    // Held until the end of the read: a writer that opens the file meanwhile waits for it.
+    let _lease = match ReadLease::take(&file) {
+        Err(Busy) if wait_for_writers => return Reading::Busy,
+        Err(Busy) => None,
+        Ok(lease) => lease,
     };
     let before = match file.metadata() {
         Ok(meta) => meta,
@@ -100,7 +111,7 @@ pub fn read(path: &Path) -> Reading {
     // reserve memory up front.
     let hint = usize::try_from(before.len().min(1 << 24)).unwrap_or(0);
     let mut bytes = Vec::with_capacity(hint);
-    if let Err(e) = file.read_to_end(&mut bytes) {
+    if let Err(e) = (&file).read_to_end(&mut bytes) {
         return Reading::Unreadable(e);
     }
     let after = match file.metadata() {
@@ -116,6 +127,45 @@ pub fn read(path: &Path) -> Reading {
         Ok(Some(reason)) => Reading::Unsafe(reason),
         // It went away or changed between our read and the check.
         Err(_) => Reading::Unstable,
+    }
+}
+
+/// Another process has the file open for writing.
+struct Busy;
+
+/// A Linux read lease (`fcntl(F_SETLEASE, F_RDLCK)`), the one way to ask the kernel whether
+/// anyone has a file open for writing: it is refused with `EAGAIN` if so. That is what
+/// tells an in-place rewrite that is still going on (truncated, not fully written again)
+/// from a finished one — even while the truncate itself waits for disk I/O and has not
+/// yet changed the file's times or sent its inotify event.
+///
+/// Only the file's owner (or `CAP_LEASE`) may take one, on a local file system; otherwise
+/// the reloader relies on its other signs. While we hold it, a writer's `open` waits (a
+/// few microseconds: we read and let go), and the kernel sends us SIGIO, which `serve`
+/// ignores.
+struct ReadLease<'a>(&'a File);
+
+impl<'a> ReadLease<'a> {
+    fn take(file: &'a File) -> Result<Option<ReadLease<'a>>, Busy> {
+        use nix::libc;
+        // SAFETY: fcntl(2) on a descriptor we own; no memory is passed.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) };
+        if rc == 0 {
+            return Ok(Some(ReadLease(file)));
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => Err(Busy),
+            // Not the owner, no lease support: no answer either way.
+            _ => Ok(None),
+        }
+    }
+}
+
+impl Drop for ReadLease<'_> {
+    fn drop(&mut self) {
+        use nix::libc;
+        // SAFETY: as in `take`. Closing the descriptor would release it as well.
+        unsafe { libc::fcntl(self.0.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
     }
 }
 
@@ -162,8 +212,9 @@ const FIRST_READ_PAUSE: Duration = Duration::from_millis(20);
 /// An unsafe file starts in the refused state (no token accepted) so that fixing its mode
 /// is enough.
 pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>)> {
-    for _ in 0..FIRST_READ_TRIES {
-        match read(path) {
+    for attempt in 1..=FIRST_READ_TRIES {
+        // In the end, a file held open for writing all along is read anyway.
+        match read(path, attempt < FIRST_READ_TRIES) {
             Reading::Read { bytes, fingerprint } => {
                 let (snapshot, problems) = Snapshot::from_bytes(&bytes);
                 log_problems(path, &problems);
@@ -188,7 +239,7 @@ pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>)> {
                     fingerprint(path),
                 ));
             }
-            Reading::Unstable => thread::sleep(FIRST_READ_PAUSE),
+            Reading::Unstable | Reading::Busy => thread::sleep(FIRST_READ_PAUSE),
         }
     }
     Err(Error::File(format!(
@@ -205,15 +256,35 @@ mod tests {
     fn reads_and_fingerprints() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
-        assert!(matches!(read(&path), Reading::Missing));
+        assert!(matches!(read(&path, true), Reading::Missing));
         fs::write(&path, b"tok\tread\n").unwrap();
-        let Reading::Read { bytes, fingerprint } = read(&path) else {
+        let Reading::Read { bytes, fingerprint } = read(&path, true) else {
             panic!("not read");
         };
         assert_eq!(bytes, b"tok\tread\n");
         assert_eq!(Some(fingerprint), super::fingerprint(&path));
         fs::create_dir(dir.path().join("d")).unwrap();
-        assert!(matches!(read(&dir.path().join("d")), Reading::Unreadable(_)));
+        assert!(matches!(
+            read(&dir.path().join("d"), true),
+            Reading::Unreadable(_)
+        ));
+    }
+
+    #[test]
+    fn a_file_open_for_writing_is_busy_when_we_may_ask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        fs::write(&path, b"tok\n").unwrap();
+        // Leases need the owner (we are) and a file system that has them.
+        let leases = matches!(ReadLease::take(&File::open(&path).unwrap()), Ok(Some(_)));
+        let writer = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let reading = read(&path, true);
+        if leases {
+            assert!(matches!(reading, Reading::Busy), "{reading:?}");
+        }
+        assert!(matches!(read(&path, false), Reading::Read { .. }));
+        drop(writer);
+        assert!(matches!(read(&path, true), Reading::Read { .. }));
     }
 
     #[test]
@@ -223,7 +294,7 @@ mod tests {
         let path = dir.path().join("tokens");
         fs::write(&path, b"tok\n").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
-        assert!(matches!(read(&path), Reading::Unsafe(_)));
+        assert!(matches!(read(&path, true), Reading::Unsafe(_)));
     }
 
     #[test]

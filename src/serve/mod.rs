@@ -48,6 +48,7 @@ pub fn run(options: ServeOptions) -> Result<Exit> {
         ));
     }
     init_logging();
+    ignore_sigio()?;
     let (snapshot, fingerprint) = load::initial(&options.file)?;
     let shared = Arc::new(Shared::new(options.file.clone(), snapshot));
     // Bind before any thread exists; see the module comment.
@@ -107,9 +108,8 @@ async fn serve(
     }
     if let Some(listener) = http {
         let addr = listener.local_addr().ok();
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| {
-            Error::File(format!("cannot listen on {}: {e}", display_addr(addr)))
-        })?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| Error::File(format!("cannot listen on {}: {e}", display_addr(addr))))?;
         servers.spawn(http::serve(listener, shared.clone(), stopping.clone()));
         info!(http = %display_addr(addr), "listening");
     }
@@ -124,9 +124,10 @@ async fn serve(
     }
     info!("shutting down: finishing requests in flight");
     let _ = stop.send(true);
-    let drained = tokio::time::timeout(http::DRAIN_TIMEOUT + std::time::Duration::from_secs(1), async {
-        while servers.join_next().await.is_some() {}
-    })
+    let drained = tokio::time::timeout(
+        http::DRAIN_TIMEOUT + std::time::Duration::from_secs(1),
+        async { while servers.join_next().await.is_some() {} },
+    )
     .await;
     if drained.is_err() {
         warn!("some connections did not finish in time; closing them");
@@ -141,6 +142,16 @@ fn display_addr(addr: Option<SocketAddr>) -> String {
 /// Resolves once `shutdown` says stop (or its sender is gone).
 async fn stopped(shutdown: &mut signal_watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// The reloader holds a read lease on the file while reading it (see `load.rs`); a writer
+/// opening the file then makes the kernel send SIGIO, whose default action would kill us.
+fn ignore_sigio() -> Result<()> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: installs SIG_IGN, no handler code runs; done before any thread starts.
+    unsafe { signal(Signal::SIGIO, SigHandler::SigIgn) }
+        .map(drop)
+        .map_err(|e| Error::File(format!("cannot ignore SIGIO: {e}")))
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters (default `info`; `debug` shows every

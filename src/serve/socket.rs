@@ -282,7 +282,11 @@ impl Reply {
             Reply::Error(reason) => {
                 out.extend_from_slice(b"ERROR ");
                 // One line whatever the reason holds.
-                out.extend(reason.bytes().map(|b| if b.is_ascii_control() { b' ' } else { b }));
+                out.extend(
+                    reason
+                        .bytes()
+                        .map(|b| if b.is_ascii_control() { b' ' } else { b }),
+                );
                 out.push(b'\n');
             }
         }
@@ -312,18 +316,17 @@ fn check(shared: &Shared, args: &[u8]) -> Reply {
         return Reply::Error("a token contains no whitespace".into());
     }
     let decision = shared.check(&Secret::new(token.to_vec()), &required);
-    log_decision("socket", &required, &decision);
+    log_decision("socket", &decision);
     Reply::Decision(decision)
 }
 
-/// One debug line per decision: the record's ID and the outcome, never the token.
-pub fn log_decision(via: &str, required: &RequiredScopes, decision: &Decision) {
+/// One debug line per decision: the record's ID and the outcome. Never the token — nor the
+/// required scopes, in case a client put the token in their place.
+pub fn log_decision(via: &str, decision: &Decision) {
     match decision {
-        Decision::Granted { id, .. } => debug!(via, %id, scopes = %required, "granted"),
-        Decision::Forbidden { id, .. } => debug!(via, %id, scopes = %required, "forbidden"),
-        Decision::Unauthorized(why) => {
-            debug!(via, scopes = %required, reason = why.reason(), "unauthorized")
-        }
+        Decision::Granted { id, .. } => debug!(via, %id, "granted"),
+        Decision::Forbidden { id, .. } => debug!(via, %id, "forbidden"),
+        Decision::Unauthorized(why) => debug!(via, reason = why.reason(), "unauthorized"),
     }
 }
 
@@ -356,12 +359,28 @@ mod tests {
         assert_eq!(ask(&s, "CHECK read tok"), format!("OK {id}\n"));
         assert_eq!(ask(&s, "check read tok\r"), format!("OK {id}\n"));
         assert_eq!(ask(&s, "CHECK read,write tok"), format!("FORBIDDEN {id}\n"));
-        assert_eq!(ask(&s, "CHECK kafka:a:b hashed"), format!("OK {}\n", Digest::of(b"hashed").id()));
+        assert_eq!(
+            ask(&s, "CHECK kafka:a:b hashed"),
+            format!("OK {}\n", Digest::of(b"hashed").id())
+        );
         assert_eq!(ask(&s, "CHECK read nope"), "UNAUTHORIZED\n");
         assert_eq!(ask(&s, "CHECK read"), "UNAUTHORIZED\n");
         assert_eq!(ask(&s, "CHECK read "), "UNAUTHORIZED\n");
-        for bad in ["CHECK * tok", "CHECK  tok", "CHECK", "CHECK re ad tok", "CHECK read to k", "", "HELLO", "PING x"] {
-            assert!(ask(&s, bad).starts_with("ERROR "), "{bad:?}: {}", ask(&s, bad));
+        for bad in [
+            "CHECK * tok",
+            "CHECK  tok",
+            "CHECK",
+            "CHECK re ad tok",
+            "CHECK read to k",
+            "",
+            "HELLO",
+            "PING x",
+        ] {
+            assert!(
+                ask(&s, bad).starts_with("ERROR "),
+                "{bad:?}: {}",
+                ask(&s, bad)
+            );
         }
         let mut out = Vec::new();
         answer(&s, b"CHECK \xff\x00 tok", &mut out);

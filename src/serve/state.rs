@@ -140,7 +140,10 @@ impl Shared {
             // Same limit as `tokenfile check` on stdin, so both answer alike.
             Decision::Unauthorized(Unauthorized::Unknown)
         } else {
-            self.current.load().index.check(token, required, when::now())
+            self.current
+                .load()
+                .index
+                .check(token, required, when::now())
         };
         self.metrics.count_check(Outcome::of(&decision));
         decision

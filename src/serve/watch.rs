@@ -59,6 +59,10 @@ const CONFIRM: Duration = Duration::from_millis(300);
 /// A file changed continuously is read anyway after this long (still only a stable read,
 /// never while a writer holds it).
 const MAX_STALE: Duration = Duration::from_secs(2);
+/// A file held open for writing longer than this is read anyway. Long, because a truncate
+/// can wait for disk I/O (ext4 flushes a file rewritten in place when it is closed, and the
+/// next truncate waits for that), and seconds were seen on a busy virtual disk.
+const WRITER_LIMIT: Duration = Duration::from_secs(30);
 /// Safety-net stat of the path.
 const TICK: Duration = Duration::from_secs(1);
 /// Events queued between the watcher thread and the reloader; beyond it they are dropped
@@ -143,6 +147,7 @@ impl Reloader {
             forced: false,
             retry_at: None,
             suspect_since: None,
+            busy_since: None,
             confirming: None,
             next_tick: now + TICK,
             stopping: false,
@@ -215,6 +220,8 @@ struct Reload {
     forced: bool,
     retry_at: Option<Instant>,
     suspect_since: Option<Instant>,
+    /// Since when another process keeps the file open for writing.
+    busy_since: Option<Instant>,
     confirming: Option<Confirming>,
     next_tick: Instant,
     /// Stop was received while draining events.
@@ -225,8 +232,13 @@ impl Reload {
     fn run(mut self) {
         while !self.stopping {
             let now = Instant::now();
-            let deadline = self.due_at().map_or(self.next_tick, |d| d.min(self.next_tick));
-            match self.rx.recv_timeout(deadline.saturating_duration_since(now)) {
+            let deadline = self
+                .due_at()
+                .map_or(self.next_tick, |d| d.min(self.next_tick));
+            match self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(now))
+            {
                 Ok(Msg::Fs(event)) => self.on_event(event),
                 Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {}
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
@@ -368,7 +380,12 @@ impl Reload {
         let Some(watcher) = self.watcher.as_mut() else {
             return;
         };
-        for dir in self.watched.difference(&wanted).cloned().collect::<Vec<_>>() {
+        for dir in self
+            .watched
+            .difference(&wanted)
+            .cloned()
+            .collect::<Vec<_>>()
+        {
             // Fails if the directory is gone, which removed the watch already.
             let _ = watcher.unwatch(&dir);
             self.watched.remove(&dir);
@@ -402,6 +419,7 @@ impl Reload {
         self.forced = false;
         self.retry_at = None;
         self.suspect_since = None;
+        self.busy_since = None;
         self.confirming = None;
     }
 
@@ -413,8 +431,12 @@ impl Reload {
     /// Looks at the file and installs its state if it changed.
     fn attempt(&mut self) {
         let started = Instant::now();
-        match load::read(&self.path) {
+        match load::read(&self.path, !self.writer_too_long()) {
             Reading::Unstable => self.retry("the file changed while being read"),
+            Reading::Busy => {
+                self.busy_since.get_or_insert(started);
+                self.retry("another process has the file open for writing");
+            }
             Reading::Missing => {
                 // Bridges the gap of a writer that removes the file, then writes a new one.
                 let grants = !self.shared.snapshot().index.is_empty();
@@ -438,6 +460,22 @@ impl Reload {
             }
         }
         self.sync_watches();
+    }
+
+    /// A file held open for writing this long is read anyway (a shell's `exec 3>>file`
+    /// would otherwise stop every reload).
+    fn writer_too_long(&self) -> bool {
+        let too_long = self
+            .busy_since
+            .is_some_and(|since| since.elapsed() >= WRITER_LIMIT);
+        if too_long {
+            warn!(
+                file = %self.path.display(),
+                "the token file has been open for writing for {}s; reading it anyway",
+                WRITER_LIMIT.as_secs()
+            );
+        }
+        too_long
     }
 
     /// See `observed`; the suspicion lasts at most [`MAX_STALE`].

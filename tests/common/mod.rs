@@ -313,7 +313,7 @@ impl Env {
         self.tokenfile(&["list", "--json"]).ok().json()
     }
 
-    /// `(id, record)` for every record `list --json` shows.
+    /// Every record `list --json` shows, as JSON.
     pub fn records(&self) -> Vec<serde_json::Value> {
         self.list_json()["records"]
             .as_array()
@@ -372,7 +372,12 @@ impl Env {
 pub fn leftovers_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("read_dir")
-        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|n| n.contains(".tmp-") || n.contains(".edit-"))
         .collect();
     names.sort();
@@ -431,10 +436,7 @@ pub fn parse_time(text: &str) -> time::OffsetDateTime {
 pub fn assert_no_secret(haystack: &[u8], secrets: &[&[u8]], where_: &str) {
     for secret in secrets {
         assert!(
-            !secret.is_empty()
-                && !haystack
-                    .windows(secret.len())
-                    .any(|w| w == *secret),
+            !secret.is_empty() && !haystack.windows(secret.len()).any(|w| w == *secret),
             "{where_} leaks the secret {:?}:\n{}",
             String::from_utf8_lossy(secret),
             String::from_utf8_lossy(haystack)
@@ -542,8 +544,7 @@ fn trim_spaces(mut s: &[u8]) -> &[u8] {
 fn time_ok(field: &[u8]) -> bool {
     field.is_empty()
         || std::str::from_utf8(field).is_ok_and(|t| {
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                .is_ok()
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).is_ok()
         })
 }
 

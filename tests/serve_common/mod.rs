@@ -25,7 +25,10 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A hashed record line for `token`.
 pub fn record(token: &str, scopes: &str, name: &str) -> String {
-    format!("sha256:{}\t{scopes}\t{name}\n", Digest::of(token.as_bytes()).to_hex())
+    format!(
+        "sha256:{}\t{scopes}\t{name}\n",
+        Digest::of(token.as_bytes()).to_hex()
+    )
 }
 
 pub fn id(token: &str) -> String {
@@ -72,7 +75,8 @@ impl Serve {
     }
 
     pub fn start_with(file: &Path, dir: &Path, listen: Listen, env: &[(&str, &str)]) -> Serve {
-        let socket = matches!(listen, Listen::Socket | Listen::Both).then(|| dir.join("serve.sock"));
+        let socket =
+            matches!(listen, Listen::Socket | Listen::Both).then(|| dir.join("serve.sock"));
         // A free port can be taken between our probe and the server's bind: retry.
         for _ in 0..5 {
             let http = matches!(listen, Listen::Http | Listen::Both).then(free_port);
@@ -124,7 +128,9 @@ impl Serve {
     }
 
     fn try_status(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits (bounded) for the server to exit by itself.
@@ -204,7 +210,9 @@ fn spawn(
     if let Some(addr) = http {
         cmd.arg("--http").arg(addr.to_string());
     }
-    cmd.env("RUST_LOG", "info");
+    // TOKENFILE_TEST_LOG=tokenfile=trace shows what the server saw, when debugging a test.
+    let level = std::env::var("TOKENFILE_TEST_LOG").unwrap_or_else(|_| "info".into());
+    cmd.env("RUST_LOG", level);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -249,7 +257,9 @@ impl Client {
 
     pub fn read_line(&mut self) -> String {
         let mut line = String::new();
-        self.reader.read_line(&mut line).expect("read from the socket");
+        self.reader
+            .read_line(&mut line)
+            .expect("read from the socket");
         assert!(line.ends_with('\n'), "unterminated answer {line:?}");
         line.trim_end_matches('\n').to_owned()
     }
@@ -259,11 +269,20 @@ impl Client {
         self.read_line()
     }
 
+    /// Whatever the server still sends until it closes (errors count as the end).
+    pub fn rest(mut self) -> String {
+        let mut rest = Vec::new();
+        let _ = self.reader.read_to_end(&mut rest);
+        String::from_utf8_lossy(&rest).into_owned()
+    }
+
     /// Closes our writing half and returns everything the server still sends.
     pub fn finish(mut self) -> String {
         self.writer.shutdown(Shutdown::Write).unwrap();
         let mut rest = String::new();
-        self.reader.read_to_string(&mut rest).expect("read to the end");
+        self.reader
+            .read_to_string(&mut rest)
+            .expect("read to the end");
         rest
     }
 }
@@ -290,7 +309,8 @@ impl Response {
 
 /// A minimal HTTP/1.1 client: one request, `Connection: close`, read to the end.
 pub fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Response {
-    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -300,12 +320,19 @@ pub fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str
 
 /// Sends raw bytes and parses the (first) response.
 pub fn raw_http(addr: SocketAddr, request: &[u8]) -> Response {
-    let mut stream = TcpStream::connect(addr).expect("connect over HTTP");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.write_all(request).expect("send the request");
+    try_raw_http(addr, request).expect("HTTP exchange")
+}
+
+/// Like [`raw_http`], but a server that closes early (and resets the connection) is an
+/// error rather than a panic.
+pub fn try_raw_http(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    // The server may answer and close before taking all of an oversized request.
+    let _ = stream.write_all(request);
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read the response");
-    parse_response(&raw)
+    stream.read_to_end(&mut raw)?;
+    Ok(parse_response(&raw))
 }
 
 pub fn parse_response(raw: &[u8]) -> Response {

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Benchmarks of tokenfile against baselines measured in the same run (see BENCHMARKS.md).
+#
+#   bench/run.sh                      # full run: 10k, 100k and 1M records, hashed and plaintext
+#   bench/run.sh --quick              # 10k and 100k only, fewer runs (a minute or so)
+#   bench/run.sh --dir /var/tmp/x     # where the generated files go (default: a temp dir)
+#
+# Every figure is printed as a ratio against its baseline, both timed here, now, on the same
+# file: `check` against `grep -qF`, a reload (read + TokenIndex::load) against `wc -l`, `mint`
+# against `cp` + `sync`. Nothing here asserts a time; it prints a table (Markdown) and says
+# for each row whether the target of BENCHMARKS.md is met.
+#
+# Timing uses hyperfine (installed with apt-get when missing and we are root); without it, a
+# plain loop around `date +%s%N` (mean and standard deviation of N runs, no warm-up tricks).
+#
+# Environment: TOKENFILE_BIN and LOAD_INDEX_BIN time other builds of the binaries (e.g. an
+# older commit, for before/after figures); GEN_TOKENS_BIN the generator; CARGO_TARGET_DIR is
+# honoured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sizes="10000 100000 1000000"
+runs=20
+dir=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) sizes="10000 100000"; runs=10 ;;
+    --sizes) sizes="$2"; shift ;;
+    --runs) runs="$2"; shift ;;
+    --dir) dir="$2"; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "bench/run.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+target_dir="${CARGO_TARGET_DIR:-target}"
+if [ -z "${TOKENFILE_BIN:-}" ] || [ -z "${LOAD_INDEX_BIN:-}" ] || [ -z "${GEN_TOKENS_BIN:-}" ]; then
+  echo "# building release binaries" >&2
+  cargo build --release --locked --quiet --bin tokenfile --example gen_tokens --example load_index
+fi
+bin="$(realpath "${TOKENFILE_BIN:-$target_dir/release/tokenfile}")"
+load="$(realpath "${LOAD_INDEX_BIN:-$target_dir/release/examples/load_index}")"
+gen="$(realpath "${GEN_TOKENS_BIN:-$target_dir/release/examples/gen_tokens}")"
+
+if ! command -v hyperfine >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+  echo "# installing hyperfine" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null 2>&1 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null 2>&1; } || true
+fi
+have_hyperfine=0
+command -v hyperfine >/dev/null 2>&1 && have_hyperfine=1
+
+if [ -z "$dir" ]; then
+  dir="$(mktemp -d "${TMPDIR:-/tmp}/tokenfile-bench.XXXXXX")"
+  trap 'rm -rf "$dir"' EXIT
+fi
+mkdir -p "$dir"
+dir="$(realpath "$dir")"
+results="$dir/results.md"
+: >"$results"
+
+# measure NAME PREPARE COMMAND: mean and stddev in ms of COMMAND (run by sh -c), with
+# PREPARE (untimed) before each run. Prints "mean stddev".
+measure() {
+  local name="$1" prepare="$2" command="$3" csv="$dir/$1.csv"
+  if [ "$have_hyperfine" -eq 1 ]; then
+    local args=(--style none --warmup 3 --runs "$runs" --export-csv "$csv")
+    [ -n "$prepare" ] && args+=(--prepare "$prepare")
+    hyperfine "${args[@]}" "$command" >/dev/null 2>"$dir/$name.err" ||
+      { cat "$dir/$name.err" >&2; echo "bench: $command failed" >&2; exit 1; }
+    # command,mean,stddev,median,user,system,min,max (seconds)
+    awk -F, 'NR==2 { printf "%.2f %.2f\n", $2*1000, $3*1000 }' "$csv"
+  else
+    local i t0 t1 samples=()
+    for ((i = 0; i < runs + 2; i++)); do
+      [ -n "$prepare" ] && sh -c "$prepare"
+      t0=$(date +%s%N)
+      sh -c "$command" >/dev/null || { echo "bench: $command failed" >&2; exit 1; }
+      t1=$(date +%s%N)
+      # the first two runs warm the page cache and are not counted
+      [ "$i" -ge 2 ] && samples+=($(( (t1 - t0) / 1000 )))
+    done
+    printf '%s\n' "${samples[@]}" |
+      awk '{ s += $1; q += $1 * $1; n++ } END { m = s / n; v = q / n - m * m; if (v < 0) v = 0;
+             printf "%.2f %.2f\n", m / 1000, sqrt(v) / 1000 }'
+  fi
+}
+
+# row WHAT RECORDS FORM TARGET-RATIO TARGET-ABS-MS  MEAN SD  BASELINE-NAME BMEAN BSD
+row() {
+  local what="$1" records="$2" form="$3" max_ratio="$4" max_ms="$5"
+  local mean="$6" sd="$7" bname="$8" bmean="$9" bsd="${10}"
+  local ratio met
+  ratio=$(awk -v a="$mean" -v b="$bmean" 'BEGIN { printf "%.2f", a / b }')
+  met=$(awk -v r="$ratio" -v m="$mean" -v tr="$max_ratio" -v tm="$max_ms" 'BEGIN {
+          ok = 1; if (tr != "-" && r > tr + 0) ok = 0; if (tm != "-" && m > tm + 0) ok = 0;
+          print (ok ? "yes" : "**no**") }')
+  local target="≤ ${max_ratio}×"
+  [ "$max_ratio" = "-" ] && target="≤ ${max_ms} ms"
+  [ "$max_ratio" = "-" ] && [ "$max_ms" = "-" ] && { target="—"; met="—"; }
+  printf '| %s | %s | %s | %s ± %s | %s | %s ± %s | **%s×** | %s | %s |\n' \
+    "$what" "$records" "$form" "$mean" "$sd" "$bname" "$bmean" "$bsd" "$ratio" "$target" "$met" |
+    tee -a "$results"
+}
+
+# The last record whose scopes are `*` (the generator cycles through 7 scope sets and `*`
+# is the fifth): close to the end of the file, the worst place for a scan, and granted.
+probe_index() { local n=$1; echo $(( n - 1 - ((n - 1 - 4) % 7) )); }
+
+echo "# files in $dir" >&2
+for n in $sizes; do
+  for form in hashed plaintext; do
+    f="$dir/$form-$n.tokens"
+    if [ ! -s "$f" ]; then
+      if [ "$form" = plaintext ]; then "$gen" --records "$n" --plaintext >"$f"; else "$gen" --records "$n" >"$f"; fi
+      chmod 600 "$f"
+    fi
+  done
+done
+
+{
+  echo "Machine: $(nproc) CPU(s) $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo), kernel $(uname -r);" \
+       "files on $(df -T "$dir" | awk 'NR==2 { print $2 }');" \
+       "timer: $([ "$have_hyperfine" -eq 1 ] && hyperfine --version || echo 'date +%s%N loop'), $runs runs."
+  echo
+  echo "| measurement | records | stored | tokenfile (ms) | baseline | baseline (ms) | ratio | target | met |"
+  echo "|---|---:|---|---:|---|---:|---:|---|---|"
+} | tee -a "$results"
+
+# 1. One-shot check vs grep -qF on the same file, same record.
+for n in $sizes; do
+  i=$(probe_index "$n")
+  export TF_BENCH_TOKEN
+  TF_BENCH_TOKEN=$("$gen" --token "$i")
+  for form in hashed plaintext; do
+    f="$dir/$form-$n.tokens"
+    if [ "$form" = plaintext ]; then cred=$("$gen" --credential "$i" --plaintext); else cred=$("$gen" --credential "$i"); fi
+    read -r m s < <(measure "check-$form-$n" "" "'$bin' --file '$f' check --scope deploy --token-env TF_BENCH_TOKEN")
+    read -r bm bs < <(measure "grep-$form-$n" "" "grep -qF '$cred' '$f'")
+    row "check" "$n" "$form" 2 - "$m" "$s" "grep -qF" "$bm" "$bs"
+  done
+done
+
+# 2. Reload: read the file and build the TokenIndex (what serve does on a change) vs wc -l.
+for n in $sizes; do
+  for form in hashed plaintext; do
+    f="$dir/$form-$n.tokens"
+    read -r m s < <(measure "load-$form-$n" "" "'$load' '$f' --quiet")
+    read -r bm bs < <(measure "wc-$form-$n" "" "wc -l '$f'")
+    limit=-
+    [ "$n" -ge 1000000 ] && limit=500
+    row "reload" "$n" "$form" - "${limit}" "$m" "$s" "wc -l" "$bm" "$bs"
+  done
+done
+
+# 3. mint on a 100k-record file vs cp + sync of that file. Each run starts from a fresh, synced
+#    copy of the same file, so every run mints into 100k records.
+n=100000
+case " $sizes " in *" $n "*) ;; *) n=$(echo "$sizes" | awk '{ print $NF }') ;; esac
+for form in hashed plaintext; do
+  f="$dir/$form-$n.tokens"
+  w="$dir/mint-$form.tokens"
+  c="$dir/copy-$form.tokens"
+  flag=""
+  [ "$form" = plaintext ] && flag="--plaintext"
+  read -r m s < <(measure "mint-$form" "cp '$f' '$w' && sync '$w'" \
+    "'$bin' --file '$w' mint --scope deploy --name bench $flag")
+  read -r bm bs < <(measure "cp-$form" "rm -f '$c' && sync" "cp '$f' '$c' && sync '$c'")
+  row "mint" "$n" "$form" 3 - "$m" "$s" "cp + sync" "$bm" "$bs"
+done
+
+echo >&2
+echo "# table also in $results" >&2
