@@ -227,111 +227,25 @@ impl TokenIndex {
     /// file, waiting for a table slot in main memory was the largest single cost).
     pub fn load(bytes: &[u8]) -> (TokenIndex, Vec<LoadProblem>) {
         let body = bytes.strip_prefix(format::BOM).unwrap_or(bytes);
-        // A guess (records are rarely shorter); the vector grows if it is wrong.
-        let mut index = TokenIndex {
-            entries: Vec::with_capacity(body.len() / 80 + 1),
-            slots: Vec::new(),
-            records: 0,
-        };
-        let mut problems = Vec::new();
-        // Records usually share a handful of scope sets: parse each distinct field once and
-        // share the result.
-        let all: Arc<ScopeSet> = Arc::new(ScopeSet::all());
-        let mut scope_sets: HashMap<&[u8], Result<Arc<ScopeSet>, ScopeError>, FieldHash> =
-            HashMap::default();
-        let no_name: Arc<str> = Arc::from("");
-        let mut number = 0;
-        let mut line_start = 0;
-        let mut field_start = 0;
-        let mut fields = format::Fields::default();
-        // One pass over the bytes finds every TAB and line end.
-        let delimiters = memchr::memchr2_iter(b'\t', b'\n', body).chain(std::iter::once(body.len()));
-        for at in delimiters {
-            if at < body.len() && body[at] == b'\t' {
-                fields.push(&body[field_start..at]);
-                field_start = at + 1;
-                continue;
+        let mut loader = Loader::new(body.len());
+        loader.lines(body, true);
+        loader.finish()
+    }
+
+    /// [`TokenIndex::load`] of everything `reader` yields, read in chunks: the same index
+    /// and problems, without holding the whole file in memory (for a 100 MB file, filling
+    /// a fresh 100 MB buffer costs about as much as indexing it).
+    pub fn read_from(mut reader: impl Read) -> io::Result<(TokenIndex, Vec<LoadProblem>)> {
+        let mut loader = Loader::new(0);
+        let mut chunks = Chunks::new(&mut reader);
+        while let Some((data, eof)) = chunks.next()? {
+            let consumed = loader.lines(data, eof);
+            chunks.consume(consumed);
+            if eof {
+                break;
             }
-            let raw = &body[line_start..at];
-            let last = &body[field_start..at];
-            let line_fields = std::mem::take(&mut fields);
-            (line_start, field_start) = (at + 1, at + 1);
-            number += 1;
-            if at == body.len() && raw.is_empty() {
-                break; // nothing after the last line ending
-            }
-            // A CR before the LF belongs to the line ending, not to the last field.
-            let (content, last) = match raw.strip_suffix(b"\r") {
-                Some(content) => (content, &last[..last.len() - 1]),
-                None => (raw, last),
-            };
-            if !format::is_record_line(content) {
-                continue;
-            }
-            let mut line_fields = line_fields;
-            line_fields.push(last);
-            let fields = format::check_fields(line_fields, |field| match field {
-                None => Ok(all.clone()),
-                Some(field) => scope_sets
-                    .entry(field)
-                    .or_insert_with(|| ScopeSet::parse(field).map(Arc::new))
-                    .clone(),
-            });
-            let fields = match fields {
-                Ok(fields) => fields,
-                Err(why) => {
-                    problems.push(LoadProblem::Invalid { line: number, why });
-                    continue;
-                }
-            };
-            index.records += 1;
-            if index.entries.len() == MAX_ENTRIES {
-                continue; // beyond 4 billion tokens: not indexed
-            }
-            let digest = fields.digest();
-            let name = match fields.name {
-                [] => no_name.clone(),
-                name => match std::str::from_utf8(name) {
-                    Ok(name) => Arc::from(name),
-                    Err(_) => Arc::from(&*String::from_utf8_lossy(name)),
-                },
-            };
-            index.entries.push((
-                digest,
-                Grant {
-                    id: digest.id(),
-                    name,
-                    scopes: fields.scopes,
-                    expires: fields.expires,
-                    line: number,
-                },
-            ));
         }
-        let duplicates = index.build_slots();
-        if !duplicates.is_empty() {
-            // Only the first record of a token counts: drop the others and build again.
-            let mut shadowed = vec![false; index.entries.len()];
-            for &(duplicate, first) in &duplicates {
-                shadowed[duplicate] = true;
-                let (digest, grant) = &index.entries[duplicate];
-                problems.push(LoadProblem::Duplicate {
-                    line: grant.line,
-                    first: index.entries[first].1.line,
-                    id: digest.id(),
-                });
-            }
-            let mut position = 0;
-            index.entries.retain(|_| {
-                position += 1;
-                !shadowed[position - 1]
-            });
-            index.build_slots();
-            // In line order, as one pass would have reported them.
-            problems.sort_by_key(|p| match p {
-                LoadProblem::Invalid { line, .. } | LoadProblem::Duplicate { line, .. } => *line,
-            });
-        }
-        (index, problems)
+        Ok(loader.finish())
     }
 
     /// Fills the table from `entries`; returns (duplicate, first) entry index pairs.
@@ -390,6 +304,213 @@ impl TokenIndex {
 
     pub fn check(&self, token: &Secret, required: &RequiredScopes, now: Timestamp) -> Decision {
         decide(!token.is_empty(), self.get(token), required, now)
+    }
+}
+
+/// The first pass of [`TokenIndex::load`]: parses lines in order into entries.
+struct Loader {
+    index: TokenIndex,
+    problems: Vec<LoadProblem>,
+    /// Records usually share a handful of scope sets: each distinct field is parsed once
+    /// and the result shared.
+    scope_sets: HashMap<Box<[u8]>, Result<Arc<ScopeSet>, ScopeError>, FieldHash>,
+    all: Arc<ScopeSet>,
+    no_name: Arc<str>,
+    /// Lines seen so far.
+    number: usize,
+}
+
+impl Loader {
+    fn new(size_hint: usize) -> Loader {
+        Loader {
+            index: TokenIndex {
+                // A guess (records are rarely shorter); the vector grows if it is wrong.
+                entries: Vec::with_capacity(size_hint / 80 + 1),
+                slots: Vec::new(),
+                records: 0,
+            },
+            problems: Vec::new(),
+            scope_sets: HashMap::default(),
+            all: Arc::new(ScopeSet::all()),
+            no_name: Arc::from(""),
+            number: 0,
+        }
+    }
+
+    /// Takes every complete line at the start of `data` (with `at_end`, the rest too, as
+    /// the last line) and returns how many bytes that was.
+    fn lines(&mut self, data: &[u8], at_end: bool) -> usize {
+        let mut line_start = 0;
+        let mut field_start = 0;
+        let mut fields = format::Fields::default();
+        // One pass over the bytes finds every TAB and line end.
+        for at in memchr::memchr2_iter(b'\t', b'\n', data) {
+            if data[at] == b'\t' {
+                fields.push(&data[field_start..at]);
+                field_start = at + 1;
+                continue;
+            }
+            self.line(&data[line_start..at], std::mem::take(&mut fields), field_start - line_start);
+            (line_start, field_start) = (at + 1, at + 1);
+        }
+        if at_end && line_start < data.len() {
+            self.line(&data[line_start..], fields, field_start - line_start);
+            return data.len();
+        }
+        line_start
+    }
+
+    /// One line without its LF; `fields` are those before the last TAB, and the last field
+    /// starts at `last_field`.
+    fn line<'a>(&mut self, raw: &'a [u8], mut fields: format::Fields<'a>, last_field: usize) {
+        self.number += 1;
+        // A CR before the LF belongs to the line ending, not to the line.
+        let content = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if !format::is_record_line(content) {
+            return;
+        }
+        fields.push(&content[last_field.min(content.len())..]);
+        let (all, scope_sets) = (&self.all, &mut self.scope_sets);
+        let fields = format::check_fields(fields, |field| match field {
+            None => Ok(all.clone()),
+            Some(field) => match scope_sets.get(field) {
+                Some(parsed) => parsed.clone(),
+                None => {
+                    let parsed = ScopeSet::parse(field).map(Arc::new);
+                    scope_sets.insert(field.into(), parsed.clone());
+                    parsed
+                }
+            },
+        });
+        let fields = match fields {
+            Ok(fields) => fields,
+            Err(why) => {
+                self.problems.push(LoadProblem::Invalid {
+                    line: self.number,
+                    why,
+                });
+                return;
+            }
+        };
+        self.index.records += 1;
+        if self.index.entries.len() == MAX_ENTRIES {
+            return; // beyond 4 billion tokens: not indexed
+        }
+        let digest = fields.digest();
+        let name = match fields.name {
+            [] => self.no_name.clone(),
+            name => match std::str::from_utf8(name) {
+                Ok(name) => Arc::from(name),
+                Err(_) => Arc::from(&*String::from_utf8_lossy(name)),
+            },
+        };
+        self.index.entries.push((
+            digest,
+            Grant {
+                id: digest.id(),
+                name,
+                scopes: fields.scopes,
+                expires: fields.expires,
+                line: self.number,
+            },
+        ));
+    }
+
+    /// The second pass: the table, and the duplicates it finds.
+    fn finish(self) -> (TokenIndex, Vec<LoadProblem>) {
+        let Loader {
+            mut index,
+            mut problems,
+            ..
+        } = self;
+        let duplicates = index.build_slots();
+        if !duplicates.is_empty() {
+            // Only the first record of a token counts: drop the others and build again.
+            let mut shadowed = vec![false; index.entries.len()];
+            for &(duplicate, first) in &duplicates {
+                shadowed[duplicate] = true;
+                let (digest, grant) = &index.entries[duplicate];
+                problems.push(LoadProblem::Duplicate {
+                    line: grant.line,
+                    first: index.entries[first].1.line,
+                    id: digest.id(),
+                });
+            }
+            let mut position = 0;
+            index.entries.retain(|_| {
+                position += 1;
+                !shadowed[position - 1]
+            });
+            index.build_slots();
+            // In line order, as one pass would have reported them.
+            problems.sort_by_key(|p| match p {
+                LoadProblem::Invalid { line, .. } | LoadProblem::Duplicate { line, .. } => *line,
+            });
+        }
+        (index, problems)
+    }
+}
+
+/// How much of a file is held at a time when reading in chunks (more only for a longer line).
+const CHUNK: usize = 256 * 1024;
+
+/// A file read in chunks, for a line-by-line pass: each chunk starts with the unconsumed
+/// rest of the one before (a line cut by the chunk boundary), and a leading BOM is skipped.
+struct Chunks<'r, R> {
+    reader: &'r mut R,
+    buf: Vec<u8>,
+    /// `buf[start..end]` holds bytes read but not yet consumed.
+    start: usize,
+    end: usize,
+    at_file_start: bool,
+}
+
+impl<'r, R: Read> Chunks<'r, R> {
+    fn new(reader: &'r mut R) -> Self {
+        Chunks {
+            reader,
+            buf: vec![0u8; CHUNK],
+            start: 0,
+            end: 0,
+            at_file_start: true,
+        }
+    }
+
+    /// The unconsumed bytes after one more read, and whether the file ended.
+    fn next(&mut self) -> io::Result<Option<(&[u8], bool)>> {
+        loop {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.end == self.buf.len() {
+                // One line fills the buffer: make room for the rest of it.
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+            let read = match self.reader.read(&mut self.buf[self.end..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.end += read;
+            let eof = read == 0;
+            if self.at_file_start {
+                if self.end < format::BOM.len() && !eof {
+                    continue;
+                }
+                if self.buf[..self.end].starts_with(format::BOM) {
+                    self.start = format::BOM.len();
+                }
+                self.at_file_start = false;
+            }
+            return Ok(Some((&self.buf[self.start..self.end], eof)));
+        }
+    }
+
+    /// Marks the first `n` bytes of the last chunk as used.
+    fn consume(&mut self, n: usize) {
+        self.start += n;
     }
 }
 
@@ -469,9 +590,6 @@ pub fn find_record(bytes: &[u8], token: &Secret) -> Option<Grant> {
     None
 }
 
-/// How much of the file [`find_record_in`] holds at a time (more only for a longer line).
-const CHUNK: usize = 256 * 1024;
-
 /// [`find_record`] over a reader, in chunks: a one-shot `check` of a 100 MB file neither
 /// allocates nor touches 100 MB of memory, and stops reading at the record it looks for.
 pub fn find_record_in(mut reader: impl Read, token: &Secret) -> io::Result<Option<Grant>> {
@@ -479,38 +597,9 @@ pub fn find_record_in(mut reader: impl Read, token: &Secret) -> io::Result<Optio
         return Ok(None);
     }
     let matcher = Matcher::new(token);
-    let mut buf = vec![0u8; CHUNK];
-    // buf[start..end] holds bytes read but not yet consumed: the start of a line.
-    let (mut start, mut end) = (0, 0);
+    let mut chunks = Chunks::new(&mut reader);
     let mut number = 0;
-    let mut at_file_start = true;
-    loop {
-        if start > 0 {
-            buf.copy_within(start..end, 0);
-            end -= start;
-            start = 0;
-        }
-        if end == buf.len() {
-            // One line fills the buffer: make room for the rest of it.
-            buf.resize(buf.len() * 2, 0);
-        }
-        let read = match reader.read(&mut buf[end..]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        end += read;
-        let eof = read == 0;
-        if at_file_start {
-            if end < format::BOM.len() && !eof {
-                continue;
-            }
-            if buf[..end].starts_with(format::BOM) {
-                start = format::BOM.len();
-            }
-            at_file_start = false;
-        }
-        let data = &buf[start..end];
+    while let Some((data, eof)) = chunks.next()? {
         let mut consumed = 0;
         for newline in memchr::memchr_iter(b'\n', data) {
             number += 1;
@@ -521,13 +610,14 @@ pub fn find_record_in(mut reader: impl Read, token: &Secret) -> io::Result<Optio
                 return Ok(Some(grant));
             }
         }
-        start += consumed;
         if eof {
-            let raw = &buf[start..end];
+            let raw = &data[consumed..];
             let line = raw.strip_suffix(b"\r").unwrap_or(raw);
             return Ok(matcher.grant(line, number + 1));
         }
+        chunks.consume(consumed);
     }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -636,7 +636,7 @@ mod tests {
                 input.extend_from_slice(end.as_bytes());
             }
             let doc = Document::parse(&input);
-            prop_assert_eq!(doc.to_bytes(), input);
+            prop_assert_eq!(doc.to_bytes(), input.clone());
             // Classifying never panics and appending keeps the prefix intact.
             let _ = doc.entries().count();
             let mut grown = doc.clone();

@@ -270,11 +270,12 @@ fn revoke_is_all_or_nothing() {
     let t3 = env.mint(&["--scope", "read"]);
     let before = env.read();
     let (id1, id2) = (id_of(t1.as_bytes()), id_of(t2.as_bytes()));
-    let missing = if id1.starts_with("ffff") {
-        "eeee"
-    } else {
-        "ffff"
-    };
+    let all = env.ids();
+    let missing = (0..16u32)
+        .map(|n| format!("{n:04x}"))
+        .find(|p| !all.iter().any(|id| id.starts_with(p.as_str())))
+        .unwrap();
+    let missing = missing.as_str();
     env.tokenfile(&["revoke", &id1, missing]).code(NO_SUCH_ID);
     env.tokenfile(&["revoke", &id1, "abc"]).code(USAGE);
     assert_eq!(env.read(), before);

@@ -48,7 +48,7 @@ pub fn run(options: ServeOptions) -> Result<Exit> {
         ));
     }
     init_logging();
-    ignore_sigio()?;
+    early_signals()?;
     let (snapshot, fingerprint) = load::initial(&options.file)?;
     let shared = Arc::new(Shared::new(options.file.clone(), snapshot));
     // Bind before any thread exists; see the module comment.
@@ -144,14 +144,20 @@ async fn stopped(shutdown: &mut signal_watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// The reloader holds a read lease on the file while reading it (see `load.rs`); a writer
-/// opening the file then makes the kernel send SIGIO, whose default action would kill us.
-fn ignore_sigio() -> Result<()> {
+/// Signal dispositions needed before any thread starts:
+/// - SIGIO ignored: the reloader holds a read lease on the file while reading it (see
+///   `load.rs`), and a writer opening the file then makes the kernel send SIGIO, whose
+///   default action would kill us;
+/// - SIGHUP ignored until the runtime's handler replaces it, so that a reload request
+///   during start-up does not kill us either (the file is being read then anyway).
+fn early_signals() -> Result<()> {
     use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: installs SIG_IGN, no handler code runs; done before any thread starts.
-    unsafe { signal(Signal::SIGIO, SigHandler::SigIgn) }
-        .map(drop)
-        .map_err(|e| Error::File(format!("cannot ignore SIGIO: {e}")))
+    for sig in [Signal::SIGIO, Signal::SIGHUP] {
+        // SAFETY: installs SIG_IGN, so no handler code ever runs.
+        unsafe { signal(sig, SigHandler::SigIgn) }
+            .map_err(|e| Error::File(format!("cannot set up {sig}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters (default `info`; `debug` shows every

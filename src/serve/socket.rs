@@ -207,24 +207,29 @@ async fn connection(mut stream: UnixStream, shared: &Shared, mut shutdown: watch
             if line.len() + segment.len() > MAX_LINE {
                 answers.extend_from_slice(b"ERROR line too long\n");
                 shared.count_invalid();
-                line.clear();
+                wipe(&mut line);
                 discarding = !complete;
                 continue;
             }
             line.extend_from_slice(segment);
             if complete {
                 answer(shared, &line, &mut answers);
-                line.clear();
+                wipe(&mut line);
             }
         }
         if send(&mut stream, &answers).await.is_err() {
             break;
         }
         answers.clear();
-        // Wipe: the line may hold a token.
+        // Best effort, as `Secret` does: request bytes may hold a token.
         chunk[..n].fill(0);
     }
+    wipe(&mut line);
+}
+
+fn wipe(line: &mut Vec<u8>) {
     line.fill(0);
+    line.clear();
 }
 
 async fn send(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
