@@ -3,8 +3,11 @@
 //! ```sh
 //! cargo run --release --example load_index -- tokens              # one load, then exit
 //! cargo run --release --example load_index -- tokens --iterations 10
+//! cargo run --release --example load_index -- tokens --stream     # TokenIndex::read_from
 //! ```
 //!
+//! By default the file is read whole (`fs::read`) and indexed with `TokenIndex::load`, as
+//! `serve` does; `--stream` reads and indexes it in chunks with `TokenIndex::read_from`.
 //! Prints one line per load (`read_ms`, `load_ms`, records, problems) on stderr and, with
 //! `--iterations`, the median on stdout. Run once without `--iterations` it is a process that
 //! reads and indexes the file and exits — what `bench/run.sh` times against `wc -l`. The
@@ -16,11 +19,14 @@ use std::time::Instant;
 
 use tokenfile::check::TokenIndex;
 
+const USAGE: &str = "usage: load_index FILE [--stream] [--iterations N] [--quiet]";
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut file = None;
     let mut iterations = 1usize;
     let mut quiet = false;
+    let mut stream = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--iterations" => match args.next().and_then(|n| n.parse().ok()) {
@@ -31,29 +37,43 @@ fn main() -> ExitCode {
                 }
             },
             "--quiet" => quiet = true,
+            "--stream" => stream = true,
             _ if file.is_none() => file = Some(arg),
             _ => {
-                eprintln!("usage: load_index FILE [--iterations N] [--quiet]");
+                eprintln!("{USAGE}");
                 return ExitCode::from(2);
             }
         }
     }
     let Some(file) = file else {
-        eprintln!("usage: load_index FILE [--iterations N] [--quiet]");
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
     let mut totals = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let started = Instant::now();
-        let bytes = match std::fs::read(&file) {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("load_index: cannot read {file}: {e}");
-                return ExitCode::from(10);
+        let (bytes, read, (index, problems)) = if stream {
+            let loaded = std::fs::File::open(&file).and_then(TokenIndex::read_from);
+            match loaded {
+                // Reading and indexing interleave: all of it counts as load_ms.
+                Ok(loaded) => (Vec::new(), std::time::Duration::ZERO, loaded),
+                Err(e) => {
+                    eprintln!("load_index: cannot read {file}: {e}");
+                    return ExitCode::from(10);
+                }
             }
+        } else {
+            let bytes = match std::fs::read(&file) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("load_index: cannot read {file}: {e}");
+                    return ExitCode::from(10);
+                }
+            };
+            let read = started.elapsed();
+            let loaded = TokenIndex::load(&bytes);
+            (bytes, read, loaded)
         };
-        let read = started.elapsed();
-        let (index, problems) = TokenIndex::load(&bytes);
         let total = started.elapsed();
         if !quiet {
             eprintln!(

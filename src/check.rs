@@ -350,22 +350,24 @@ impl Loader {
                 field_start = at + 1;
                 continue;
             }
-            self.line(&data[line_start..at], std::mem::take(&mut fields), field_start - line_start);
+            let raw = &data[line_start..at];
+            // A CR before the LF belongs to the line ending, not to the line.
+            let content = raw.strip_suffix(b"\r").unwrap_or(raw);
+            self.line(content, std::mem::take(&mut fields), field_start - line_start);
             (line_start, field_start) = (at + 1, at + 1);
         }
         if at_end && line_start < data.len() {
+            // The last line has no ending (a CR there is part of it, as in the document).
             self.line(&data[line_start..], fields, field_start - line_start);
             return data.len();
         }
         line_start
     }
 
-    /// One line without its LF; `fields` are those before the last TAB, and the last field
-    /// starts at `last_field`.
-    fn line<'a>(&mut self, raw: &'a [u8], mut fields: format::Fields<'a>, last_field: usize) {
+    /// One line without its ending; `fields` are those before the last TAB, and the last
+    /// field starts at `last_field`.
+    fn line<'a>(&mut self, content: &'a [u8], mut fields: format::Fields<'a>, last_field: usize) {
         self.number += 1;
-        // A CR before the LF belongs to the line ending, not to the line.
-        let content = raw.strip_suffix(b"\r").unwrap_or(raw);
         if !format::is_record_line(content) {
             return;
         }
@@ -577,17 +579,19 @@ pub fn find_record(bytes: &[u8], token: &Secret) -> Option<Grant> {
     }
     let matcher = Matcher::new(token);
     let body = bytes.strip_prefix(format::BOM).unwrap_or(bytes);
-    let mut start = 0;
-    let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
-    for (index, end) in ends.enumerate() {
+    let (mut start, mut number) = (0, 0);
+    for end in memchr::memchr_iter(b'\n', body) {
+        number += 1;
         let raw = &body[start..end];
         start = end + 1;
+        // A CR before the LF belongs to the line ending, not to the line.
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if let Some(grant) = matcher.grant(line, index + 1) {
+        if let Some(grant) = matcher.grant(line, number) {
             return Some(grant);
         }
     }
-    None
+    // The last line has no ending (a CR there is part of it, as in the document).
+    matcher.grant(&body[start..], number + 1)
 }
 
 /// [`find_record`] over a reader, in chunks: a one-shot `check` of a 100 MB file neither
@@ -611,9 +615,8 @@ pub fn find_record_in(mut reader: impl Read, token: &Secret) -> io::Result<Optio
             }
         }
         if eof {
-            let raw = &data[consumed..];
-            let line = raw.strip_suffix(b"\r").unwrap_or(raw);
-            return Ok(matcher.grant(line, number + 1));
+            // The last line has no ending (a CR there is part of it, as in the document).
+            return Ok(matcher.grant(&data[consumed..], number + 1));
         }
         chunks.consume(consumed);
     }
@@ -644,7 +647,119 @@ mod tests {
         let found = find_record(file.as_bytes(), &secret(token));
         let by_scan = decide(!token.is_empty(), found.as_ref(), &req(scope), now());
         assert_eq!(by_index, by_scan, "index and scan disagree");
+        for chunk in [1, 3, 64] {
+            let streamed = find_record_in(Trickle::new(file.as_bytes(), chunk), &secret(token));
+            assert_eq!(streamed.unwrap(), found, "scan in chunks of {chunk} disagrees");
+        }
         by_index
+    }
+
+    /// A reader that hands out at most `chunk` bytes per read, to cut lines anywhere.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        chunk: usize,
+    }
+
+    impl<'a> Trickle<'a> {
+        fn new(data: &'a [u8], chunk: usize) -> Self {
+            Trickle { data, chunk }
+        }
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.chunk.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    /// The index as the original one-pass implementation built it: through the lossless
+    /// document model and full record parses, first record wins.
+    fn reference_load(bytes: &[u8]) -> (Vec<(Digest, Grant)>, usize, Vec<LoadProblem>) {
+        let doc = format::Document::parse(bytes);
+        let mut first: HashMap<Digest, usize> = HashMap::new();
+        let (mut grants, mut records, mut problems) = (Vec::new(), 0, Vec::new());
+        for (line, entry) in doc.entries() {
+            match entry {
+                Entry::Record(record) => {
+                    records += 1;
+                    let digest = record.digest();
+                    match first.get(&digest) {
+                        Some(&first) => problems.push(LoadProblem::Duplicate {
+                            line,
+                            first,
+                            id: digest.id(),
+                        }),
+                        None => {
+                            first.insert(digest, line);
+                            grants.push((digest, Grant::from_record(&record, line)));
+                        }
+                    }
+                }
+                Entry::Invalid(why) => problems.push(LoadProblem::Invalid { line, why }),
+                Entry::Blank | Entry::Comment => {}
+            }
+        }
+        (grants, records, problems)
+    }
+
+    fn assert_same_index(bytes: &[u8]) {
+        let (want, want_records, want_problems) = reference_load(bytes);
+        let (index, problems) = TokenIndex::load(bytes);
+        let mut loads = vec![(index, problems)];
+        for chunk in [1, 2, 7, 4096] {
+            loads.push(TokenIndex::read_from(Trickle::new(bytes, chunk)).unwrap());
+        }
+        for (index, problems) in loads {
+            let got: Vec<(Digest, Grant)> = index.iter().map(|(d, g)| (*d, g.clone())).collect();
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(bytes));
+            assert_eq!(index.records, want_records);
+            assert_eq!(index.len(), want.len());
+            assert_eq!(problems, want_problems);
+            for (digest, grant) in &want {
+                assert_eq!(index.get_digest(digest), Some(grant));
+            }
+            assert_eq!(index.get_digest(&Digest::of(b"not in any file")), None);
+        }
+    }
+
+    #[test]
+    fn index_matches_the_reference_on_nasty_files() {
+        for file in [
+            &b""[..],
+            b"\n",
+            b"\r\n",
+            b"\xEF\xBB\xBF",
+            b"\xEF\xBB\xBFtok\tread\r\nother\r\n",
+            b"tok",
+            b"tok\r",
+            b"tok\t\r",
+            b"tok\tread\r\r\n",
+            b"a\tb\tc\td\te\tf\tg\n\t\t\n \t \n#x\ty\nz\t\xff\n",
+            b"x\0y\tread\n\xff\xfe\tr\tn\xff\n",
+            b"dup\tread\nother\nbad\t\ndup\twrite\nother\t*\tn\n",
+        ] {
+            assert_same_index(file);
+        }
+        let mut long = vec![b'x'; 3 * CHUNK];
+        long.extend_from_slice(b"\tread\nshort\n");
+        assert_same_index(&long);
+        let mut many = String::new();
+        for i in 0..5000 {
+            many.push_str(&format!("t{}\tread\tn{i}\n", i % 4000));
+        }
+        assert_same_index(many.as_bytes());
+    }
+
+    #[test]
+    fn long_lines_are_scanned_across_chunks() {
+        let mut file = vec![b'#'; 3 * CHUNK + 5];
+        file.extend_from_slice(b"\nfar\tread\n");
+        let found = find_record_in(&file[..], &secret("far")).unwrap().unwrap();
+        assert_eq!(found.line, 2);
+        assert_eq!(find_record(&file, &secret("far")), Some(found));
     }
 
     #[test]
@@ -745,6 +860,41 @@ mod tests {
         ) {
             let file = lines.join("\n");
             both(&file, token, scope);
+        }
+
+        #[test]
+        fn index_agrees_with_the_reference(
+            lines in proptest::collection::vec(
+                (prop_oneof![
+                    Just("a".to_string()), Just("b\tread".to_string()), Just("a\twrite".to_string()),
+                    Just("b\t".to_string()), Just("#a".to_string()), Just("a\tread\tn\tx".to_string()),
+                    Just(format!("sha256:{}\tread", Digest::of(b"a").to_hex())),
+                    Just(format!("sha256:{}\tr, w \tname", Digest::of(b"c").to_hex())),
+                    Just("c\t*\t\t\t2020-01-01T00:00:00Z".to_string()),
+                    Just("c\t*\t\t\t2020-01-01T00:00:00+02:00".to_string()),
+                    Just("d\tx\t\u{fffd}\u{1}".to_string()), Just("".to_string()), Just(" \t".to_string()),
+                    Just("e\ta\tb\tc\td\te".to_string()), "[a-c\t\r #*,]{0,10}",
+                ], prop_oneof![Just("\n"), Just("\r\n"), Just("\r")]),
+                0..24),
+            bom in any::<bool>(),
+        ) {
+            let mut file = if bom { format::BOM.to_vec() } else { Vec::new() };
+            for (line, end) in &lines {
+                file.extend_from_slice(line.as_bytes());
+                file.extend_from_slice(end.as_bytes());
+            }
+            assert_same_index(&file);
+            file.truncate(file.len().saturating_sub(1));
+            assert_same_index(&file);
+        }
+
+        #[test]
+        fn index_agrees_with_the_reference_on_any_bytes(
+            file in proptest::collection::vec(
+                prop_oneof![Just(b'\t'), Just(b'\n'), Just(b'\r'), Just(b'a'), Just(b'#'), Just(b' '), any::<u8>()],
+                0..256),
+        ) {
+            assert_same_index(&file);
         }
     }
 }
