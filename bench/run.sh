@@ -61,12 +61,15 @@ dir="$(realpath "$dir")"
 results="$dir/results.md"
 : >"$results"
 
-# measure NAME PREPARE COMMAND: mean and stddev in ms of COMMAND (run by sh -c), with
-# PREPARE (untimed) before each run. Prints "mean stddev".
+# measure NAME PREPARE COMMAND [shell]: mean and stddev in ms of COMMAND, with PREPARE
+# (untimed) before each run. Prints "mean stddev". A single command runs without a shell;
+# with "shell", COMMAND and PREPARE run by sh -c (hyperfine subtracts the shell's own start),
+# which compound commands (`cp … && sync …`) need — and then both sides of a ratio use it.
 measure() {
-  local name="$1" prepare="$2" command="$3" csv="$dir/$1.csv"
+  local name="$1" prepare="$2" command="$3" shell="${4:-}" csv="$dir/$1.csv"
   if [ "$have_hyperfine" -eq 1 ]; then
     local args=(--style none --warmup 3 --runs "$runs" --export-csv "$csv")
+    [ "$shell" = shell ] || args+=(--shell=none)
     [ -n "$prepare" ] && args+=(--prepare "$prepare")
     hyperfine "${args[@]}" "$command" >/dev/null 2>"$dir/$name.err" ||
       { cat "$dir/$name.err" >&2; echo "bench: $command failed" >&2; exit 1; }
@@ -143,15 +146,23 @@ for n in $sizes; do
   done
 done
 
-# 2. Reload: read the file and build the TokenIndex (what serve does on a change) vs wc -l.
+# 2. Reload: read the file whole and build the TokenIndex (TokenIndex::load, what serve does
+#    on a change), and read + index it in chunks (TokenIndex::read_from), vs wc -l. Each is a
+#    whole process run: start, read, index, exit.
+stream=0
+"$load" /dev/null --stream --quiet 2>/dev/null && stream=1
 for n in $sizes; do
   for form in hashed plaintext; do
     f="$dir/$form-$n.tokens"
-    read -r m s < <(measure "load-$form-$n" "" "'$load' '$f' --quiet")
-    read -r bm bs < <(measure "wc-$form-$n" "" "wc -l '$f'")
     limit=-
     [ "$n" -ge 1000000 ] && limit=500
-    row "reload" "$n" "$form" - "${limit}" "$m" "$s" "wc -l" "$bm" "$bs"
+    read -r bm bs < <(measure "wc-$form-$n" "" "wc -l '$f'")
+    read -r m s < <(measure "load-$form-$n" "" "'$load' '$f' --quiet")
+    row "reload (load)" "$n" "$form" - "${limit}" "$m" "$s" "wc -l" "$bm" "$bs"
+    if [ "$stream" -eq 1 ]; then
+      read -r m s < <(measure "stream-$form-$n" "" "'$load' '$f' --stream --quiet")
+      row "reload (read_from)" "$n" "$form" - "${limit}" "$m" "$s" "wc -l" "$bm" "$bs"
+    fi
   done
 done
 
@@ -166,8 +177,8 @@ for form in hashed plaintext; do
   flag=""
   [ "$form" = plaintext ] && flag="--plaintext"
   read -r m s < <(measure "mint-$form" "cp '$f' '$w' && sync '$w'" \
-    "'$bin' --file '$w' mint --scope deploy --name bench $flag")
-  read -r bm bs < <(measure "cp-$form" "rm -f '$c' && sync" "cp '$f' '$c' && sync '$c'")
+    "'$bin' --file '$w' mint --scope deploy --name bench $flag" shell)
+  read -r bm bs < <(measure "cp-$form" "rm -f '$c' && sync" "cp '$f' '$c' && sync '$c'" shell)
   row "mint" "$n" "$form" 3 - "$m" "$s" "cp + sync" "$bm" "$bs"
 done
 

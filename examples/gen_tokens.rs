@@ -139,11 +139,7 @@ fn main() -> ExitCode {
             return writeln!(out, "{token}");
         }
         if let Some(i) = options.credential {
-            return writeln!(
-                out,
-                "{}",
-                credential_of(options.seed, i, options.plaintext)
-            );
+            return writeln!(out, "{}", credential_of(options.seed, i, options.plaintext));
         }
         out.write_all(HEADER.as_bytes())?;
         for i in 0..options.records {

@@ -353,7 +353,11 @@ impl Loader {
             let raw = &data[line_start..at];
             // A CR before the LF belongs to the line ending, not to the line.
             let content = raw.strip_suffix(b"\r").unwrap_or(raw);
-            self.line(content, std::mem::take(&mut fields), field_start - line_start);
+            self.line(
+                content,
+                std::mem::take(&mut fields),
+                field_start - line_start,
+            );
             (line_start, field_start) = (at + 1, at + 1);
         }
         if at_end && line_start < data.len() {
@@ -550,7 +554,10 @@ impl<'a> Matcher<'a> {
             // A credential that starts with `sha256:` is compared as a digest, never as a
             // token (the prefix holds no TAB, so the credential starts with it too).
             ends_at(HASHED_LEN)
-                && constant_time_eq(&line[HASH_PREFIX.len()..HASHED_LEN], self.digest_hex.as_bytes())
+                && constant_time_eq(
+                    &line[HASH_PREFIX.len()..HASHED_LEN],
+                    self.digest_hex.as_bytes(),
+                )
         } else {
             let len = self.token.len();
             !self.token_has_tab
@@ -647,9 +654,13 @@ mod tests {
         let found = find_record(file.as_bytes(), &secret(token));
         let by_scan = decide(!token.is_empty(), found.as_ref(), &req(scope), now());
         assert_eq!(by_index, by_scan, "index and scan disagree");
-        for chunk in [1, 3, 64] {
+        for chunk in [1, 3, 64, 4096] {
             let streamed = find_record_in(Trickle::new(file.as_bytes(), chunk), &secret(token));
-            assert_eq!(streamed.unwrap(), found, "scan in chunks of {chunk} disagrees");
+            assert_eq!(
+                streamed.unwrap(),
+                found,
+                "scan in chunks of {chunk} disagrees"
+            );
         }
         by_index
     }
@@ -709,7 +720,13 @@ mod tests {
         let (want, want_records, want_problems) = reference_load(bytes);
         let (index, problems) = TokenIndex::load(bytes);
         let mut loads = vec![(index, problems)];
-        for chunk in [1, 2, 7, 4096] {
+        // Tiny reads re-scan the unfinished line each time: keep them to small files.
+        let chunks: &[usize] = if bytes.len() < 4096 {
+            &[1, 2, 7, 4096]
+        } else {
+            &[4096, 100_000]
+        };
+        for &chunk in chunks {
             loads.push(TokenIndex::read_from(Trickle::new(bytes, chunk)).unwrap());
         }
         for (index, problems) in loads {

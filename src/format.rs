@@ -114,6 +114,38 @@ impl<'a> Document<'a> {
         out
     }
 
+    /// Writes the document, the same bytes as [`Document::to_bytes`], without building them.
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if self.bom {
+            out.write_all(BOM)?;
+        }
+        for line in &self.lines {
+            out.write_all(&line.content)?;
+            out.write_all(line.ending.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`Document::to_bytes`] would be exactly `bytes`, without building them.
+    pub fn is(&self, bytes: &[u8]) -> bool {
+        let mut rest = match (self.bom, bytes.strip_prefix(BOM)) {
+            (true, Some(rest)) => rest,
+            (true, None) => return false,
+            (false, _) => bytes,
+        };
+        for line in &self.lines {
+            let ending = line.ending.as_bytes();
+            let Some(after) = rest
+                .strip_prefix(&line.content[..])
+                .and_then(|r| r.strip_prefix(ending))
+            else {
+                return false;
+            };
+            rest = after;
+        }
+        rest.is_empty()
+    }
+
     /// The line ending new lines get: the file's own style (CRLF files stay CRLF).
     pub fn preferred_ending(&self) -> Ending {
         self.lines
@@ -124,13 +156,19 @@ impl<'a> Document<'a> {
     }
 
     /// Appends a line at the end. A last line without an ending first gets one — the only
-    /// way to append without gluing the new record onto it.
+    /// way to append without gluing the new record onto it. That is the file's style, except
+    /// after a CR: an LF there would turn the CR into part of a CRLF ending and change what
+    /// the line says (an invalid `tok<CR>` would become a valid `tok`), so it gets CRLF.
     pub fn push_line(&mut self, content: Vec<u8>) {
         let ending = self.preferred_ending();
         if let Some(last) = self.lines.last_mut()
             && last.ending == Ending::None
         {
-            last.ending = ending;
+            last.ending = if last.content.ends_with(b"\r") {
+                Ending::CrLf
+            } else {
+                ending
+            };
         }
         self.lines.push(Line {
             content: Cow::Owned(content),
@@ -332,8 +370,7 @@ pub struct RecordFields<'a, S> {
 impl<S> RecordFields<'_, S> {
     /// The digest the record is looked up by.
     pub fn digest(&self) -> Digest {
-        self.hashed
-            .unwrap_or_else(|| Digest::of(self.credential))
+        self.hashed.unwrap_or_else(|| Digest::of(self.credential))
     }
 }
 
@@ -594,6 +631,17 @@ mod tests {
     }
 
     #[test]
+    fn push_line_keeps_a_trailing_cr_in_its_line() {
+        let mut doc = Document::parse(b"a\ntok\r");
+        doc.push_line(b"new".to_vec());
+        let bytes = doc.to_bytes();
+        assert_eq!(bytes, b"a\ntok\r\r\nnew\n");
+        let reparsed = Document::parse(&bytes);
+        assert_eq!(&reparsed.lines[1].content[..], b"tok\r");
+        assert!(matches!(reparsed.lines[1].entry(), Entry::Invalid(_)));
+    }
+
+    #[test]
     fn with_field_keeps_the_rest() {
         assert_eq!(with_field(b"tok", 4, b"E"), b"tok\t*\t\t\tE");
         assert_eq!(with_field(b"tok\t a , b \tn", 0, b"X"), b"X\t a , b \tn");
@@ -619,7 +667,26 @@ mod tests {
 
         #[test]
         fn parse_write_round_trip(input in proptest::collection::vec(any::<u8>(), 0..512)) {
-            prop_assert_eq!(Document::parse(&input).to_bytes(), input);
+            let doc = Document::parse(&input);
+            let mut written = Vec::new();
+            doc.write_to(&mut written).unwrap();
+            prop_assert!(doc.is(&input));
+            prop_assert_eq!(&written, &input);
+            prop_assert_eq!(doc.to_bytes(), input);
+        }
+
+        #[test]
+        fn is_agrees_with_to_bytes(
+            a in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'x'), Just(0xEF), Just(0xBB), Just(0xBF)], 0..24),
+            b in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'x'), Just(0xEF), Just(0xBB), Just(0xBF)], 0..24),
+            push in any::<bool>(),
+        ) {
+            let mut doc = Document::parse(&a);
+            if push {
+                doc.push_line(b"x".to_vec());
+            }
+            prop_assert_eq!(doc.is(&b), doc.to_bytes() == b);
+            prop_assert_eq!(doc.is(&a), doc.to_bytes() == a);
         }
 
         #[test]
@@ -643,8 +710,8 @@ mod tests {
             grown.push_line(b"new".to_vec());
             let style = doc.preferred_ending().as_bytes();
             let mut expected = doc.to_bytes();
-            if doc.lines.last().is_some_and(|l| l.ending == Ending::None) {
-                expected.extend_from_slice(style);
+            if let Some(last) = doc.lines.last().filter(|l| l.ending == Ending::None) {
+                expected.extend_from_slice(if last.content.ends_with(b"\r") { b"\r\n" } else { style });
             }
             expected.extend_from_slice(b"new");
             expected.extend_from_slice(style);

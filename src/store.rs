@@ -88,6 +88,14 @@ impl Store {
         read_existing(&self.path)
     }
 
+    /// Opens the file for reading, with the errors of [`Store::read`].
+    pub fn open(&self) -> Result<File> {
+        File::open(&self.path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => missing_file(&self.path),
+            _ => Error::io("read", &self.path, e),
+        })
+    }
+
     /// Takes the exclusive lock, waiting up to the lock timeout.
     pub fn lock(&self) -> Result<Locked> {
         let target = self.target()?;
@@ -140,9 +148,9 @@ impl Store {
         let (before, meta) = locked.read()?.ok_or_else(|| missing_file(&self.path))?;
         let mut doc = Document::parse(&before);
         let outcome = change(&mut doc)?;
-        let after = doc.to_bytes();
-        if after != before {
-            locked.replace(&after, Some(&meta))?;
+        // Written straight from the lines: no second copy of a large file in memory.
+        if !doc.is(&before) {
+            locked.install(|out| doc.write_to(out), Some(&meta), false)?;
         }
         Ok(outcome)
     }
@@ -194,16 +202,22 @@ impl Locked {
 
     /// Atomically replaces the file with `bytes`, keeping owner, group and mode of `like`.
     pub fn replace(&self, bytes: &[u8], like: Option<&Metadata>) -> Result<()> {
-        self.install(bytes, like, false)
+        self.install(|out| out.write_all(bytes), like, false)
     }
 
     /// Atomically creates the file; fails if it exists (even if created behind our back by
     /// something that does not take the lock).
     pub fn create_new(&self, bytes: &[u8]) -> Result<()> {
-        self.install(bytes, None, true)
+        self.install(|out| out.write_all(bytes), None, true)
     }
 
-    fn install(&self, bytes: &[u8], like: Option<&Metadata>, no_clobber: bool) -> Result<()> {
+    /// Lands what `write` writes as the new file: temp file, fsync, rename, directory fsync.
+    fn install(
+        &self,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+        like: Option<&Metadata>,
+        no_clobber: bool,
+    ) -> Result<()> {
         let target = &self.target;
         let dir = target.parent().unwrap_or(Path::new("/"));
         // tempfile creates the file with O_EXCL and mode 0600: never readable by others,
@@ -218,8 +232,11 @@ impl Locked {
                     dir.display()
                 ))
             })?;
-        temp.write_all(bytes)
+        let mut out = io::BufWriter::with_capacity(64 * 1024, temp.as_file_mut());
+        write(&mut out)
+            .and_then(|()| out.flush())
             .map_err(|e| Error::io("write a temporary copy of", target, e))?;
+        drop(out);
         if let Some(meta) = like {
             keep_owner_and_mode(temp.as_file(), meta, target)?;
         }

@@ -342,13 +342,20 @@ mod tests {
             Some(Digest(out))
         };
         assert_eq!(Digest::from_hex(&good), reference(&good));
-        assert_eq!(Digest::from_hex(b"0123456789abcdef".repeat(4).as_slice()).map(|d| d.to_hex()), Some("0123456789abcdef".repeat(4)));
+        assert_eq!(
+            Digest::from_hex(b"0123456789abcdef".repeat(4).as_slice()).map(|d| d.to_hex()),
+            Some("0123456789abcdef".repeat(4))
+        );
         // Every byte value at every position.
         for position in 0..64 {
             for byte in 0..=255u8 {
                 let mut text = good.clone();
                 text[position] = byte;
-                assert_eq!(Digest::from_hex(&text), reference(&text), "{position} {byte}");
+                assert_eq!(
+                    Digest::from_hex(&text),
+                    reference(&text),
+                    "{position} {byte}"
+                );
             }
         }
         assert_eq!(Digest::from_hex(&good[..63]), None);

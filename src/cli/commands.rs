@@ -404,9 +404,11 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     // Scopes first: a malformed scope is a usage error before anything else happens.
     let required = RequiredScopes::parse(&args.scopes)?;
     let token = presented_token(args.token_env.as_deref())?;
-    let bytes = ctx.store.read()?;
+    // Scanned in chunks, not read whole: a large file costs no more memory than a small one.
+    let file = ctx.store.open()?;
     lint::ensure_safe(ctx.store.path())?;
-    let grant = check::find_record(&bytes, &token);
+    let grant =
+        check::find_record_in(file, &token).map_err(|e| Error::io("read", ctx.store.path(), e))?;
     let decision = check::decide(!token.is_empty(), grant.as_ref(), &required, when::now());
     let (exit, mut report) = match &decision {
         Decision::Granted { id, name } => (Exit::Success, ("granted", Some(id), Some(name), None)),

@@ -617,7 +617,11 @@ pub fn file_ending(bytes: &[u8]) -> &'static [u8] {
 pub fn with_final_ending(bytes: &[u8]) -> Vec<u8> {
     let body = bytes.strip_prefix(BOM).unwrap_or(bytes);
     let mut out = bytes.to_vec();
-    if !body.is_empty() && !body.ends_with(b"\n") {
+    if body.ends_with(b"\r") {
+        // An LF after a lone CR would turn it into a CRLF ending and change what the last
+        // line says, so tokenfile ends such a line with CRLF whatever the file's style.
+        out.extend_from_slice(b"\r\n");
+    } else if !body.is_empty() && !body.ends_with(b"\n") {
         out.extend_from_slice(file_ending(bytes));
     }
     out

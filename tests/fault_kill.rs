@@ -1,0 +1,135 @@
+//! Fault 1, kill -9 loop (RELIABILITY.md): `mint` writers are killed with SIGKILL at random
+//! moments of their run — before the lock, while writing the temp copy, around the fsync
+//! and the rename, while printing. After every kill:
+//! - the file still starts with exactly the bytes it had (nothing before the end changes)
+//!   and has no invalid line;
+//! - every token that any mint printed so far is in it;
+//! - at most one temp file is left over (the killed writer's; the next writer removes it);
+//! - the lock is free for the next writer.
+//!
+//! Prints `fault kill-9: tries=… kills=… completed=… failures=… losses=…`. CI runs 100
+//! kills; `TOKENFILE_FAULT_ROUNDS=10` runs 1000.
+
+mod fault_support;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use fault_support::*;
+
+#[test]
+fn kill_9_loop_loses_nothing() {
+    let kills_wanted = 100 * rounds();
+    // Enough records that a mint spends real time writing (~1 MB), so kills land in every
+    // phase of it, not only at process start.
+    let scratch = Scratch::new(10_000);
+    let mut rng = Rng::from_env();
+    let seed = rng.seed();
+    let original = std::fs::read(&scratch.file).unwrap();
+
+    // How long an undisturbed mint takes here: kills are spread over 0..1.5× that.
+    let started = Instant::now();
+    let mut printed: Vec<String> = Vec::new();
+    for _ in 0..3 {
+        let out = scratch.mint().output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        printed.push(printed_token(&out).expect("a minted token"));
+    }
+    let span_us = (started.elapsed().as_micros() as u64 / 3 * 3 / 2).max(1000);
+
+    let (mut tries, mut kills, mut completed, mut failures, mut losses) = (0, 0, 0, 0, 0);
+    // Where the kills landed: with a temp copy on disk (mid-write), or after the record
+    // was in place (before the token was printed, or during the print).
+    let (mut mid_write, mut after_landing) = (0, 0);
+    let mut records = FileState::read(&scratch.file).records;
+    let mut problems: Vec<String> = Vec::new();
+    while kills < kills_wanted && tries < kills_wanted * 20 {
+        tries += 1;
+        let mut child = scratch
+            .mint()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        sleep(Duration::from_micros(rng.below(span_us)));
+        let _ = child.kill(); // SIGKILL; a no-op if it already finished
+        let out = child.wait_with_output().unwrap();
+        let killed = out.status.signal() == Some(9);
+        match out.status.signal() {
+            Some(9) => kills += 1,
+            _ if out.status.success() => completed += 1,
+            _ => {
+                failures += 1;
+                problems.push(format!("try {tries}: mint failed: {:?}", out.status));
+            }
+        }
+        if let Some(token) = printed_token(&out) {
+            printed.push(token);
+        }
+
+        let state = FileState::read(&scratch.file);
+        let mut failed = Vec::new();
+        if !state.bytes.starts_with(&original) {
+            failed.push("the bytes before the end changed".to_string());
+        }
+        if !state.invalid_lines.is_empty() {
+            failed.push(format!("invalid lines {:?}", state.invalid_lines));
+        }
+        let missing = printed.iter().filter(|t| !state.holds(t)).count();
+        if missing > 0 {
+            losses += missing;
+            failed.push(format!("{missing} printed token(s) missing"));
+        }
+        let temps = scratch.temp_files();
+        if killed && !temps.is_empty() {
+            mid_write += 1;
+        }
+        if killed && state.records > records {
+            after_landing += 1;
+        }
+        records = state.records;
+        if temps.len() > 1 {
+            failed.push(format!("temp files pile up: {temps:?}"));
+        }
+        if !lock_is_free(&scratch.lock_path()) {
+            failed.push("the lock is still held".to_string());
+        }
+        if !failed.is_empty() {
+            failures += 1;
+            problems.push(format!("try {tries}: {}", failed.join("; ")));
+            // Start the next try from a sound file, so that one failure is not counted
+            // again after every later kill.
+            printed.retain(|t| state.holds(t));
+        }
+    }
+
+    // A writer after the last kill finds the lock free and cleans up.
+    let out = scratch.mint().output().unwrap();
+    if !out.status.success() || !scratch.temp_files().is_empty() {
+        failures += 1;
+        problems.push(format!(
+            "the writer after the last kill: {:?}, temp files {:?}",
+            out.status,
+            scratch.temp_files()
+        ));
+    }
+
+    report(&format!(
+        "fault kill-9: tries={tries} kills={kills} completed={completed} failures={failures} \
+         losses={losses} (kills mid-write: {mid_write}, after the record landed: \
+         {after_landing}; printed tokens checked: {}; seed {seed})",
+        printed.len()
+    ));
+    for p in problems.iter().take(20) {
+        eprintln!("  {p}");
+    }
+    assert!(kills >= kills_wanted, "only {kills} kills in {tries} tries");
+    assert_eq!(failures, 0, "see the problems above");
+    assert_eq!(losses, 0);
+}
