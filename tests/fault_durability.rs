@@ -67,8 +67,9 @@ fn check_order(calls: &[Call], file: &str, dir: &str) -> Vec<String> {
                     if !locked {
                         wrong.push("temp file created without the lock".into());
                     }
-                    if !(call.args.contains("O_CREAT") && call.args.contains("O_EXCL"))
-                        || !call.args.ends_with("0600")
+                    if !(call.args.contains("O_CREAT")
+                        && call.args.contains("O_EXCL")
+                        && call.args.ends_with("0600"))
                     {
                         wrong.push(format!("temp file not created O_EXCL 0600: {}", call.args));
                     }
@@ -80,11 +81,13 @@ fn check_order(calls: &[Call], file: &str, dir: &str) -> Vec<String> {
                     fds.insert(call.result.clone(), "<dir to sync>".into());
                 }
             }
-            "flock" if call.args.contains("LOCK_EX") && call.result == "0" => {
-                if fds.get(&first_arg) == Some(&lock) {
-                    locked = true;
-                    lock_fd = Some(first_arg);
-                }
+            "flock"
+                if call.args.contains("LOCK_EX")
+                    && call.result == "0"
+                    && fds.get(&first_arg) == Some(&lock) =>
+            {
+                locked = true;
+                lock_fd = Some(first_arg);
             }
             "fsync" | "fdatasync" if call.result == "0" => {
                 if Some(&first_arg) == temp_fd.as_ref() && !renamed {

@@ -191,9 +191,9 @@ pub fn lock_is_free(lock: &Path) -> bool {
 /// appends it to `$TOKENFILE_FAULT_REPORT` when set.
 pub fn report(line: &str) {
     println!("{line}");
-    if let Ok(path) = std::env::var("TOKENFILE_FAULT_REPORT") {
-        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(path) {
-            let _ = writeln!(f, "{line}");
-        }
+    if let Ok(path) = std::env::var("TOKENFILE_FAULT_REPORT")
+        && let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(path)
+    {
+        let _ = writeln!(f, "{line}");
     }
 }

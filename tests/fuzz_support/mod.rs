@@ -16,6 +16,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRu
 /// One property of a target.
 pub struct Property<'a> {
     pub name: &'static str,
+    #[allow(clippy::type_complexity)]
     pub run: Box<dyn FnMut(&mut TestRunner) -> Result<(), String> + 'a>,
 }
 
@@ -28,11 +29,7 @@ impl<'a> Property<'a> {
     {
         Property {
             name,
-            run: Box::new(move |runner| {
-                runner
-                    .run(&strategy, |value| test(value))
-                    .map_err(|e| e.to_string())
-            }),
+            run: Box::new(move |runner| runner.run(&strategy, &test).map_err(|e| e.to_string())),
         }
     }
 }
