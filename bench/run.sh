@@ -11,7 +11,7 @@
 # for each row whether the target of BENCHMARKS.md is met.
 #
 # Timing uses hyperfine (installed with apt-get when missing and we are root); without it, a
-# plain loop around `date +%s%N` (mean and standard deviation of N runs, no warm-up tricks).
+# plain loop around `date +%s%N` (median and standard deviation of N runs after two warm-ups).
 #
 # Environment: TOKENFILE_BIN and LOAD_INDEX_BIN time other builds of the binaries (e.g. an
 # older commit, for before/after figures); GEN_TOKENS_BIN the generator; CARGO_TARGET_DIR is
@@ -61,10 +61,12 @@ dir="$(realpath "$dir")"
 results="$dir/results.md"
 : >"$results"
 
-# measure NAME PREPARE COMMAND [shell]: mean and stddev in ms of COMMAND, with PREPARE
-# (untimed) before each run. Prints "mean stddev". A single command runs without a shell;
-# with "shell", COMMAND and PREPARE run by sh -c (hyperfine subtracts the shell's own start),
-# which compound commands (`cp … && sync …`) need — and then both sides of a ratio use it.
+# measure NAME PREPARE COMMAND [shell]: median and standard deviation in ms of COMMAND, with
+# PREPARE (untimed) before each run. Prints "median stddev" (the median: this is meant to
+# run on shared machines too, where a mean follows the neighbours' bursts). A single command
+# runs without a shell; with "shell", COMMAND and PREPARE run by sh -c (hyperfine subtracts
+# the shell's own start), which compound commands (`cp … && sync …`) need — and then both
+# sides of a ratio use it.
 measure() {
   local name="$1" prepare="$2" command="$3" shell="${4:-}" csv="$dir/$1.csv"
   if [ "$have_hyperfine" -eq 1 ]; then
@@ -74,7 +76,7 @@ measure() {
     hyperfine "${args[@]}" "$command" >/dev/null 2>"$dir/$name.err" ||
       { cat "$dir/$name.err" >&2; echo "bench: $command failed" >&2; exit 1; }
     # command,mean,stddev,median,user,system,min,max (seconds)
-    awk -F, 'NR==2 { printf "%.2f %.2f\n", $2*1000, $3*1000 }' "$csv"
+    awk -F, 'NR==2 { printf "%.2f %.2f\n", $4*1000, $3*1000 }' "$csv"
   else
     local i t0 t1 samples=()
     for ((i = 0; i < runs + 2; i++)); do
@@ -85,26 +87,27 @@ measure() {
       # the first two runs warm the page cache and are not counted
       [ "$i" -ge 2 ] && samples+=($(( (t1 - t0) / 1000 )))
     done
-    printf '%s\n' "${samples[@]}" |
-      awk '{ s += $1; q += $1 * $1; n++ } END { m = s / n; v = q / n - m * m; if (v < 0) v = 0;
-             printf "%.2f %.2f\n", m / 1000, sqrt(v) / 1000 }'
+    printf '%s\n' "${samples[@]}" | sort -n |
+      awk '{ x[NR] = $1; s += $1; q += $1 * $1 } END { n = NR; m = s / n; v = q / n - m * m;
+             if (v < 0) v = 0; med = (n % 2) ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2;
+             printf "%.2f %.2f\n", med / 1000, sqrt(v) / 1000 }'
   fi
 }
 
-# row WHAT RECORDS FORM TARGET-RATIO TARGET-ABS-MS  MEAN SD  BASELINE-NAME BMEAN BSD
+# row WHAT RECORDS FORM TARGET-RATIO TARGET-ABS-MS  MEDIAN SD  BASELINE-NAME BMEDIAN BSD
 row() {
   local what="$1" records="$2" form="$3" max_ratio="$4" max_ms="$5"
-  local mean="$6" sd="$7" bname="$8" bmean="$9" bsd="${10}"
+  local median="$6" sd="$7" bname="$8" bmedian="$9" bsd="${10}"
   local ratio met
-  ratio=$(awk -v a="$mean" -v b="$bmean" 'BEGIN { printf "%.2f", a / b }')
-  met=$(awk -v r="$ratio" -v m="$mean" -v tr="$max_ratio" -v tm="$max_ms" 'BEGIN {
+  ratio=$(awk -v a="$median" -v b="$bmedian" 'BEGIN { printf "%.2f", a / b }')
+  met=$(awk -v r="$ratio" -v m="$median" -v tr="$max_ratio" -v tm="$max_ms" 'BEGIN {
           ok = 1; if (tr != "-" && r > tr + 0) ok = 0; if (tm != "-" && m > tm + 0) ok = 0;
           print (ok ? "yes" : "**no**") }')
   local target="≤ ${max_ratio}×"
   [ "$max_ratio" = "-" ] && target="≤ ${max_ms} ms"
   [ "$max_ratio" = "-" ] && [ "$max_ms" = "-" ] && { target="—"; met="—"; }
   printf '| %s | %s | %s | %s ± %s | %s | %s ± %s | **%s×** | %s | %s |\n' \
-    "$what" "$records" "$form" "$mean" "$sd" "$bname" "$bmean" "$bsd" "$ratio" "$target" "$met" |
+    "$what" "$records" "$form" "$median" "$sd" "$bname" "$bmedian" "$bsd" "$ratio" "$target" "$met" |
     tee -a "$results"
 }
 
@@ -128,7 +131,7 @@ done
        "files on $(df -T "$dir" | awk 'NR==2 { print $2 }');" \
        "timer: $([ "$have_hyperfine" -eq 1 ] && hyperfine --version || echo 'date +%s%N loop'), $runs runs."
   echo
-  echo "| measurement | records | stored | tokenfile (ms) | baseline | baseline (ms) | ratio | target | met |"
+  echo "| measurement | records | stored | tokenfile (ms, median ± σ) | baseline | baseline (ms) | ratio of medians | target | met |"
   echo "|---|---:|---|---:|---|---:|---:|---|---|"
 } | tee -a "$results"
 

@@ -146,6 +146,9 @@ const EMPTY: Slot = Slot {
     tag: 0,
 };
 
+/// From this size on (about 40 000 records), [`TokenIndex::load`] parses with two threads.
+const PARALLEL_LOAD: usize = 4 << 20;
+
 /// Entry indices are `u32`, one value being [`EMPTY`].
 const MAX_ENTRIES: usize = u32::MAX as usize;
 
@@ -225,10 +228,41 @@ impl TokenIndex {
     /// Two passes: the lines are parsed in order into `entries`, then the table is built
     /// with each slot fetched into the cache a few records ahead of its use (on a large
     /// file, waiting for a table slot in main memory was the largest single cost).
+    ///
+    /// A large file's lines are parsed by two threads, each taking half of the file; the
+    /// halves are joined in file order before the table is built, so the result is the same.
     pub fn load(bytes: &[u8]) -> (TokenIndex, Vec<LoadProblem>) {
         let body = bytes.strip_prefix(format::BOM).unwrap_or(bytes);
-        let mut loader = Loader::new(body.len());
-        loader.lines(body, true);
+        let split = (body.len() >= PARALLEL_LOAD)
+            .then(|| memchr::memchr(b'\n', &body[body.len() / 2..]))
+            .flatten()
+            .map(|newline| body.len() / 2 + newline + 1);
+        let Some(split) = split else {
+            let mut loader = Loader::new(body.len());
+            loader.lines(body, true);
+            return loader.finish();
+        };
+        let (first, second) = body.split_at(split);
+        let before_second = memchr::memchr_iter(b'\n', first).count();
+        let (mut loader, second) = std::thread::scope(|scope| {
+            let second = scope.spawn(move || {
+                let mut loader = Loader::new(second.len());
+                loader.number = before_second;
+                loader.lines(second, true);
+                loader
+            });
+            // The first half keeps room for the second's records, appended below.
+            let mut loader = Loader::new(body.len());
+            loader.lines(first, true);
+            (loader, second.join())
+        });
+        let second = match second {
+            Ok(second) => second,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        loader.index.records += second.index.records;
+        loader.index.entries.extend(second.index.entries);
+        loader.problems.extend(second.problems);
         loader.finish()
     }
 
@@ -768,6 +802,31 @@ mod tests {
             many.push_str(&format!("t{}\tread\tn{i}\n", i % 4000));
         }
         assert_same_index(many.as_bytes());
+    }
+
+    #[test]
+    fn a_large_file_loads_the_same_in_two_halves() {
+        // Above PARALLEL_LOAD: duplicates across the halves, invalid lines in both, CRLF.
+        let mut file = b"\xEF\xBB\xBF# header\r\n".to_vec();
+        let mut i = 0;
+        while file.len() < PARALLEL_LOAD + (1 << 20) {
+            let line = match i % 97 {
+                0 => format!("bad{i}\t\r\n"),
+                1 => format!("tok{}\tread\tdup\n", i % 1000),
+                _ => format!("tok{i}\tread,write\tname {i}\t2026-01-01T00:00:00Z\n"),
+            };
+            file.extend_from_slice(line.as_bytes());
+            i += 1;
+        }
+        file.extend_from_slice(b"last\t*");
+        assert_same_index(&file);
+        let (index, problems) = TokenIndex::load(&file);
+        assert!(index.records > 50_000);
+        assert!(
+            problems
+                .iter()
+                .any(|p| matches!(p, LoadProblem::Duplicate { .. }))
+        );
     }
 
     #[test]

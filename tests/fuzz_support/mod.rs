@@ -3,8 +3,9 @@
 //! This crate builds on stable Rust only, so instead of `cargo fuzz` (libFuzzer, nightly) the
 //! targets are proptest properties driven by a loop: `TOKENFILE_FUZZ_CASES` cases per
 //! property (the target's default otherwise, sized for CI), or, with
-//! `TOKENFILE_FUZZ_SECONDS`, as many batches as fit in that many seconds per target. Every batch has a fresh seed; a failure is shrunk
-//! to a minimal input and reported with its seed (`TOKENFILE_FUZZ_SEED` replays a run).
+//! `TOKENFILE_FUZZ_SECONDS`, as many batches as fit in that many seconds per target. Every
+//! batch has a fresh seed; a failure is shrunk to a minimal input and reported with its batch
+//! seed; `TOKENFILE_FUZZ_SEED` set to the `seed=` of a figure line replays that run.
 
 #![allow(dead_code)]
 
@@ -89,13 +90,24 @@ pub fn fuzz(target: &str, default_cases: u32, mut properties: Vec<Property<'_>>)
             break;
         }
     }
-    println!(
+    let figure = format!(
         "fuzz {target}: cases={cases} properties={} batches={batches} failures={} \
          seconds={:.0} seed={first_seed}",
         properties.len(),
         failures.len(),
         started.elapsed().as_secs_f64()
     );
+    println!("{figure}");
+    // Collected by .ci/run, with the fault suite's figures.
+    if let Ok(path) = std::env::var("TOKENFILE_FAULT_REPORT")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{figure}");
+    }
     for f in &failures {
         eprintln!("  {f}");
     }
