@@ -38,9 +38,9 @@ use crate::scope::RequiredScopes;
 use crate::token::Secret;
 use crate::when;
 
+use super::next_connection;
 use super::socket::log_decision;
 use super::state::Shared;
-use super::stopped;
 
 const MAX_CONNECTIONS: usize = 1024;
 /// Against slowloris: the whole request head must arrive within this.
@@ -85,16 +85,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
         .keep_alive(true);
     let mut stop = shutdown;
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = stopped(&mut stop) => break,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = stopped(&mut stop) => break,
+        let Some((permit, accepted)) =
+            next_connection(&slots, &mut stop, || listener.accept()).await
+        else {
+            break;
         };
         let stream = match accepted {
             Ok((stream, _)) => stream,

@@ -144,6 +144,27 @@ async fn stopped(shutdown: &mut signal_watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+/// The next accepted connection of either listener, with its connection slot: waits for a
+/// free slot first (backpressure at the connection limit), then for a client. `None` once
+/// shutdown is asked for.
+async fn next_connection<T, F>(
+    slots: &std::sync::Arc<tokio::sync::Semaphore>,
+    stop: &mut signal_watch::Receiver<bool>,
+    accept: impl FnOnce() -> F,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, std::io::Result<T>)>
+where
+    F: std::future::Future<Output = std::io::Result<T>>,
+{
+    let permit = tokio::select! {
+        permit = slots.clone().acquire_owned() => permit.ok()?,
+        () = stopped(stop) => return None,
+    };
+    tokio::select! {
+        accepted = accept() => Some((permit, accepted)),
+        () = stopped(stop) => None,
+    }
+}
+
 /// Signal dispositions needed before any thread starts:
 /// - SIGIO ignored: the reloader holds a read lease on the file while reading it (see
 ///   `load.rs`), and a writer opening the file then makes the kernel send SIGIO, whose

@@ -33,7 +33,7 @@ use crate::scope::RequiredScopes;
 use crate::token::Secret;
 
 use super::state::Shared;
-use super::stopped;
+use super::{next_connection, stopped};
 
 /// Longest request line, without its newline. A token is at most 4 KiB.
 pub const MAX_LINE: usize = 8 * 1024;
@@ -125,16 +125,10 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: watch:
     let mut stop = shutdown.clone();
     loop {
         // Backpressure: at the connection limit, wait for one to end before accepting.
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = stopped(&mut stop) => break,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = stopped(&mut stop) => break,
+        let Some((permit, accepted)) =
+            next_connection(&slots, &mut stop, || listener.accept()).await
+        else {
+            break;
         };
         match accepted {
             Ok((stream, _)) => {
