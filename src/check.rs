@@ -40,6 +40,13 @@ impl Grant {
             line,
         }
     }
+
+    /// Whether both grant exactly the same access (scopes and expiry); names and lines may
+    /// differ.
+    pub fn grants_same_as(&self, other: &Grant) -> bool {
+        (Arc::ptr_eq(&self.scopes, &other.scopes) || self.scopes == other.scopes)
+            && self.expires == other.expires
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

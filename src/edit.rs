@@ -84,11 +84,9 @@ fn merge_appended(original: &[u8], current: &[u8], edited: &[u8]) -> Option<Vec<
             .strip_prefix(b"\r\n")
             .or_else(|| appended.strip_prefix(b"\n"))?;
     }
-    let mut merged = edited.to_vec();
-    if !merged.is_empty() && !merged.ends_with(b"\n") {
-        let ending = Document::parse(edited).preferred_ending();
-        merged.extend_from_slice(ending.as_bytes());
-    }
+    let mut edited = Document::parse(edited);
+    edited.end_last_line();
+    let mut merged = edited.to_bytes();
     merged.extend_from_slice(appended);
     Some(merged)
 }
@@ -239,6 +237,11 @@ mod tests {
         assert_eq!(
             merge_appended(b"a", b"a\nnew\n", b"A").as_deref(),
             Some(&b"A\nnew\n"[..])
+        );
+        // An edited last line ending in a lone CR keeps it: LF alone would make it CRLF.
+        assert_eq!(
+            merge_appended(b"a\n", b"a\nnew\n", b"a\ntok\r").as_deref(),
+            Some(&b"a\ntok\r\r\nnew\n"[..])
         );
         assert_eq!(merge_appended(b"a\nb\n", b"a\n", b"x\n"), None);
         assert_eq!(merge_appended(b"a\n", b"b\n", b"x\n"), None);

@@ -161,6 +161,17 @@ impl<'a> Document<'a> {
     /// the line says (an invalid `tok<CR>` would become a valid `tok`), so it gets CRLF.
     pub fn push_line(&mut self, content: Vec<u8>) {
         let ending = self.preferred_ending();
+        self.end_last_line();
+        self.lines.push(Line {
+            content: Cow::Owned(content),
+            ending,
+        });
+    }
+
+    /// Gives a last line without an ending one, by the rule of [`Document::push_line`], so
+    /// that bytes can be appended after it.
+    pub fn end_last_line(&mut self) {
+        let ending = self.preferred_ending();
         if let Some(last) = self.lines.last_mut()
             && last.ending == Ending::None
         {
@@ -170,10 +181,6 @@ impl<'a> Document<'a> {
                 ending
             };
         }
-        self.lines.push(Line {
-            content: Cow::Owned(content),
-            ending,
-        });
     }
 
     /// Every line with its 1-based number and classification.

@@ -1,14 +1,13 @@
 //! The state `serve` answers from: one immutable [`Snapshot`] of the token file, replaced
 //! whole through an [`ArcSwap`] so that a check sees either the old file or the new one.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use crate::check::{Decision, Grant, LoadProblem, TokenIndex, Unauthorized};
+use crate::check::{Decision, LoadProblem, TokenIndex, Unauthorized};
 use crate::scope::RequiredScopes;
 use crate::token::{Digest, MAX_TOKEN_LEN, Secret};
 use crate::when;
@@ -90,10 +89,12 @@ impl Snapshot {
         if current.index.is_empty() {
             return false;
         }
-        let new: HashMap<&Digest, &Grant> = self.index.iter().collect();
+        // The new index's own table answers each lookup: building a map of it here cost
+        // more than loading the file (0.6–0.8 s at a million records).
         current.index.iter().any(|(digest, old)| {
-            new.get(digest)
-                .is_none_or(|g| g.scopes != old.scopes || g.expires != old.expires)
+            self.index
+                .get_digest(digest)
+                .is_none_or(|new| !new.grants_same_as(old))
         })
     }
 
