@@ -233,6 +233,11 @@ fn readers_agree(bytes: &[u8], chunk: usize) -> Result<(), TestCaseError> {
         prop_assert_eq!(&got, &want);
         prop_assert_eq!(index.records, records);
         prop_assert_eq!(&got_problems, &problems);
+        // The lookup table finds every entry, and nothing else.
+        for (digest, grant) in &want {
+            prop_assert_eq!(index.get_digest(digest), Some(grant));
+        }
+        prop_assert_eq!(index.get_digest(&Digest::of(b"not in any file")), None);
     }
     for token in TOKENS.iter().chain(&["", "sha256:zz", "absent"]) {
         let secret = Secret::new(token.as_bytes().to_vec());
@@ -246,6 +251,62 @@ fn readers_agree(bytes: &[u8], chunk: usize) -> Result<(), TestCaseError> {
         prop_assert_eq!(&scanned, &want, "token {:?} in chunks of {}", token, chunk);
     }
     Ok(())
+}
+
+#[test]
+fn readers_agree_on_nasty_files() {
+    let mut files: Vec<Vec<u8>> = [
+        &b""[..],
+        b"\n",
+        b"\r\n",
+        b"\xEF\xBB\xBF",
+        b"\xEF\xBB\xBFtok\tread\r\nother\r\n",
+        b"tok",
+        b"tok\r",
+        b"tok\t\r",
+        b"tok\tread\r\r\n",
+        b"a\tb\tc\td\te\tf\tg\n\t\t\n \t \n#x\ty\nz\t\xff\n",
+        b"x\0y\tread\n\xff\xfe\tr\tn\xff\n",
+        b"dup\tread\nother\nbad\t\ndup\twrite\nother\t*\tn\n",
+    ]
+    .map(<[u8]>::to_vec)
+    .to_vec();
+    // A line longer than the readers' 256 KiB chunks.
+    let mut long = vec![b'x'; 800 << 10];
+    long.extend_from_slice(b"\tread\nshort\n");
+    files.push(long);
+    // Past 4 MiB `TokenIndex::load` parses two halves in two threads: duplicates across the
+    // halves, invalid lines in both, CRLF, and a last line without an ending.
+    let mut large = b"\xEF\xBB\xBF# header\r\n".to_vec();
+    for i in 0.. {
+        if large.len() > (4 << 20) + (64 << 10) {
+            break;
+        }
+        let line = match i % 97 {
+            0 => format!("bad{i}\t\r\n"),
+            1 => format!("tok{}\tread\tdup\n", i % 1000),
+            _ => format!("tok{i}\tread,write\tname {i}\t2026-01-01T00:00:00Z\n"),
+        };
+        large.extend_from_slice(line.as_bytes());
+    }
+    large.extend_from_slice(b"last\t*");
+    files.push(large);
+    for file in &files {
+        // Tiny reads re-scan the unfinished line each time: keep them to small files.
+        let chunks: &[usize] = if file.len() < 4096 {
+            &[1, 2, 7, 4096]
+        } else {
+            &[100_000]
+        };
+        for &chunk in chunks {
+            if let Err(e) = readers_agree(file, chunk) {
+                panic!(
+                    "{e} in {:?}",
+                    String::from_utf8_lossy(&file[..file.len().min(80)])
+                );
+            }
+        }
+    }
 }
 
 #[test]
