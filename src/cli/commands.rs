@@ -397,8 +397,12 @@ struct CheckReport<'a> {
     name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'static str>,
     required: Vec<&'a str>,
 }
+
+const DAMAGED_HINT: &str = "mistyped or truncated: its checksum does not match";
 
 fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     // Scopes first: a malformed scope is a usage error before anything else happens.
@@ -410,48 +414,97 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     let grant =
         check::find_record_in(file, &token).map_err(|e| Error::io("read", ctx.store.path(), e))?;
     let decision = check::decide(!token.is_empty(), grant.as_ref(), &required, when::now());
-    let (exit, mut report) = match &decision {
-        Decision::Granted { id, name } => (Exit::Success, ("granted", Some(id), Some(name), None)),
-        Decision::Forbidden { id, name } => (
-            Exit::Forbidden,
-            ("forbidden", Some(id), Some(name), Some("missing scope")),
-        ),
+    // Scripts match `reason` against the four documented words, so the checksum finding
+    // goes in a separate hint.
+    let damaged = matches!(decision, Decision::Unauthorized(Unauthorized::Unknown))
+        && token::shape(token.expose()) == Shape::DamagedMinted;
+    let report = match &decision {
+        Decision::Granted { id, name } => ("granted", Some(id), Some(name), None),
+        Decision::Forbidden { id, name } => {
+            ("forbidden", Some(id), Some(name), Some("missing scope"))
+        }
         Decision::Unauthorized(why) => {
             let id = match why {
                 Unauthorized::Expired(id) => Some(id),
                 _ => None,
             };
-            (
-                Exit::Unauthorized,
-                ("unauthorized", id, None, Some(why.reason())),
-            )
+            ("unauthorized", id, None, Some(why.reason()))
         }
     };
-    let damaged = matches!(decision, Decision::Unauthorized(Unauthorized::Unknown))
-        && token::shape(token.expose()) == Shape::DamagedMinted;
-    if damaged {
-        report.3 = Some("unknown token (mistyped or truncated: its checksum does not match)");
-    }
     if args.json {
         output::print_json(&CheckReport {
             result: report.0,
             id: report.1.map(ToString::to_string),
             name: report.2.map(ToString::to_string),
             reason: report.3,
+            hint: damaged.then_some(DAMAGED_HINT),
             required: required.iter().collect(),
         })?;
-    } else if exit != Exit::Success {
-        let who = report
-            .1
-            .map(|id| format!("token {id}: "))
-            .unwrap_or_default();
-        let what = match exit {
-            Exit::Forbidden => format!("lacks a required scope of {required}"),
-            _ => report.3.unwrap_or("unauthorized").to_string(),
-        };
-        note(&format!("denied: {who}{what}"));
+    } else if let Some(why) = denial(ctx, &decision, grant.as_ref(), &required, &args, damaged) {
+        note(&format!("denied: {why}"));
     }
-    Ok(exit)
+    Ok(match decision {
+        Decision::Granted { .. } => Exit::Success,
+        Decision::Forbidden { .. } => Exit::Forbidden,
+        Decision::Unauthorized(_) => Exit::Unauthorized,
+    })
+}
+
+/// Why a check was denied, for a person: which record and file, and what to try next.
+/// Never the token; a record's scopes are no secret (`list` shows them).
+fn denial(
+    ctx: &Context,
+    decision: &Decision,
+    grant: Option<&check::Grant>,
+    required: &RequiredScopes,
+    args: &CheckArgs,
+    damaged: bool,
+) -> Option<String> {
+    let file = ctx.store.path().display();
+    Some(match decision {
+        Decision::Granted { .. } => return None,
+        Decision::Forbidden { id, .. } => {
+            let grant = grant?;
+            let missing: Vec<&str> = required
+                .iter()
+                .filter(|s| {
+                    RequiredScopes::parse(&[*s]).is_ok_and(|one| !grant.scopes.grants(&one))
+                })
+                .collect();
+            format!(
+                "token {id} (line {} of {file}) lacks scope {}; it grants {}. Scopes match \
+                 exactly and case-sensitively: check the spelling, or mint a token that has \
+                 it (`tokenfile mint --scope {}`)",
+                grant.line,
+                missing.join(", "),
+                grant.scopes.to_field(),
+                missing.join(",")
+            )
+        }
+        Decision::Unauthorized(Unauthorized::NoToken) => match &args.token_env {
+            Some(var) => format!("no token: the environment variable {var} is empty or unset"),
+            None => "no token on stdin: pipe it in, e.g. `printf '%s\\n' \"$TOKEN\" | \
+                     tokenfile check --scope ...`, or use --token-env VAR"
+                .to_string(),
+        },
+        Decision::Unauthorized(Unauthorized::Expired(id)) => format!(
+            "token {id} (line {} of {file}) expired at {}; issue a new one with \
+             `tokenfile rotate {id} --expires 90d`",
+            grant.map_or(0, |g| g.line),
+            grant
+                .and_then(|g| g.expires)
+                .map(format_timestamp)
+                .unwrap_or_default()
+        ),
+        Decision::Unauthorized(Unauthorized::Unknown) if damaged => format!(
+            "unknown token: it looks like a tokenfile token that was {DAMAGED_HINT}; \
+             copy it again in full"
+        ),
+        Decision::Unauthorized(Unauthorized::Unknown) => format!(
+            "unknown token: no valid record in {file} has it (is this the right --file? \
+             `tokenfile lint` reports lines that were ignored as invalid)"
+        ),
+    })
 }
 
 fn id() -> Result<Exit> {
