@@ -31,34 +31,6 @@ fn explains(out: Out, code: i32, parts: &[&str], secrets: &[&str]) -> Out {
 }
 
 #[test]
-fn a_missing_file_says_how_to_create_it_for_every_command() {
-    let env = Env::new();
-    let file = env.file_str();
-    let init_hint = format!("tokenfile --file {file} init");
-    let commands: &[&[&str]] = &[
-        &["list"],
-        &["lint"],
-        &["check", "--scope", "read"],
-        &["mint", "--scope", "read"],
-        &["revoke", "abcd"],
-        &["rotate", "abcd"],
-        &["hash"],
-        &["edit"],
-        &["serve", "--http", "127.0.0.1:0"],
-    ];
-    for args in commands {
-        let out = env.tokenfile_stdin(args, b"tf_secret-token\n");
-        let out = explains(
-            out,
-            IO,
-            &[&format!("{file} does not exist"), &init_hint],
-            &["tf_secret-token"],
-        );
-        assert!(out.stdout.is_empty(), "{out:?}");
-    }
-}
-
-#[test]
 fn init_names_a_missing_directory_and_an_existing_file() {
     let env = Env::new();
     let nested = env.path("no/such/dir/tokens");
