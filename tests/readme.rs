@@ -789,3 +789,45 @@ fn expected_output_lines_are_checked() {
     let caught = std::panic::catch_unwind(|| assert_block_runs(&fx, &block));
     assert!(caught.is_err());
 }
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn links_point_at_headings_and_files_that_exist() {
+    let mut in_block = false;
+    let mut anchors = BTreeSet::new();
+    for line in README.lines() {
+        in_block ^= line.starts_with("```");
+        if !in_block && line.starts_with('#') {
+            anchors.insert(slug(line.trim_start_matches('#')));
+        }
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for target in README
+        .split("](")
+        .skip(1)
+        .filter_map(|s| s.split(')').next())
+    {
+        if let Some(anchor) = target.strip_prefix('#') {
+            assert!(
+                anchors.contains(anchor),
+                "no heading for the link #{anchor}"
+            );
+        } else if !target.contains("://") && !target.starts_with("../") {
+            assert!(
+                repo.join(target).exists(),
+                "the link {target} names no file"
+            );
+        }
+    }
+    assert!(README.contains("](BENCHMARKS.md)") && README.contains("](RELIABILITY.md)"));
+}
