@@ -31,8 +31,8 @@ impl Exit {
 pub enum Error {
     /// Bad flag value, malformed or empty scope, bad duration, ...
     Usage(String),
-    /// No record has that ID.
-    NoSuchId(String),
+    /// No record in `file` has that ID.
+    NoSuchId { id: String, file: PathBuf },
     /// The ID prefix matches more than one record; the candidates are listed.
     AmbiguousId {
         prefix: String,
@@ -73,7 +73,7 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Usage(_) => Exit::Usage,
-            Error::NoSuchId(_) | Error::AmbiguousId { .. } => Exit::NoSuchId,
+            Error::NoSuchId { .. } | Error::AmbiguousId { .. } => Exit::NoSuchId,
             Error::Problems(_) | Error::Unsafe(_) => Exit::Problems,
             Error::Io { .. } | Error::LockTimeout { .. } | Error::File(_) => Exit::Io,
         }
@@ -86,9 +86,11 @@ impl fmt::Display for Error {
             Error::Usage(msg) | Error::Problems(msg) | Error::Unsafe(msg) | Error::File(msg) => {
                 f.write_str(msg)
             }
-            Error::NoSuchId(prefix) => write!(
+            Error::NoSuchId { id, file } => write!(
                 f,
-                "no record has ID {prefix} (see `tokenfile list` for the IDs in this file)"
+                "no record in {} has ID {id}: `tokenfile list` shows the IDs in it \
+                 (is this the right --file?)",
+                file.display()
             ),
             Error::AmbiguousId { prefix, candidates } => write!(
                 f,
@@ -99,7 +101,12 @@ impl fmt::Display for Error {
                 action,
                 path,
                 source,
-            } => write!(f, "cannot {action} {}: {source}", path.display()),
+            } => write!(
+                f,
+                "cannot {action} {}: {source}{}",
+                path.display(),
+                next_step(source.kind())
+            ),
             Error::LockTimeout { lock, waited } => write!(
                 f,
                 "could not lock {} within {:.1}s: another writer holds it \
@@ -109,6 +116,22 @@ impl fmt::Display for Error {
                 lock.display()
             ),
         }
+    }
+}
+
+/// What a person can do about a failed system call, when the kind says enough. Every
+/// change is all or nothing (SPEC §2), so "nothing was changed" holds for each of them.
+fn next_step(kind: io::ErrorKind) -> &'static str {
+    match kind {
+        io::ErrorKind::PermissionDenied => {
+            "; run as a user who may (the file's owner, or with sudo), or fix its permissions"
+        }
+        io::ErrorKind::IsADirectory => "; --file must name a file, not a directory",
+        io::ErrorKind::ReadOnlyFilesystem => "; the file system is read-only: nothing was changed",
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            "; free some space and try again: nothing was changed"
+        }
+        _ => "",
     }
 }
 

@@ -291,7 +291,11 @@ impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Invalid::TooManyFields(n) => {
-                write!(f, "{n} TAB-separated fields, at most {MAX_FIELDS} allowed")
+                write!(
+                    f,
+                    "{n} TAB-separated fields, at most {MAX_FIELDS} allowed (credential, scopes, \
+                     name, created, expires; a name cannot hold a TAB)"
+                )
             }
             Invalid::EmptyCredential => f.write_str("the credential field is empty"),
             Invalid::WhitespaceInCredential => f.write_str(
@@ -301,8 +305,14 @@ impl fmt::Display for Invalid {
                 f.write_str("`sha256:` must be followed by exactly 64 lowercase hex digits")
             }
             Invalid::Scopes(e) => e.fmt(f),
-            Invalid::Created => f.write_str("the created field is not an RFC 3339 time"),
-            Invalid::Expires => f.write_str("the expires field is not an RFC 3339 time"),
+            Invalid::Created => f.write_str(
+                "the created field (4th) is not an RFC 3339 time such as 2026-05-05T14:23:00Z \
+                 (or empty)",
+            ),
+            Invalid::Expires => f.write_str(
+                "the expires field (5th) is not an RFC 3339 time such as 2026-05-05T14:23:00Z \
+                 (or empty)",
+            ),
         }
     }
 }

@@ -154,9 +154,11 @@ pub fn unsafe_reason(path: &Path) -> Result<Option<String>> {
         let mode = dir_meta.permissions().mode();
         if mode & 0o002 != 0 && mode & 0o1000 == 0 {
             return Ok(Some(format!(
-                "the directory {} is world-writable without the sticky bit: anyone can replace {}",
+                "the directory {} is world-writable without the sticky bit: anyone can replace \
+                 {}; fix with `chmod o-w {}` or move the file",
                 dir.display(),
-                real.display()
+                real.display(),
+                dir.display()
             )));
         }
     }
@@ -166,7 +168,9 @@ pub fn unsafe_reason(path: &Path) -> Result<Option<String>> {
 /// Refuses (exit 5) a file that is unsafe to use.
 pub fn ensure_safe(path: &Path) -> Result<()> {
     match unsafe_reason(path)? {
-        Some(reason) => Err(Error::Unsafe(format!("refusing to use it: {reason}"))),
+        Some(reason) => Err(Error::Unsafe(format!(
+            "refusing to use the token file: {reason}"
+        ))),
         None => Ok(()),
     }
 }

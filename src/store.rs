@@ -60,7 +60,8 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if fs::symlink_metadata(&self.path).is_ok() {
                     return Err(Error::File(format!(
-                        "{} is a symlink to a file that does not exist",
+                        "{} is a symlink to a file that does not exist: fix the link, or \
+                         point --file / $TOKENFILE at the token file itself",
                         self.path.display()
                     )));
                 }
@@ -71,8 +72,16 @@ impl Store {
                     Some(p) if !p.as_os_str().is_empty() => p,
                     _ => Path::new("."),
                 };
-                let dir = fs::canonicalize(parent)
-                    .map_err(|e| Error::io("open the directory of", &self.path, e))?;
+                let dir = fs::canonicalize(parent).map_err(|e| match e.kind() {
+                    io::ErrorKind::NotFound => Error::File(format!(
+                        "the directory {} (for {}) does not exist: create it with \
+                         `mkdir -p {}`, or point --file / $TOKENFILE elsewhere",
+                        parent.display(),
+                        self.path.display(),
+                        parent.display()
+                    )),
+                    _ => Error::io("open the directory of", &self.path, e),
+                })?;
                 Ok(dir.join(name))
             }
             Err(e) => Err(Error::io("resolve", &self.path, e)),
@@ -247,7 +256,8 @@ impl Locked {
             temp.persist_noclobber(target).map_err(|e| {
                 if e.error.kind() == io::ErrorKind::AlreadyExists {
                     Error::File(format!(
-                        "{} already exists; not overwriting it",
+                        "{} already exists; not overwriting it (`tokenfile list` shows \
+                         what is in it; give another --file for a new one)",
                         target.display()
                     ))
                 } else {

@@ -413,11 +413,16 @@ fn a_missing_file_is_an_io_error_that_names_it() {
         &["rotate", "abcd"],
         &["hash"],
         &["edit"],
+        &["serve", "--http", "127.0.0.1:0"],
     ];
+    // The message says how to create the file, and never echoes the token on stdin.
+    let init = format!("tokenfile --file {} init", env.file_str());
     for args in commands {
         let out = env.tokenfile_stdin(args, b"some-token\n").code(IO);
-        assert!(out.err().contains(&env.file_str()), "{out:?}");
+        let out = out.err_has(&format!("{} does not exist", env.file_str()));
+        let out = out.err_has(&init);
         assert!(out.stdout.is_empty(), "{out:?}");
+        assert_no_secret(&out.stderr, &[b"some-token"], "stderr");
     }
     assert!(!env.file.exists(), "nothing may create the file but init");
     assert!(

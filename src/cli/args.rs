@@ -97,6 +97,10 @@ pub enum Command {
     },
 
     /// Print the man page (roff) on stdout
+    // Hidden from --help: a packager runs it once (`tokenfile man > tokenfile.1`), while
+    // --help is the first screen every user reads. It stays a stable, documented command
+    // (README "Man page and shell completions"); a hidden subcommand also keeps the page
+    // from listing itself.
     #[command(hide = true)]
     Man,
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::io::{self, IsTerminal};
 use std::os::unix::ffi::OsStringExt;
+use std::path::Path;
 
 use clap::CommandFactory;
 use serde::Serialize;
@@ -78,7 +79,7 @@ fn check_name(name: &str) -> Result<()> {
 
 fn future_expiry(text: Option<&str>, now: Timestamp) -> Result<Option<Timestamp>> {
     let Some(text) = text else { return Ok(None) };
-    let expires = parse_when(text, now)?;
+    let expires = parse_when(text, now).map_err(|e| Error::usage(format!("--expires: {e}")))?;
     if expires <= now {
         return Err(Error::usage(format!(
             "--expires {text} is not in the future"
@@ -169,9 +170,9 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
         Some(now),
         expires,
     );
-    ctx.store.update(|doc| {
+    let invalid = ctx.store.update(|doc| {
         doc.push_line(line);
-        Ok(())
+        Ok(invalid_lines(doc))
     })?;
     let id = token.digest().id();
     let record = AuditRecord {
@@ -200,11 +201,40 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
         args.json,
         ctx.store.path(),
     )?;
+    warn_about_file(ctx, &invalid);
     Ok(Exit::Success)
 }
 
+/// Line numbers of the invalid lines of a document.
+fn invalid_lines(doc: &Document) -> Vec<usize> {
+    doc.entries()
+        .filter(|(_, e)| matches!(e, format::Entry::Invalid(_)))
+        .map(|(line, _)| line)
+        .collect()
+}
+
+/// Warnings owed to a person whose command worked on a file that is not fine: `check` and
+/// `serve` refuse a world-writable file, and invalid lines silently grant nothing.
+fn warn_about_file(ctx: &Context, invalid: &[usize]) {
+    let path = ctx.store.path();
+    if let Ok(Some(reason)) = lint::unsafe_reason(path) {
+        note(&format!(
+            "warning: {reason}; until then `check` and `serve` refuse this file"
+        ));
+    }
+    if !invalid.is_empty() {
+        note(&format!(
+            "warning: {} has {} invalid line(s) that grant nothing (lines {}); \
+             `tokenfile lint` says why",
+            path.display(),
+            invalid.len(),
+            join_numbers(invalid)
+        ));
+    }
+}
+
 /// Resolves user-given IDs or prefixes against the records of a document.
-fn resolve_ids(doc: &Document, given: &[String]) -> Result<Vec<Id>> {
+fn resolve_ids(doc: &Document, given: &[String], file: &Path) -> Result<Vec<Id>> {
     let known: BTreeSet<Id> = doc.records().map(|(_, r)| r.id()).collect();
     let mut resolved = Vec::new();
     for text in given {
@@ -215,7 +245,12 @@ fn resolve_ids(doc: &Document, given: &[String]) -> Result<Vec<Id>> {
             .filter(|id| prefix.matches(id))
             .collect();
         match matches.as_slice() {
-            [] => return Err(Error::NoSuchId(text.clone())),
+            [] => {
+                return Err(Error::NoSuchId {
+                    id: text.clone(),
+                    file: file.to_path_buf(),
+                });
+            }
             [one] => {
                 if !resolved.contains(one) {
                     resolved.push(*one);
@@ -256,7 +291,7 @@ fn remove_records(doc: &mut Document, ids: &[Id]) {
 
 fn revoke(ctx: &Context, given: &[String]) -> Result<Exit> {
     let removed = ctx.store.update(|doc| {
-        let ids = resolve_ids(doc, given)?;
+        let ids = resolve_ids(doc, given, ctx.store.path())?;
         let removed = first_records(doc, &ids);
         remove_records(doc, &ids);
         Ok(removed)
@@ -272,7 +307,12 @@ fn revoke(ctx: &Context, given: &[String]) -> Result<Exit> {
 
 fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
     let now = when::now();
-    let grace = args.grace.as_deref().map(parse_duration).transpose()?;
+    let grace = args
+        .grace
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| Error::usage(format!("--grace: {e}")))?;
     let grace_until = grace
         .map(|g| {
             time::Duration::try_from(g)
@@ -283,11 +323,14 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
         .transpose()?;
     let explicit_expiry = future_expiry(args.expires.as_deref(), now)?;
     let token = token::mint()?;
-    let (old, new_record) = ctx.store.update(|doc| {
-        let ids = resolve_ids(doc, std::slice::from_ref(&args.id))?;
+    let (old, new_record, invalid) = ctx.store.update(|doc| {
+        let ids = resolve_ids(doc, std::slice::from_ref(&args.id), ctx.store.path())?;
         let old = first_records(doc, &ids)
             .pop()
-            .ok_or_else(|| Error::NoSuchId(args.id.clone()))?;
+            .ok_or_else(|| Error::NoSuchId {
+                id: args.id.clone(),
+                file: ctx.store.path().to_path_buf(),
+            })?;
         let expires = match explicit_expiry {
             Some(e) => Some(e),
             None if old.is_expired(now) => {
@@ -312,7 +355,7 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
         }
         doc.push_line(line.clone());
         match format::parse_line(&line) {
-            format::Entry::Record(new) => Ok((old, new)),
+            format::Entry::Record(new) => Ok((old, new, invalid_lines(doc))),
             _ => Err(Error::File(
                 "internal error: the new record does not parse".into(),
             )),
@@ -344,6 +387,7 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
         args.json,
         ctx.store.path(),
     )?;
+    warn_about_file(ctx, &invalid);
     Ok(Exit::Success)
 }
 
@@ -397,8 +441,12 @@ struct CheckReport<'a> {
     name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'static str>,
     required: Vec<&'a str>,
 }
+
+const DAMAGED_HINT: &str = "mistyped or truncated: its checksum does not match";
 
 fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     // Scopes first: a malformed scope is a usage error before anything else happens.
@@ -410,48 +458,97 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     let grant =
         check::find_record_in(file, &token).map_err(|e| Error::io("read", ctx.store.path(), e))?;
     let decision = check::decide(!token.is_empty(), grant.as_ref(), &required, when::now());
-    let (exit, mut report) = match &decision {
-        Decision::Granted { id, name } => (Exit::Success, ("granted", Some(id), Some(name), None)),
-        Decision::Forbidden { id, name } => (
-            Exit::Forbidden,
-            ("forbidden", Some(id), Some(name), Some("missing scope")),
-        ),
+    // Scripts match `reason` against the four documented words, so the checksum finding
+    // goes in a separate hint.
+    let damaged = matches!(decision, Decision::Unauthorized(Unauthorized::Unknown))
+        && token::shape(token.expose()) == Shape::DamagedMinted;
+    let report = match &decision {
+        Decision::Granted { id, name } => ("granted", Some(id), Some(name), None),
+        Decision::Forbidden { id, name } => {
+            ("forbidden", Some(id), Some(name), Some("missing scope"))
+        }
         Decision::Unauthorized(why) => {
             let id = match why {
                 Unauthorized::Expired(id) => Some(id),
                 _ => None,
             };
-            (
-                Exit::Unauthorized,
-                ("unauthorized", id, None, Some(why.reason())),
-            )
+            ("unauthorized", id, None, Some(why.reason()))
         }
     };
-    let damaged = matches!(decision, Decision::Unauthorized(Unauthorized::Unknown))
-        && token::shape(token.expose()) == Shape::DamagedMinted;
-    if damaged {
-        report.3 = Some("unknown token (mistyped or truncated: its checksum does not match)");
-    }
     if args.json {
         output::print_json(&CheckReport {
             result: report.0,
             id: report.1.map(ToString::to_string),
             name: report.2.map(ToString::to_string),
             reason: report.3,
+            hint: damaged.then_some(DAMAGED_HINT),
             required: required.iter().collect(),
         })?;
-    } else if exit != Exit::Success {
-        let who = report
-            .1
-            .map(|id| format!("token {id}: "))
-            .unwrap_or_default();
-        let what = match exit {
-            Exit::Forbidden => format!("lacks a required scope of {required}"),
-            _ => report.3.unwrap_or("unauthorized").to_string(),
-        };
-        note(&format!("denied: {who}{what}"));
+    } else if let Some(why) = denial(ctx, &decision, grant.as_ref(), &required, &args, damaged) {
+        note(&format!("denied: {why}"));
     }
-    Ok(exit)
+    Ok(match decision {
+        Decision::Granted { .. } => Exit::Success,
+        Decision::Forbidden { .. } => Exit::Forbidden,
+        Decision::Unauthorized(_) => Exit::Unauthorized,
+    })
+}
+
+/// Why a check was denied, for a person: which record and file, and what to try next.
+/// Never the token; a record's scopes are no secret (`list` shows them).
+fn denial(
+    ctx: &Context,
+    decision: &Decision,
+    grant: Option<&check::Grant>,
+    required: &RequiredScopes,
+    args: &CheckArgs,
+    damaged: bool,
+) -> Option<String> {
+    let file = ctx.store.path().display();
+    Some(match decision {
+        Decision::Granted { .. } => return None,
+        Decision::Forbidden { id, .. } => {
+            let grant = grant?;
+            let missing: Vec<&str> = required
+                .iter()
+                .filter(|s| {
+                    RequiredScopes::parse(&[*s]).is_ok_and(|one| !grant.scopes.grants(&one))
+                })
+                .collect();
+            format!(
+                "token {id} (line {} of {file}) lacks scope {}; it grants {}. Scopes match \
+                 exactly and case-sensitively: check the spelling, or mint a token that has \
+                 it (`tokenfile mint --scope {}`)",
+                grant.line,
+                missing.join(", "),
+                grant.scopes.to_field(),
+                missing.join(",")
+            )
+        }
+        Decision::Unauthorized(Unauthorized::NoToken) => match &args.token_env {
+            Some(var) => format!("no token: the environment variable {var} is empty or unset"),
+            None => "no token on stdin: pipe it in, e.g. `printf '%s\\n' \"$TOKEN\" | \
+                     tokenfile check --scope ...`, or use --token-env VAR"
+                .to_string(),
+        },
+        Decision::Unauthorized(Unauthorized::Expired(id)) => format!(
+            "token {id} (line {} of {file}) expired at {}; issue a new one with \
+             `tokenfile rotate {id} --expires 90d`",
+            grant.map_or(0, |g| g.line),
+            grant
+                .and_then(|g| g.expires)
+                .map(format_timestamp)
+                .unwrap_or_default()
+        ),
+        Decision::Unauthorized(Unauthorized::Unknown) if damaged => format!(
+            "unknown token: it looks like a tokenfile token that was {DAMAGED_HINT}; \
+             copy it again in full"
+        ),
+        Decision::Unauthorized(Unauthorized::Unknown) => format!(
+            "unknown token: no valid record in {file} has it (is this the right --file? \
+             `tokenfile lint` reports lines that were ignored as invalid)"
+        ),
+    })
 }
 
 fn id() -> Result<Exit> {
@@ -565,10 +662,13 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
             "{duplicates} record(s) repeat an earlier token and grant nothing; see `tokenfile lint`"
         ));
     }
+    // Invalid lines get their own note below, saying they are not listed.
+    warn_about_file(ctx, &[]);
     if !listing.invalid_lines.is_empty() {
         note(&format!(
-            "{} invalid line(s) not listed (lines {}); see `tokenfile lint`",
+            "{} invalid line(s) of {} not listed (lines {}); `tokenfile lint` says why",
             listing.invalid_lines.len(),
+            ctx.store.path().display(),
             join_numbers(&listing.invalid_lines)
         ));
     }
@@ -626,8 +726,13 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
             ));
         }
         output::print(&text)?;
+        let next = if errors > 0 {
+            "; fix them with `tokenfile edit` (it shows each line and checks your fix)"
+        } else {
+            ""
+        };
         note(&format!(
-            "{}: {errors} error(s), {warnings} warning(s)",
+            "{}: {errors} error(s), {warnings} warning(s){next}",
             path.display()
         ));
     }
@@ -650,10 +755,7 @@ fn hash(ctx: &Context) -> Result<Exit> {
             let field = Credential::hashed_field(&record.digest());
             line.content = format::with_field(&line.content, FIELD_CREDENTIAL, &field).into();
         }
-        let invalid = doc
-            .entries()
-            .filter(|(_, e)| matches!(e, format::Entry::Invalid(_)))
-            .count();
+        let invalid = invalid_lines(doc).len();
         Ok((
             plain.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
             invalid,
