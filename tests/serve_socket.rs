@@ -324,6 +324,32 @@ fn sigterm_and_sigint_stop_gracefully_and_remove_the_socket() {
 }
 
 #[test]
+fn a_stop_signal_during_start_up_still_stops_gracefully() {
+    // The socket file exists from bind(2) on, before the signal handlers are in place: a
+    // supervisor or script that stops us then must still get a clean exit and no stale
+    // socket file.
+    for round in 0..20 {
+        let (dir, file) = setup();
+        let mut serve = Serve::spawn_socket(&file, dir.path());
+        let socket = serve.socket.clone().unwrap();
+        // A tight poll, to signal as soon after bind(2) as we can.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < end,
+                "no socket:\n{}",
+                serve.log()
+            );
+            std::hint::spin_loop();
+        }
+        serve.signal(libc::SIGTERM);
+        let status = serve.wait_exit();
+        assert_eq!(status.code(), Some(0), "round {round}:\n{}", serve.log());
+        assert!(!socket.exists(), "round {round}: socket file left behind");
+    }
+}
+
+#[test]
 fn tokens_never_reach_the_log() {
     let (dir, file) = setup();
     let serve = Serve::start_with(&file, dir.path(), Listen::Both, &[("RUST_LOG", "debug")]);

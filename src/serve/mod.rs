@@ -96,6 +96,13 @@ async fn serve(
     let mut hangup = signals(SignalKind::hangup(), "SIGHUP")?;
     let mut terminate = signals(SignalKind::terminate(), "SIGTERM")?;
     let mut interrupt = signals(SignalKind::interrupt(), "SIGINT")?;
+    // Handled from here on: one that came during start-up is delivered now.
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_UNBLOCK,
+        Some(&stop_signals()),
+        None,
+    )
+    .map_err(|e| Error::File(format!("cannot unblock SIGTERM and SIGINT: {e}")))?;
 
     let (stop, stopping) = signal_watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
@@ -171,14 +178,31 @@ where
 ///   default action would kill us;
 /// - SIGHUP ignored until the runtime's handler replaces it, so that a reload request
 ///   during start-up does not kill us either (the file is being read then anyway).
+/// - SIGTERM and SIGINT blocked until the runtime handles them ([`stop_signals`]): one that
+///   arrives during start-up (a supervisor giving up, a test stopping us as soon as the
+///   socket appears) waits and then stops us gracefully, socket file removed, instead of
+///   killing us by its default action. Every thread started later inherits the block, so
+///   only the thread that unblocks them receives them.
 fn early_signals() -> Result<()> {
-    use nix::sys::signal::{SigHandler, Signal, signal};
+    use nix::sys::signal::{SigHandler, SigmaskHow, Signal, pthread_sigmask, signal};
     for sig in [Signal::SIGIO, Signal::SIGHUP] {
         // SAFETY: installs SIG_IGN, so no handler code ever runs.
         unsafe { signal(sig, SigHandler::SigIgn) }
             .map_err(|e| Error::File(format!("cannot set up {sig}: {e}")))?;
     }
-    Ok(())
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&stop_signals()), None).map_err(|e| {
+        Error::File(format!(
+            "cannot block SIGTERM and SIGINT during start-up: {e}"
+        ))
+    })
+}
+
+fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters (default `info`; `debug` shows every

@@ -96,6 +96,18 @@ impl Serve {
         panic!("no free port found for serve");
     }
 
+    /// Starts serving `file` on a socket in `dir` without waiting for it to be ready.
+    pub fn spawn_socket(file: &Path, dir: &Path) -> Serve {
+        let socket = dir.join("serve.sock");
+        let log = dir.join("serve.log");
+        Serve {
+            child: Some(spawn(file, Some(&socket), None, &log, &[])),
+            socket: Some(socket),
+            http: None,
+            log,
+        }
+    }
+
     fn wait_ready(&mut self) -> Result<(), String> {
         let end = Instant::now() + PATIENCE;
         loop {
