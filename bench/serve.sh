@@ -243,10 +243,13 @@ row "reload on SIGHUP (ms, median of $reloads)" "$hup_ms" "wc -l" "$wc_ms" "$(ra
   "≤ 500 ms" "$(yes_no "$hup_ms <= 500")"
 # Each new version adds a record (a state that only adds is installed at once; one that
 # takes away waits for confirmation, see src/serve/watch.rs) and is renamed over the file.
-replace() { mv "$work/next" "$file"; }
+# It is written in a directory of its own: serve watches the file's directory, and would
+# start reading the old file at the first event of a new file there.
+mkdir -p "$work/staging"
+replace() { mv "$work/staging/next" "$file"; }
 new_ms=$(for i in $(seq "$reloads"); do
-  printf 'sha256:%064x\tread\tbench-extra-%d\n' "$i" "$i" >>"$file.new-line"
-  cat "$data" "$file.new-line" >"$work/next"
+  printf 'sha256:%064x\tread\tbench-extra-%d\n' "$i" "$i" >>"$work/staging/new-lines"
+  cat "$data" "$work/staging/new-lines" >"$work/staging/next"
   reload_once replace
   sleep 0.5
 done | median)

@@ -1,4 +1,4 @@
-//! Reading the token file for `serve`: one consistent copy of its bytes, or why not.
+//! Reading the token file for `serve`: the state of one consistent read of it, or why not.
 //!
 //! The file may be written in place while we read it (an editor, `>>`, `cp`). A read is
 //! accepted only if the file's identity, size and times are the same before and after it and
@@ -14,9 +14,13 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
+use sha2::{Digest as _, Sha256};
+
+use crate::check::{LoadProblem, TokenIndex};
 use crate::error::{Error, Result};
 use crate::lint;
 use crate::store::missing_file;
+use crate::token::Digest;
 
 use super::state::{FileStatus, Snapshot, log_problems};
 
@@ -70,8 +74,11 @@ pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
 
 #[derive(Debug)]
 pub enum Reading {
+    /// The file's state, built while reading it (the bytes are not kept), and what was
+    /// wrong in it.
     Read {
-        bytes: Vec<u8>,
+        snapshot: Box<Snapshot>,
+        problems: Vec<LoadProblem>,
         fingerprint: Fingerprint,
     },
     Missing,
@@ -85,9 +92,15 @@ pub enum Reading {
     Unsafe(String),
 }
 
-/// Reads the whole file behind `path` once. With `wait_for_writers`, a file that another
-/// process has open for writing is [`Reading::Busy`] (when the kernel lets us know; see
-/// [`ReadLease`]).
+/// Reads the whole file behind `path` once and builds its state. With `wait_for_writers`, a
+/// file that another process has open for writing is [`Reading::Busy`] (when the kernel lets
+/// us know; see [`ReadLease`]).
+///
+/// The file is indexed as it is read, in chunks ([`TokenIndex::read_from`]), and hashed on
+/// the way for [`Snapshot::content`]: holding a copy of a 100 MB file next to the index it
+/// becomes, while the previous index is still in use, is what made a reload's peak memory
+/// three times the file. The price is a longer lease (a writer opening the file meanwhile
+/// waits for the index to be built, a fraction of a second for a million records).
 pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
     let file = match File::open(path) {
         Ok(file) => file,
@@ -107,26 +120,49 @@ pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
     if !before.is_file() {
         return Reading::Unreadable(io::Error::other("not a regular file"));
     }
-    // The size is only a hint for the allocation; a huge or growing file must not make us
-    // reserve memory up front.
-    let hint = usize::try_from(before.len().min(1 << 24)).unwrap_or(0);
-    let mut bytes = Vec::with_capacity(hint);
-    if let Err(e) = (&file).read_to_end(&mut bytes) {
-        return Reading::Unreadable(e);
-    }
+    let mut hashing = Hashing {
+        reader: &file,
+        sha256: Sha256::new(),
+        len: 0,
+    };
+    let (index, problems) = match TokenIndex::read_from(&mut hashing) {
+        Ok(loaded) => loaded,
+        Err(e) => return Reading::Unreadable(e),
+    };
     let after = match file.metadata() {
         Ok(meta) => meta,
         Err(e) => return Reading::Unreadable(e),
     };
     let fingerprint = Fingerprint::of(&after);
-    if Fingerprint::of(&before) != fingerprint || bytes.len() as u64 != after.len() {
+    if Fingerprint::of(&before) != fingerprint || hashing.len != after.len() {
         return Reading::Unstable;
     }
+    let content = Digest(hashing.sha256.finalize().into());
     match lint::unsafe_reason(path) {
-        Ok(None) => Reading::Read { bytes, fingerprint },
+        Ok(None) => Reading::Read {
+            snapshot: Box::new(Snapshot::loaded(index, &problems, content)),
+            problems,
+            fingerprint,
+        },
         Ok(Some(reason)) => Reading::Unsafe(reason),
         // It went away or changed between our read and the check.
         Err(_) => Reading::Unstable,
+    }
+}
+
+/// A reader that hashes and counts what passes through it.
+struct Hashing<R> {
+    reader: R,
+    sha256: Sha256,
+    len: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.reader.read(buf)?;
+        self.sha256.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
     }
 }
 
@@ -215,8 +251,11 @@ pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>)> {
     for attempt in 1..=FIRST_READ_TRIES {
         // In the end, a file held open for writing all along is read anyway.
         match read(path, attempt < FIRST_READ_TRIES) {
-            Reading::Read { bytes, fingerprint } => {
-                let (snapshot, problems) = Snapshot::from_bytes(&bytes);
+            Reading::Read {
+                snapshot,
+                problems,
+                fingerprint,
+            } => {
                 log_problems(path, &problems);
                 tracing::info!(
                     file = %path.display(),
@@ -225,7 +264,7 @@ pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>)> {
                     invalid_lines = snapshot.invalid_lines,
                     "loaded the token file"
                 );
-                return Ok((snapshot, Some(fingerprint)));
+                return Ok((*snapshot, Some(fingerprint)));
             }
             Reading::Missing => return Err(missing_file(path)),
             Reading::Unreadable(e) => return Err(Error::io("read", path, e)),
@@ -258,10 +297,17 @@ mod tests {
         let path = dir.path().join("tokens");
         assert!(matches!(read(&path, true), Reading::Missing));
         fs::write(&path, b"tok\tread\n").unwrap();
-        let Reading::Read { bytes, fingerprint } = read(&path, true) else {
+        let Reading::Read {
+            snapshot,
+            fingerprint,
+            ..
+        } = read(&path, true)
+        else {
             panic!("not read");
         };
-        assert_eq!(bytes, b"tok\tread\n");
+        let (expected, _) = Snapshot::from_bytes(b"tok\tread\n");
+        assert_eq!(snapshot.content, expected.content);
+        assert_eq!(snapshot.index.len(), 1);
         assert_eq!(Some(fingerprint), super::fingerprint(&path));
         fs::create_dir(dir.path().join("d")).unwrap();
         assert!(matches!(
