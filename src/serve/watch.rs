@@ -599,18 +599,6 @@ impl Reload {
     /// Puts `snapshot` in use and frees the state it replaces here, off the request path.
     fn install(&self, snapshot: Snapshot) {
         drop(self.shared.install(snapshot));
-        release_freed_memory();
-    }
-}
-
-/// Gives the memory of a dropped state back to the system. glibc keeps freed small blocks
-/// for reuse instead, and an index is a million of them (its names) in this thread's arena,
-/// next to the blocks of the state in use: without this, a process that reloaded once held
-/// about twice the memory of its index for the rest of its life (see BENCHMARKS.md).
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory of the allocator's own to the kernel.
-    unsafe {
-        nix::libc::malloc_trim(0);
+        load::release_freed_memory();
     }
 }
