@@ -77,13 +77,16 @@ mkdir -p "$dir"
 dir="$(realpath "$dir")"
 
 # The generated file is kept in --dir (bench/run.sh shares it); serve reads a copy of it,
-# because the reload part renames new versions over its file.
+# because the reload part renames new versions over its file. The copy has a directory of
+# its own: serve watches the file's directory, and re-reads the file (a whole reload, even
+# if it is unchanged) after any file is created there — such as nginx's or the sockets.
 data="$dir/hashed-$records.tokens"
 if [ ! -s "$data" ]; then
   "$gen" --records "$records" >"$data"
   chmod 600 "$data"
 fi
-file="$work/tokens"
+mkdir "$work/watched"
+file="$work/watched/tokens"
 cp "$data" "$file"
 chmod 600 "$file"
 size=$(stat -c %s "$file")
@@ -263,8 +266,7 @@ row "reload on SIGHUP (ms, median of $reloads)" "$hup_ms" "wc -l" "$wc_ms" "$(ra
   "≤ 500 ms" "$(yes_no "$hup_ms <= 500")"
 # Each new version adds a record (a state that only adds is installed at once; one that
 # takes away waits for confirmation, see src/serve/watch.rs) and is renamed over the file.
-# It is written in a directory of its own: serve watches the file's directory, and would
-# start reading the old file at the first event of a new file there.
+# They are written outside serve's directory (see above) and renamed into it.
 mkdir -p "$work/staging"
 replace() { mv "$work/staging/next" "$file"; }
 new_ms=$(for i in $(seq "$reloads"); do

@@ -96,8 +96,8 @@ pub enum Reading {
 /// file that another process has open for writing is [`Reading::Busy`] (when the kernel lets
 /// us know; see [`ReadLease`]).
 ///
-/// The file is indexed as it is read, in chunks ([`TokenIndex::read_from`]), and hashed on
-/// the way for [`Snapshot::content`]: holding a copy of a 100 MB file next to the index it
+/// The file is indexed as it is read, in chunks (a large one as two halves at once, see
+/// [`index_file`]), and hashed on the way for [`Snapshot::content`]: holding a copy of a 100 MB file next to the index it
 /// becomes, while the previous index is still in use, is what made a reload's peak memory
 /// three times the file. The price is a longer lease (a writer opening the file meanwhile
 /// waits for the index to be built, a fraction of a second for a million records).
@@ -155,9 +155,8 @@ const SPLIT_WINDOW: usize = 64 * 1024;
 /// halves' digests, which is as good for telling versions apart (the split depends only on
 /// the bytes).
 fn index_file(file: &File, size: u64) -> io::Result<(TokenIndex, Vec<LoadProblem>, Digest, u64)> {
-    let whole = || Part::new(file, 0, None);
     let Some(split) = split_point(file, size)? else {
-        let mut part = whole();
+        let mut part = Part::new(file, 0, None);
         let (index, problems) = TokenIndex::read_from(&mut part)?;
         return Ok((index, problems, part.digest(), part.len));
     };
