@@ -299,7 +299,7 @@ pub fn names(path: &Path) -> Vec<PathBuf> {
     names
 }
 
-/// Gives memory freed by a load or by a dropped state back to the system. glibc keeps freed
+/// Gives the memory of a dropped state back to the system. glibc keeps freed
 /// blocks for reuse instead, and an index is a million of them (its names) in the arena of
 /// the thread that built it, next to the blocks of the state in use: without this, a process
 /// that reloaded once held about twice the memory of its index for the rest of its life (see
@@ -330,9 +330,6 @@ pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>)> {
                 fingerprint,
             } => {
                 log_problems(path, &problems);
-                // What building the index used and let go (chunk buffers, the second
-                // half's entries once appended to the first's) is not needed again soon.
-                release_freed_memory();
                 tracing::info!(
                     file = %path.display(),
                     records = snapshot.index.records,
