@@ -4,11 +4,13 @@
 #   bench/run.sh                      # full run: 10k, 100k and 1M records, hashed and plaintext
 #   bench/run.sh --quick              # 10k and 100k only, fewer runs (a minute or so)
 #   bench/run.sh --dir /var/tmp/x     # where the generated files go (default: a temp dir)
+#   bench/run.sh --no-serve           # without the `serve` part (bench/serve.sh)
 #
 # Every figure is printed as a ratio against its baseline, both timed here, now, on the same
 # file: `check` against `grep -qF`, a reload (read + TokenIndex::load) against `wc -l`, `mint`
-# against `cp` + `sync`. Nothing here asserts a time; it prints a table (Markdown) and says
-# for each row whether the target of BENCHMARKS.md is met.
+# against `cp` + `sync`; then bench/serve.sh (HTTP against nginx, the Unix socket, reload
+# and memory of a running `serve`) on the largest size. Nothing here asserts a time; it
+# prints tables (Markdown) and says for each row whether the target of BENCHMARKS.md is met.
 #
 # Timing uses hyperfine (installed with apt-get when missing and we are root); without it, a
 # plain loop around `date +%s%N` (median and standard deviation of N runs after two warm-ups).
@@ -22,13 +24,16 @@ cd "$(dirname "$0")/.."
 sizes="10000 100000 1000000"
 runs=20
 dir=""
+serve=1
+serve_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) sizes="10000 100000"; runs=10 ;;
+    --quick) sizes="10000 100000"; runs=10; serve_args=(--quick) ;;
+    --no-serve) serve=0 ;;
     --sizes) sizes="$2"; shift ;;
     --runs) runs="$2"; shift ;;
     --dir) dir="$2"; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "bench/run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -187,3 +192,10 @@ done
 
 echo >&2
 echo "# table also in $results" >&2
+
+# 4. serve, on the largest file: its own table (bench/serve.sh).
+if [ "$serve" -eq 1 ]; then
+  echo >&2
+  TOKENFILE_BIN="$bin" GEN_TOKENS_BIN="$gen" bench/serve.sh "${serve_args[@]}" \
+    --dir "$dir" --records "$(echo "$sizes" | awk '{ print $NF }')"
+fi

@@ -276,16 +276,47 @@ impl TokenIndex {
     /// [`TokenIndex::load`] of everything `reader` yields, read in chunks: the same index
     /// and problems, without holding the whole file in memory (for a 100 MB file, filling
     /// a fresh 100 MB buffer costs about as much as indexing it).
-    pub fn read_from(mut reader: impl Read) -> io::Result<(TokenIndex, Vec<LoadProblem>)> {
-        let mut loader = Loader::new(0);
-        let mut chunks = Chunks::new(&mut reader);
-        while let Some((data, eof)) = chunks.next()? {
-            let consumed = loader.lines(data, eof);
-            chunks.consume(consumed);
-            if eof {
-                break;
-            }
-        }
+    pub fn read_from(reader: impl Read) -> io::Result<(TokenIndex, Vec<LoadProblem>)> {
+        Ok(Loader::read(reader, true)?.finish())
+    }
+
+    /// [`TokenIndex::read_from`] of `first` followed by `second`, each read and parsed by a
+    /// thread of its own and joined in file order, as [`TokenIndex::load`] does with the
+    /// halves of a large file. `first` must end at a line end (or be empty); a BOM is
+    /// skipped at the start of `first` only.
+    pub fn read_from_parts(
+        first: impl Read + Send,
+        second: impl Read + Send,
+    ) -> io::Result<(TokenIndex, Vec<LoadProblem>)> {
+        let (first, second) = std::thread::scope(|scope| {
+            let second = scope.spawn(move || Loader::read(second, false));
+            (Loader::read(first, true), second.join())
+        });
+        let second = match second {
+            Ok(second) => second?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        let mut loader = first?;
+        // The second part's lines were numbered from its own start.
+        let before = loader.number;
+        loader.index.records += second.index.records;
+        loader
+            .index
+            .entries
+            .extend(second.index.entries.into_iter().map(|(digest, grant)| {
+                let line = grant.line + before;
+                (digest, Grant { line, ..grant })
+            }));
+        loader
+            .problems
+            .extend(second.problems.into_iter().map(|problem| match problem {
+                LoadProblem::Invalid { line, why } => LoadProblem::Invalid {
+                    line: line + before,
+                    why,
+                },
+                // Found only by `finish`, after the parts are joined.
+                duplicate @ LoadProblem::Duplicate { .. } => duplicate,
+            }));
         Ok(loader.finish())
     }
 
@@ -334,6 +365,42 @@ impl TokenIndex {
         }
     }
 
+    /// Whether every token of `older` is in this index with the same access (scopes and
+    /// expiry; see [`Grant::grants_same_as`]) — i.e. replacing `older` by `self` takes
+    /// nothing away.
+    ///
+    /// Most new versions of a file keep the old records in the same order (appended to,
+    /// reloaded unchanged), so the entries are first compared side by side, in memory order;
+    /// only from the first difference on is each remaining token looked up, with its slot
+    /// fetched into the cache a few tokens ahead. (Looking up every token of a million-record
+    /// file at random cost more than indexing it.)
+    pub fn grants_all_of(&self, older: &TokenIndex) -> bool {
+        const AHEAD: usize = 8;
+        let same = self
+            .entries
+            .iter()
+            .zip(&older.entries)
+            .take_while(|((new_digest, new), (old_digest, old))| {
+                new_digest == old_digest && new.grants_same_as(old)
+            })
+            .count();
+        let rest = &older.entries[same..];
+        if rest.is_empty() {
+            return true;
+        }
+        if self.slots.is_empty() {
+            return false;
+        }
+        let mask = self.slots.len() - 1;
+        rest.iter().enumerate().all(|(i, (digest, old))| {
+            if let Some((ahead, _)) = rest.get(i + AHEAD) {
+                prefetch(&self.slots[(slot_hash(ahead) >> 32) as usize & mask]);
+            }
+            self.get_digest(digest)
+                .is_some_and(|new| new.grants_same_as(old))
+        })
+    }
+
     /// Every token's digest with the record that counts for it (in file order).
     pub fn iter(&self) -> impl Iterator<Item = (&Digest, &Grant)> + '_ {
         self.entries.iter().map(|(digest, grant)| (digest, grant))
@@ -376,6 +443,21 @@ impl Loader {
             no_name: Arc::from(""),
             number: 0,
         }
+    }
+
+    /// Parses everything `reader` yields, in chunks; `at_file_start`: a leading BOM is
+    /// skipped.
+    fn read(mut reader: impl Read, at_file_start: bool) -> io::Result<Loader> {
+        let mut loader = Loader::new(0);
+        let mut chunks = Chunks::new(&mut reader, at_file_start);
+        while let Some((data, eof)) = chunks.next()? {
+            let consumed = loader.lines(data, eof);
+            chunks.consume(consumed);
+            if eof {
+                break;
+            }
+        }
+        Ok(loader)
     }
 
     /// Takes every complete line at the start of `data` (with `at_end`, the rest too, as
@@ -513,13 +595,13 @@ struct Chunks<'r, R> {
 }
 
 impl<'r, R: Read> Chunks<'r, R> {
-    fn new(reader: &'r mut R) -> Self {
+    fn new(reader: &'r mut R, at_file_start: bool) -> Self {
         Chunks {
             reader,
             buf: vec![0u8; CHUNK],
             start: 0,
             end: 0,
-            at_file_start: true,
+            at_file_start,
         }
     }
 
@@ -649,7 +731,7 @@ pub fn find_record_in(mut reader: impl Read, token: &Secret) -> io::Result<Optio
         return Ok(None);
     }
     let matcher = Matcher::new(token);
-    let mut chunks = Chunks::new(&mut reader);
+    let mut chunks = Chunks::new(&mut reader, true);
     let mut number = 0;
     while let Some((data, eof)) = chunks.next()? {
         let mut consumed = 0;

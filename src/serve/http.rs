@@ -14,6 +14,7 @@
 //!
 //! Every answer carries `Cache-Control: no-store`: a proxy must never reuse a decision.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::Path;
@@ -214,17 +215,18 @@ fn header_value(text: &str) -> HeaderValue {
 /// and `%` percent-encoded — so it is lossless for a reader who decodes it, and can never
 /// split or inject a header. Capped at [`MAX_NAME_HEADER`] bytes.
 pub fn header_safe(name: &str) -> String {
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(name.len().min(MAX_NAME_HEADER));
     for b in name.bytes() {
-        let piece = if (0x20..0x7f).contains(&b) && b != b'%' {
-            char::from(b).to_string()
-        } else {
-            format!("%{b:02X}")
-        };
-        if out.len() + piece.len() > MAX_NAME_HEADER {
+        let plain = (0x20..0x7f).contains(&b) && b != b'%';
+        if out.len() + if plain { 1 } else { 3 } > MAX_NAME_HEADER {
             break;
         }
-        out.push_str(&piece);
+        if plain {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
     }
     out
 }
@@ -232,7 +234,7 @@ pub fn header_safe(name: &str) -> String {
 /// All scopes asked for, from the query (`scope=`, repeatable, comma-separated) and the
 /// `X-Required-Scope` header(s). The error is the 400 body.
 fn required_scopes(request: &Request<Incoming>) -> std::result::Result<RequiredScopes, String> {
-    let mut asked: Vec<String> = Vec::new();
+    let mut asked: Vec<Cow<'_, str>> = Vec::new();
     for pair in request.uri().query().unwrap_or("").split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let key = percent_decode(key).ok_or("malformed query string")?;
@@ -244,7 +246,7 @@ fn required_scopes(request: &Request<Incoming>) -> std::result::Result<RequiredS
         let value = value
             .to_str()
             .map_err(|_| "X-Required-Scope is not ASCII")?;
-        asked.push(value.to_owned());
+        asked.push(Cow::Borrowed(value));
     }
     if asked.is_empty() {
         return Err("no required scope: ask with ?scope=a,b or the X-Required-Scope header".into());
@@ -253,8 +255,12 @@ fn required_scopes(request: &Request<Incoming>) -> std::result::Result<RequiredS
 }
 
 /// `application/x-www-form-urlencoded` decoding: `%XX` and `+` for space. `None` for a bad
-/// escape or a result that is not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
+/// escape or a result that is not UTF-8. Borrowed when there is nothing to decode, as in
+/// almost every request.
+fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
+    if !text.contains(['%', '+']) {
+        return Some(Cow::Borrowed(text));
+    }
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -276,7 +282,7 @@ fn percent_decode(text: &str) -> Option<String> {
             }
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 /// The token of the one `Authorization: Bearer <token>` header; empty (no token) if there

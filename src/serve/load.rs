@@ -1,4 +1,4 @@
-//! Reading the token file for `serve`: one consistent copy of its bytes, or why not.
+//! Reading the token file for `serve`: the state of one consistent read of it, or why not.
 //!
 //! The file may be written in place while we read it (an editor, `>>`, `cp`). A read is
 //! accepted only if the file's identity, size and times are the same before and after it and
@@ -9,14 +9,18 @@
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
+use sha2::{Digest as _, Sha256};
+
+use crate::check::{LoadProblem, TokenIndex};
 use crate::error::{Error, Result};
 use crate::lint;
 use crate::store::missing_file;
+use crate::token::Digest;
 
 use super::state::{FileStatus, Snapshot, log_problems};
 
@@ -70,8 +74,11 @@ pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
 
 #[derive(Debug)]
 pub enum Reading {
+    /// The file's state, built while reading it (the bytes are not kept), and what was
+    /// wrong in it.
     Read {
-        bytes: Vec<u8>,
+        snapshot: Box<Snapshot>,
+        problems: Vec<LoadProblem>,
         fingerprint: Fingerprint,
     },
     Missing,
@@ -85,9 +92,15 @@ pub enum Reading {
     Unsafe(String),
 }
 
-/// Reads the whole file behind `path` once. With `wait_for_writers`, a file that another
-/// process has open for writing is [`Reading::Busy`] (when the kernel lets us know; see
-/// [`ReadLease`]).
+/// Reads the whole file behind `path` once and builds its state. With `wait_for_writers`, a
+/// file that another process has open for writing is [`Reading::Busy`] (when the kernel lets
+/// us know; see [`ReadLease`]).
+///
+/// The file is indexed as it is read, in chunks (a large one as two halves at once, see
+/// [`index_file`]), and hashed on the way for [`Snapshot::content`]: holding a copy of a 100 MB file next to the index it
+/// becomes, while the previous index is still in use, is what made a reload's peak memory
+/// three times the file. The price is a longer lease (a writer opening the file meanwhile
+/// waits for the index to be built, a fraction of a second for a million records).
 pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
     let file = match File::open(path) {
         Ok(file) => file,
@@ -107,26 +120,109 @@ pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
     if !before.is_file() {
         return Reading::Unreadable(io::Error::other("not a regular file"));
     }
-    // The size is only a hint for the allocation; a huge or growing file must not make us
-    // reserve memory up front.
-    let hint = usize::try_from(before.len().min(1 << 24)).unwrap_or(0);
-    let mut bytes = Vec::with_capacity(hint);
-    if let Err(e) = (&file).read_to_end(&mut bytes) {
-        return Reading::Unreadable(e);
-    }
+    let (index, problems, content, len) = match index_file(&file, before.len()) {
+        Ok(indexed) => indexed,
+        Err(e) => return Reading::Unreadable(e),
+    };
     let after = match file.metadata() {
         Ok(meta) => meta,
         Err(e) => return Reading::Unreadable(e),
     };
     let fingerprint = Fingerprint::of(&after);
-    if Fingerprint::of(&before) != fingerprint || bytes.len() as u64 != after.len() {
+    if Fingerprint::of(&before) != fingerprint || len != after.len() {
         return Reading::Unstable;
     }
     match lint::unsafe_reason(path) {
-        Ok(None) => Reading::Read { bytes, fingerprint },
+        Ok(None) => Reading::Read {
+            snapshot: Box::new(Snapshot::loaded(index, &problems, content)),
+            problems,
+            fingerprint,
+        },
         Ok(Some(reason)) => Reading::Unsafe(reason),
         // It went away or changed between our read and the check.
         Err(_) => Reading::Unstable,
+    }
+}
+
+/// From this size on (about 40 000 records) a file is read and indexed by two threads.
+const TWO_READERS: u64 = 4 << 20;
+/// How far past the middle of the file its split looks for a line end.
+const SPLIT_WINDOW: usize = 64 * 1024;
+
+/// The index of `file` (of `size` bytes when it was stat'ed), the digest of its content and
+/// how many bytes were read. A large file is read as two halves at once, split at a line
+/// end ([`TokenIndex::read_from_parts`]); its content digest is then that of the two
+/// halves' digests, which is as good for telling versions apart (the split depends only on
+/// the bytes).
+fn index_file(file: &File, size: u64) -> io::Result<(TokenIndex, Vec<LoadProblem>, Digest, u64)> {
+    let Some(split) = split_point(file, size)? else {
+        let mut part = Part::new(file, 0, None);
+        let (index, problems) = TokenIndex::read_from(&mut part)?;
+        return Ok((index, problems, part.digest(), part.len));
+    };
+    let (mut first, mut second) = (
+        Part::new(file, 0, Some(split)),
+        Part::new(file, split, None),
+    );
+    let (index, problems) = TokenIndex::read_from_parts(&mut first, &mut second)?;
+    let mut both = Sha256::new();
+    both.update(first.digest().0);
+    both.update(second.digest().0);
+    Ok((
+        index,
+        problems,
+        Digest(both.finalize().into()),
+        first.len + second.len,
+    ))
+}
+
+/// Just after the first line end past the middle of a large file; `None` for a small file
+/// or one without a line end near its middle (read whole then).
+fn split_point(file: &File, size: u64) -> io::Result<Option<u64>> {
+    if size < TWO_READERS {
+        return Ok(None);
+    }
+    let middle = size / 2;
+    let mut window = vec![0u8; SPLIT_WINDOW];
+    let n = file.read_at(&mut window, middle)?;
+    Ok(memchr::memchr(b'\n', &window[..n]).map(|at| middle + at as u64 + 1))
+}
+
+/// A part of a file read from `pos` up to `end` (or its end), by offset — so that two
+/// threads can read one descriptor — hashed and counted on the way.
+struct Part<'f> {
+    file: &'f File,
+    pos: u64,
+    end: Option<u64>,
+    sha256: Sha256,
+    len: u64,
+}
+
+impl<'f> Part<'f> {
+    fn new(file: &'f File, pos: u64, end: Option<u64>) -> Self {
+        Part {
+            file,
+            pos,
+            end,
+            sha256: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    fn digest(&self) -> Digest {
+        Digest(self.sha256.clone().finalize().into())
+    }
+}
+
+impl Read for Part<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let room = self.end.map_or(buf.len() as u64, |end| end - self.pos);
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.sha256.update(&buf[..n]);
+        self.pos += n as u64;
+        self.len += n as u64;
+        Ok(n)
     }
 }
 
@@ -203,6 +299,19 @@ pub fn names(path: &Path) -> Vec<PathBuf> {
     names
 }
 
+/// Gives the memory of a dropped state back to the system. glibc keeps freed
+/// blocks for reuse instead, and an index is a million of them (its names) in the arena of
+/// the thread that built it, next to the blocks of the state in use: without this, a process
+/// that reloaded once held about twice the memory of its index for the rest of its life (see
+/// BENCHMARKS.md).
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's own to the kernel.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 /// How often the first read retries a file that keeps changing.
 const FIRST_READ_TRIES: usize = 100;
 const FIRST_READ_PAUSE: Duration = Duration::from_millis(20);
@@ -215,8 +324,11 @@ pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>)> {
     for attempt in 1..=FIRST_READ_TRIES {
         // In the end, a file held open for writing all along is read anyway.
         match read(path, attempt < FIRST_READ_TRIES) {
-            Reading::Read { bytes, fingerprint } => {
-                let (snapshot, problems) = Snapshot::from_bytes(&bytes);
+            Reading::Read {
+                snapshot,
+                problems,
+                fingerprint,
+            } => {
                 log_problems(path, &problems);
                 tracing::info!(
                     file = %path.display(),
@@ -225,7 +337,7 @@ pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>)> {
                     invalid_lines = snapshot.invalid_lines,
                     "loaded the token file"
                 );
-                return Ok((snapshot, Some(fingerprint)));
+                return Ok((*snapshot, Some(fingerprint)));
             }
             Reading::Missing => return Err(missing_file(path)),
             Reading::Unreadable(e) => return Err(Error::io("read", path, e)),
@@ -258,10 +370,17 @@ mod tests {
         let path = dir.path().join("tokens");
         assert!(matches!(read(&path, true), Reading::Missing));
         fs::write(&path, b"tok\tread\n").unwrap();
-        let Reading::Read { bytes, fingerprint } = read(&path, true) else {
+        let Reading::Read {
+            snapshot,
+            fingerprint,
+            ..
+        } = read(&path, true)
+        else {
             panic!("not read");
         };
-        assert_eq!(bytes, b"tok\tread\n");
+        let (expected, _) = Snapshot::from_bytes(b"tok\tread\n");
+        assert_eq!(snapshot.content, expected.content);
+        assert_eq!(snapshot.index.len(), 1);
         assert_eq!(Some(fingerprint), super::fingerprint(&path));
         fs::create_dir(dir.path().join("d")).unwrap();
         assert!(matches!(

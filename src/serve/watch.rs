@@ -44,6 +44,7 @@ use tracing::{debug, error, info, trace, warn};
 
 use super::load::{self, Fingerprint, Reading};
 use super::state::{FileStatus, Shared, Snapshot, log_problems};
+use crate::check::LoadProblem;
 
 /// Quiet time after the last change before reading.
 const QUIET: Duration = Duration::from_millis(50);
@@ -449,13 +450,17 @@ impl Reload {
                 self.refuse(reason);
             }
             Reading::Unsafe(reason) => self.refuse(reason),
-            Reading::Read { bytes, fingerprint } => {
+            Reading::Read {
+                snapshot,
+                problems,
+                fingerprint,
+            } => {
                 if self.mid_truncate(fingerprint) {
                     self.retry("the file's size changed but not its times: a truncate in progress");
                 } else if !self.settled(started, fingerprint) {
                     self.retry("the file was written again while being read");
                 } else {
-                    self.consider(&bytes, fingerprint, started);
+                    self.consider(*snapshot, &problems, fingerprint, started);
                 }
             }
         }
@@ -533,9 +538,14 @@ impl Reload {
         false
     }
 
-    fn consider(&mut self, bytes: &[u8], fingerprint: Fingerprint, read_at: Instant) {
+    fn consider(
+        &mut self,
+        snapshot: Snapshot,
+        problems: &[LoadProblem],
+        fingerprint: Fingerprint,
+        read_at: Instant,
+    ) {
         let current = self.shared.snapshot();
-        let (snapshot, problems) = Snapshot::from_bytes(bytes);
         if !self.forced && current.status.is_loaded() && current.content == snapshot.content {
             debug!("the file's content is unchanged");
             self.done(Some(fingerprint));
@@ -545,7 +555,10 @@ impl Reload {
             debug!("the new state takes tokens or scopes away; confirming it");
             return;
         }
-        log_problems(&self.path, &problems);
+        let was_loaded = current.status.is_loaded();
+        // Our reference must not outlive the swap: the old state is freed in `install`.
+        drop(current);
+        log_problems(&self.path, problems);
         info!(
             file = %self.path.display(),
             records = snapshot.index.records,
@@ -553,10 +566,10 @@ impl Reload {
             invalid_lines = snapshot.invalid_lines,
             "loaded the token file"
         );
-        if !current.status.is_loaded() {
+        if !was_loaded {
             info!(file = %self.path.display(), "the token file is usable again");
         }
-        self.shared.install(snapshot);
+        self.install(snapshot);
         self.shared.metrics.count_reload();
         self.done(Some(fingerprint));
     }
@@ -567,21 +580,25 @@ impl Reload {
                 file = %self.path.display(),
                 "the token file is gone: every token is refused until it is back"
             );
-            self.shared.install(Snapshot::empty(FileStatus::Missing));
+            self.install(Snapshot::empty(FileStatus::Missing));
             self.shared.metrics.count_reload_failure();
         }
         self.done(None);
     }
 
     fn refuse(&mut self, reason: String) {
-        let current = self.shared.snapshot();
         let seen = load::fingerprint(&self.path);
-        if current.status != FileStatus::Refused(reason.clone()) {
+        if self.shared.snapshot().status != FileStatus::Refused(reason.clone()) {
             error!(file = %self.path.display(), "every token is refused: {reason}");
-            self.shared
-                .install(Snapshot::empty(FileStatus::Refused(reason)));
+            self.install(Snapshot::empty(FileStatus::Refused(reason)));
             self.shared.metrics.count_reload_failure();
         }
         self.done(seen);
+    }
+
+    /// Puts `snapshot` in use and frees the state it replaces here, off the request path.
+    fn install(&self, snapshot: Snapshot) {
+        drop(self.shared.install(snapshot));
+        load::release_freed_memory();
     }
 }
