@@ -256,12 +256,21 @@ impl Client {
     }
 
     pub fn read_line(&mut self) -> String {
+        self.try_read_line()
+            .unwrap_or_else(|e| panic!("read from the socket: {e}"))
+    }
+
+    /// One answer line; an error if the server closed, timed out or sent a line without
+    /// its newline (the answers are ASCII, so bytes that are not UTF-8 are an error too).
+    pub fn try_read_line(&mut self) -> std::io::Result<String> {
         let mut line = String::new();
-        self.reader
-            .read_line(&mut line)
-            .expect("read from the socket");
-        assert!(line.ends_with('\n'), "unterminated answer {line:?}");
-        line.trim_end_matches('\n').to_owned()
+        self.reader.read_line(&mut line)?;
+        match line.strip_suffix('\n') {
+            Some(answer) => Ok(answer.to_owned()),
+            None => Err(std::io::Error::other(format!(
+                "unterminated answer {line:?}"
+            ))),
+        }
     }
 
     pub fn ask(&mut self, line: &str) -> String {
