@@ -127,8 +127,9 @@ fn socket_garbage(socket: &Path, count: usize, rng: &mut Rng) -> Tally {
     while tally.requests < count {
         let mut lines: Vec<(Vec<u8>, bool)> = (0..BATCH).map(|_| bad_line(rng)).collect();
         let ending = rng.below(3);
-        if ending == 1 && lines.last().is_some_and(|(line, _)| line.is_empty()) {
-            lines.pop(); // without its newline, an empty last line is no line at all
+        // Without its newline, an empty last line is no line at all.
+        while ending == 1 && lines.last().is_some_and(|(line, _)| line.is_empty()) {
+            lines.pop();
         }
         tally.requests += lines.len();
         let mut bytes = Vec::new();
