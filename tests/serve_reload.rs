@@ -2,11 +2,13 @@
 
 mod serve_common;
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use serve_common::*;
 use tempfile::TempDir;
@@ -249,4 +251,42 @@ fn missing_file_at_start_is_an_error() {
     assert_eq!(out.status.code(), Some(10));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
     assert!(!dir.path().join("s").exists());
+}
+
+/// A script that empties the file and then writes it again (`: > tokens; cat new >> tokens`):
+/// each version must be seen within a second like any other change.
+///
+/// Bug: when the truncate and the rewrite land within one tick of the file system's clock,
+/// the reloader can take the finished file for "a truncate in progress" (same inode and
+/// times as the empty file it observed, another size) and waits `MAX_STALE` (2 s) before
+/// it believes it (src/serve/watch.rs, `mid_truncate`). 6 of 100 rewrites here took
+/// 2.1 s in one run; the new token was refused, and a removed one still granted, all that time.
+#[test]
+#[ignore = "bug: a truncate then an append within one clock tick is taken for a truncate in progress for 2 s (watch.rs mid_truncate)"]
+fn truncate_then_rewrite_is_seen_within_a_second() {
+    let (dir, file) = setup();
+    // Asking all the time, as a busy proxy does, with a line logged per answer, keeps the
+    // server busy: without that, the window is too narrow to be hit often.
+    let debug = [("RUST_LOG", "tokenfile=debug")];
+    let serve = Serve::start_with(&file, dir.path(), Listen::Socket, &debug);
+    let mut client = Client::connect(serve.socket.as_ref().unwrap());
+    let mut content = record("alpha", "read", "a");
+    // Each version adds one token, so nothing waits for a confirmation: what is measured
+    // is only how long the reloader takes to believe the file.
+    for i in 1..=300 {
+        let token = format!("t{i}");
+        content += &record(&token, "read", "t");
+        File::create(&file).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&file).unwrap();
+        f.write_all(content.as_bytes()).unwrap();
+        drop(f);
+        let written = Instant::now();
+        while client.ask(&format!("CHECK read {token}")) != ok(&token) {
+            assert!(
+                written.elapsed() < RELOAD,
+                "version {i} not seen within {RELOAD:?}"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
 }

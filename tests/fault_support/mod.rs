@@ -59,6 +59,12 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
+    /// A second generator for another thread, derived from this one (so the printed seed
+    /// still replays both).
+    pub fn split(&mut self) -> Rng {
+        Rng(self.next().max(1))
+    }
+
     /// Uniform in `0..n`.
     pub fn below(&mut self, n: u64) -> u64 {
         if n == 0 { 0 } else { self.next() % n }

@@ -268,12 +268,21 @@ impl Client {
     }
 
     pub fn read_line(&mut self) -> String {
+        self.try_read_line()
+            .unwrap_or_else(|e| panic!("read from the socket: {e}"))
+    }
+
+    /// One answer line; an error if the server closed, timed out or sent a line without
+    /// its newline (the answers are ASCII, so bytes that are not UTF-8 are an error too).
+    pub fn try_read_line(&mut self) -> std::io::Result<String> {
         let mut line = String::new();
-        self.reader
-            .read_line(&mut line)
-            .expect("read from the socket");
-        assert!(line.ends_with('\n'), "unterminated answer {line:?}");
-        line.trim_end_matches('\n').to_owned()
+        self.reader.read_line(&mut line)?;
+        match line.strip_suffix('\n') {
+            Some(answer) => Ok(answer.to_owned()),
+            None => Err(std::io::Error::other(format!(
+                "unterminated answer {line:?}"
+            ))),
+        }
     }
 
     pub fn ask(&mut self, line: &str) -> String {
@@ -345,6 +354,55 @@ pub fn try_raw_http(addr: SocketAddr, request: &[u8]) -> std::io::Result<Respons
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     Ok(parse_response(&raw))
+}
+
+/// A kept-alive HTTP/1.1 connection, for tests that send many requests (one connection per
+/// request would pile up thousands of sockets in TIME_WAIT).
+pub struct HttpConn {
+    addr: SocketAddr,
+    stream: BufReader<TcpStream>,
+}
+
+impl HttpConn {
+    pub fn connect(addr: SocketAddr) -> std::io::Result<HttpConn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        Ok(HttpConn {
+            addr,
+            stream: BufReader::new(stream),
+        })
+    }
+
+    /// One `GET` on this connection; the response is read by its `Content-Length`.
+    pub fn get(&mut self, target: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+        let mut request = format!("GET {target} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        self.stream.get_mut().write_all(request.as_bytes())?;
+        let mut raw = Vec::new();
+        loop {
+            let before = raw.len();
+            self.stream.read_until(b'\n', &mut raw)?;
+            if raw.len() == before {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if raw.ends_with(b"\r\n\r\n") {
+                break;
+            }
+        }
+        let head = parse_response(&raw);
+        let length = head
+            .header("content-length")
+            .map_or(0, |v| v.parse().unwrap_or(0));
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body)?;
+        raw.extend_from_slice(&body);
+        Ok(parse_response(&raw))
+    }
 }
 
 pub fn parse_response(raw: &[u8]) -> Response {
