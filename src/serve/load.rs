@@ -80,6 +80,11 @@ pub enum Reading {
         snapshot: Box<Snapshot>,
         problems: Vec<LoadProblem>,
         fingerprint: Fingerprint,
+        /// The read held a read lease from before the first stat to after the last: no
+        /// process had the file open for writing or was truncating it meanwhile (both
+        /// conflict with the lease), so this is a finished version of the file, whatever
+        /// its times say.
+        leased: bool,
     },
     Missing,
     /// The file changed while it was read; try again shortly.
@@ -108,7 +113,7 @@ pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
         Err(e) => return Reading::Unreadable(e),
     };
     // Held until the end of the read: a writer that opens the file meanwhile waits for it.
-    let _lease = match ReadLease::take(&file) {
+    let lease = match ReadLease::take(&file) {
         Err(Busy) if wait_for_writers => return Reading::Busy,
         Err(Busy) => None,
         Ok(lease) => lease,
@@ -137,6 +142,7 @@ pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
             snapshot: Box::new(Snapshot::loaded(index, &problems, content)),
             problems,
             fingerprint,
+            leased: lease.is_some(),
         },
         Ok(Some(reason)) => Reading::Unsafe(reason),
         // It went away or changed between our read and the check.
@@ -328,6 +334,7 @@ pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>)> {
                 snapshot,
                 problems,
                 fingerprint,
+                ..
             } => {
                 log_problems(path, &problems);
                 tracing::info!(

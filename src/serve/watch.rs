@@ -21,7 +21,8 @@
 //!   [`SETTLE`] after, and it still has the same fingerprint;
 //! - it is not the same file with the same times as last seen but another size (a truncate
 //!   caught halfway; trusted after [`MAX_STALE`], since coarse file system clocks can show
-//!   the same for a finished write);
+//!   the same for a finished write — and at once when it was read under a read lease,
+//!   which no truncate can overlap);
 //! - if it takes anything away (a token, a scope, an expiry; see
 //!   [`Snapshot::withdraws_from`]) or the file vanished: the same file is seen again,
 //!   unchanged, [`CONFIRM`] after the first read. A state that only adds goes in at once.
@@ -454,8 +455,14 @@ impl Reload {
                 snapshot,
                 problems,
                 fingerprint,
+                leased,
             } => {
-                if self.mid_truncate(fingerprint) {
+                if leased {
+                    // Its size and times, whatever they are, are those of a finished write.
+                    self.observed = Some(fingerprint);
+                    self.suspect_since = None;
+                }
+                if !leased && self.mid_truncate(fingerprint) {
                     self.retry("the file's size changed but not its times: a truncate in progress");
                 } else if !self.settled(started, fingerprint) {
                     self.retry("the file was written again while being read");
