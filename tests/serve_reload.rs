@@ -165,6 +165,33 @@ fn kubernetes_secret_volume_swap() {
     assert_eq!(serve.ask("CHECK read beta"), "UNAUTHORIZED");
 }
 
+/// Files created, renamed and removed next to the token file (an editor's swap file, a
+/// proxy's logs) do not make serve read the file again: with a million records that is
+/// half a second of work and a second index in memory each time.
+#[test]
+fn files_coming_and_going_beside_it_cost_no_reread() {
+    let (dir, file) = setup();
+    let debug = [("RUST_LOG", "tokenfile=debug")];
+    let serve = Serve::start_with(&file, dir.path(), Listen::Socket, &debug);
+    let reads = |log: &str| log.matches("the file's content is unchanged").count();
+    for i in 0..20 {
+        let swap = dir.path().join(format!(".tokens.swp{i}"));
+        fs::write(&swap, "x").unwrap();
+        fs::rename(&swap, dir.path().join("renamed")).unwrap();
+        fs::remove_file(dir.path().join("renamed")).unwrap();
+        fs::create_dir(dir.path().join("d")).unwrap();
+        fs::remove_dir(dir.path().join("d")).unwrap();
+    }
+    // Well past the reloader's quiet time, and past one periodic check.
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(reads(&serve.log()), 0, "{}", serve.log());
+    // The file itself is still followed.
+    let mut f = OpenOptions::new().append(true).open(&file).unwrap();
+    f.write_all(record("beta", "read", "b").as_bytes()).unwrap();
+    drop(f);
+    serve.answers("CHECK read beta", &ok("beta"), RELOAD);
+}
+
 /// `--file` is a symlink to a file in another directory, which is replaced by rename there.
 #[test]
 fn symlink_to_a_file_elsewhere() {

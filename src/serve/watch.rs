@@ -335,15 +335,25 @@ impl Reload {
                 self.mark_dirty()
             }
             EventKind::Modify(ModifyKind::Metadata(_)) => {}
-            // Created, removed, renamed — the file, or anything in a directory on its way
-            // (a `..data` symlink): the path may lead to another file now.
-            _ => {
-                if ours {
-                    self.writer_open = false;
-                }
+            // Created, removed, renamed: the file itself.
+            _ if ours => {
+                self.writer_open = false;
                 self.mark_dirty();
             }
+            // Another name in a directory on the way: it matters only if the path now leads
+            // to another file (a `..data` swap, a directory replaced). Other files coming and
+            // going beside it (an editor's swap file, a proxy's logs) must not cost a re-read
+            // of what may be a million records.
+            _ if self.leads_elsewhere() => self.mark_dirty(),
+            _ => trace!("a name beside the file changed; the path leads to the same file"),
         }
+    }
+
+    /// Whether the path resolves through other names, or to a file other than (or changed
+    /// since) the one the state in use came from. The fingerprint holds the file's device
+    /// and inode, so another file behind the same names shows too.
+    fn leads_elsewhere(&self) -> bool {
+        load::names(&self.path) != self.names || load::fingerprint(&self.path) != self.seen
     }
 
     fn tick(&mut self, now: Instant) {
