@@ -48,12 +48,8 @@ bin="$(realpath "${TOKENFILE_BIN:-$target_dir/release/tokenfile}")"
 load="$(realpath "${LOAD_INDEX_BIN:-$target_dir/release/examples/load_index}")"
 gen="$(realpath "${GEN_TOKENS_BIN:-$target_dir/release/examples/gen_tokens}")"
 
-if ! command -v hyperfine >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-  echo "# installing hyperfine" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null 2>&1 ||
-    { apt-get update -qq >/dev/null 2>&1 &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null 2>&1; } || true
-fi
+. bench/lib.sh
+install_if_missing hyperfine
 have_hyperfine=0
 command -v hyperfine >/dev/null 2>&1 && have_hyperfine=1
 

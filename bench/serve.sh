@@ -53,11 +53,9 @@ bin="$(realpath "${TOKENFILE_BIN:-$target_dir/release/tokenfile}")"
 gen="$(realpath "${GEN_TOKENS_BIN:-$target_dir/release/examples/gen_tokens}")"
 load="$(realpath "${SOCKET_LOAD_BIN:-$target_dir/release/examples/socket_load}")"
 
+. bench/lib.sh
+install_if_missing wrk nginx curl
 for tool in wrk nginx curl; do
-  if ! command -v "$tool" >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-    echo "# installing $tool" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool" >/dev/null 2>&1 || true
-  fi
   command -v "$tool" >/dev/null 2>&1 || { echo "bench/serve.sh: needs $tool" >&2; exit 1; }
 done
 
