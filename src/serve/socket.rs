@@ -8,9 +8,9 @@
 //! Every line gets exactly one answer, in order, so a client may pipeline. A line is at most
 //! [`MAX_LINE`] bytes; a longer one is answered `ERROR line too long` and skipped up to its
 //! newline, and the connection stays usable. A last line without a newline is answered at
-//! end of input (`printf 'PING' | nc -U …` works). Clients are independent tasks: a slow or
-//! silent one only ever holds its own connection, and only until [`IDLE_TIMEOUT`] /
-//! [`WRITE_TIMEOUT`].
+//! end of input (`printf 'PING' | nc -U …` works). Clients are independent tasks: a slow one
+//! only ever holds its own connection — a silent one until [`IDLE_TIMEOUT`], one that does
+//! not read its answers until [`WRITE_TIMEOUT`].
 
 use std::fs;
 use std::io;
@@ -39,7 +39,9 @@ use super::{next_connection, stopped};
 pub const MAX_LINE: usize = 8 * 1024;
 const SOCKET_MODE: u32 = 0o660;
 const MAX_CONNECTIONS: usize = 1024;
-/// A connection with no complete request for this long is closed.
+/// A connection that sends nothing for this long is closed. (Each read restarts it: a client
+/// trickling a line byte by byte keeps its connection, and its one slot of
+/// [`MAX_CONNECTIONS`]; the socket is for the local group only, see the README.)
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// A client that does not read its answers for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
