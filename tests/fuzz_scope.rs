@@ -181,11 +181,11 @@ fn fuzz_scope_matcher() {
                     let grant = Grant {
                         id: Digest::of(b"t").id(),
                         name: "n".into(),
-                        scopes: set.clone().into(),
+                        scopes: set.clone(),
                         expires,
                         line: 1,
                     };
-                    let decision = decide(true, known.then_some(&grant), &req, now);
+                    let decision = decide(true, known.then_some(grant.view()), &req, now);
                     let expected = if !known {
                         Decision::Unauthorized(Unauthorized::Unknown)
                     } else if expires.is_some_and(|e| e <= now) {
@@ -193,16 +193,16 @@ fn fuzz_scope_matcher() {
                     } else if set.grants(&req) {
                         Decision::Granted {
                             id: grant.id,
-                            name: grant.name.clone(),
+                            name: &grant.name,
                         }
                     } else {
                         Decision::Forbidden {
                             id: grant.id,
-                            name: grant.name.clone(),
+                            name: &grant.name,
                         }
                     };
                     prop_assert_eq!(decision, expected);
-                    let nobody = decide(false, Some(&grant), &req, now);
+                    let nobody = decide(false, Some(grant.view()), &req, now);
                     prop_assert_eq!(nobody, Decision::Unauthorized(Unauthorized::NoToken));
                     Ok(())
                 },

@@ -457,7 +457,12 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     lint::ensure_safe(ctx.store.path())?;
     let grant =
         check::find_record_in(file, &token).map_err(|e| Error::io("read", ctx.store.path(), e))?;
-    let decision = check::decide(!token.is_empty(), grant.as_ref(), &required, when::now());
+    let decision = check::decide(
+        !token.is_empty(),
+        grant.as_ref().map(check::Grant::view),
+        &required,
+        when::now(),
+    );
     // Scripts match `reason` against the four documented words, so the checksum finding
     // goes in a separate hint.
     let damaged = matches!(decision, Decision::Unauthorized(Unauthorized::Unknown))

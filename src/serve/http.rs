@@ -177,15 +177,20 @@ fn check(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
         }
     };
     let token = bearer(request.headers());
-    let decision = shared.check(&token, &required);
-    log_decision("http", &decision);
+    shared.check(&token, &required, |decision| {
+        log_decision("http", &decision);
+        decision_response(decision)
+    })
+}
+
+fn decision_response(decision: Decision<'_>) -> Response<Body> {
     match decision {
         Decision::Granted { id, name } => {
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::NO_CONTENT;
             let headers = response.headers_mut();
             headers.insert("x-token-id", header_value(id.as_str()));
-            headers.insert("x-token-name", header_value(&header_safe(&name)));
+            headers.insert("x-token-name", header_value(&header_safe(name)));
             response
         }
         Decision::Forbidden { id, .. } => {

@@ -248,28 +248,29 @@ pub fn answer(shared: &Shared, line: &[u8], out: &mut Vec<u8>) {
         Some(space) => (&line[..space], Some(&line[space + 1..])),
         None => (line, None),
     };
-    let reply = if verb.eq_ignore_ascii_case(b"CHECK") {
-        check(shared, args.unwrap_or_default())
-    } else if verb.eq_ignore_ascii_case(b"PING") && args.is_none_or(|a| a.is_empty()) {
+    if verb.eq_ignore_ascii_case(b"CHECK") {
+        return check(shared, args.unwrap_or_default(), out);
+    }
+    let reply = if verb.eq_ignore_ascii_case(b"PING") && args.is_none_or(|a| a.is_empty()) {
         Reply::Pong
     } else if line.is_empty() {
         Reply::Error("empty request (expected CHECK or PING)".into())
     } else {
         Reply::Error("unknown request (expected CHECK <scope>[,<scope>…] <token>, or PING)".into())
     };
-    if matches!(reply, Reply::Error(_)) && !verb.eq_ignore_ascii_case(b"CHECK") {
+    if matches!(reply, Reply::Error(_)) {
         shared.count_invalid();
     }
     reply.write(out);
 }
 
-enum Reply {
-    Decision(Decision),
+enum Reply<'a> {
+    Decision(Decision<'a>),
     Pong,
     Error(String),
 }
 
-impl Reply {
+impl Reply<'_> {
     fn write(self, out: &mut Vec<u8>) {
         match self {
             Reply::Decision(Decision::Granted { id, .. }) => {
@@ -295,8 +296,8 @@ impl Reply {
 }
 
 /// `CHECK <scopes> <token>`: a missing token is answered like HTTP's missing one,
-/// `UNAUTHORIZED`; a bad scope is an error, never a grant.
-fn check(shared: &Shared, args: &[u8]) -> Reply {
+/// `UNAUTHORIZED`; a bad scope is an error, never a grant. The answer goes to `out`.
+fn check(shared: &Shared, args: &[u8], out: &mut Vec<u8>) {
     let (scopes, token) = match args.iter().position(|&b| b == b' ') {
         Some(space) => (&args[..space], &args[space + 1..]),
         None => (args, &[][..]),
@@ -308,17 +309,18 @@ fn check(shared: &Shared, args: &[u8]) -> Reply {
         Ok(required) => required,
         Err(e) => {
             shared.count_invalid();
-            return Reply::Error(e.to_string());
+            return Reply::Error(e.to_string()).write(out);
         }
     };
     let token = token.trim_ascii();
     if token.iter().any(u8::is_ascii_whitespace) {
         shared.count_invalid();
-        return Reply::Error("a token contains no whitespace".into());
+        return Reply::Error("a token contains no whitespace".into()).write(out);
     }
-    let decision = shared.check(&Secret::new(token.to_vec()), &required);
-    log_decision("socket", &decision);
-    Reply::Decision(decision)
+    shared.check(&Secret::new(token.to_vec()), &required, |decision| {
+        log_decision("socket", &decision);
+        Reply::Decision(decision).write(out)
+    })
 }
 
 /// One debug line per decision: the record's ID and the outcome. Never the token — nor the

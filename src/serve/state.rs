@@ -138,19 +138,23 @@ impl Shared {
         self.current.swap(Arc::new(snapshot))
     }
 
-    /// The one decision both listeners use, counted by outcome.
-    pub fn check(&self, token: &Secret, required: &RequiredScopes) -> Decision {
+    /// The one decision both listeners use, counted by outcome and handed to `answer`
+    /// (it borrows the record's name from the state in use, which stays alive meanwhile).
+    pub fn check<R>(
+        &self,
+        token: &Secret,
+        required: &RequiredScopes,
+        answer: impl FnOnce(Decision<'_>) -> R,
+    ) -> R {
+        let snapshot = self.current.load();
         let decision = if token.expose().len() > MAX_TOKEN_LEN {
             // Same limit as `tokenfile check` on stdin, so both answer alike.
             Decision::Unauthorized(Unauthorized::Unknown)
         } else {
-            self.current
-                .load()
-                .index
-                .check(token, required, when::now())
+            snapshot.index.check(token, required, when::now())
         };
         self.metrics.count_check(Outcome::of(&decision));
-        decision
+        answer(decision)
     }
 
     /// A request that could not be decided (no or malformed scope).
@@ -184,10 +188,9 @@ mod tests {
         let (snapshot, _) = Snapshot::from_bytes(format!("{long}\n").as_bytes());
         let shared = Shared::new(PathBuf::from("t"), snapshot);
         let required = RequiredScopes::parse(&["read"]).unwrap();
-        assert_eq!(
-            shared.check(&Secret::new(long.into_bytes()), &required),
-            Decision::Unauthorized(Unauthorized::Unknown)
-        );
+        shared.check(&Secret::new(long.into_bytes()), &required, |decision| {
+            assert_eq!(decision, Decision::Unauthorized(Unauthorized::Unknown))
+        });
         let text = shared.metrics.render(&shared.snapshot());
         assert!(text.contains("tokenfile_checks_total{outcome=\"unauthorized\"} 1"));
     }
@@ -211,9 +214,8 @@ mod tests {
     fn empty_state_grants_nothing() {
         let shared = Shared::new(PathBuf::from("t"), Snapshot::empty(FileStatus::Missing));
         let required = RequiredScopes::parse(&["read"]).unwrap();
-        assert!(matches!(
-            shared.check(&Secret::new(b"tok".to_vec()), &required),
-            Decision::Unauthorized(Unauthorized::Unknown)
-        ));
+        shared.check(&Secret::new(b"tok".to_vec()), &required, |decision| {
+            assert_eq!(decision, Decision::Unauthorized(Unauthorized::Unknown))
+        });
     }
 }
