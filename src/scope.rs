@@ -149,7 +149,26 @@ impl ScopeSet {
         if args.is_empty() {
             return Err(Error::usage("at least one --scope is required"));
         }
-        ScopeSet::parse(joined.as_bytes()).map_err(|e| Error::usage(format!("--scope: {e}")))
+        let set = ScopeSet::parse(joined.as_bytes())
+            .map_err(|e| Error::usage(format!("--scope: {e}")))?;
+        for item in &set.0 {
+            let text = item.to_string();
+            if crate::token::shape(text.as_bytes()) == crate::token::Shape::Minted {
+                return Err(Error::usage(
+                    "--scope: that is a tokenfile token, not a scope; a token never goes on \
+                     the command line (it would show in `ps` and in your shell history)",
+                ));
+            }
+            if item.is_dead() {
+                let stem = text.trim_end_matches('*').trim_end_matches(':');
+                return Err(Error::usage(format!(
+                    "--scope {text}: a `*` works only alone (`*`, every scope) or after a final \
+                     colon (`{stem}:*`, every scope that starts with `{stem}:`); `{text}` would \
+                     never match a check"
+                )));
+            }
+        }
+        Ok(set)
     }
 
     pub fn grants(&self, required: &RequiredScopes) -> bool {
@@ -186,7 +205,10 @@ impl RequiredScopes {
             for raw in arg.as_ref().split(',') {
                 let item = raw.trim_matches(' ');
                 if item.is_empty() {
-                    return Err(Error::usage("empty required scope"));
+                    return Err(Error::usage(
+                        "empty required scope: an empty scope, or an empty item in a list \
+                         (a stray comma, as in `read,`)",
+                    ));
                 }
                 if !is_scope_word(item.as_bytes()) {
                     return Err(Error::usage(format!(

@@ -166,11 +166,20 @@ impl Store {
 }
 
 pub fn missing_file(path: &Path) -> Error {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let create = match parent {
+        // `init` makes no directories: say so before it fails.
+        Some(dir) if !dir.is_dir() => format!(
+            "mkdir -p {} && tokenfile --file {} init",
+            dir.display(),
+            path.display()
+        ),
+        _ => format!("tokenfile --file {} init", path.display()),
+    };
     Error::File(format!(
-        "{} does not exist: create it with `tokenfile --file {} init`, or point --file / \
-         $TOKENFILE at your token file",
+        "{} does not exist: create it with `{create}`, or point --file / $TOKENFILE at \
+         your token file",
         path.display(),
-        path.display()
     ))
 }
 

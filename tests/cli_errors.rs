@@ -334,3 +334,162 @@ fn serve_logs_bad_lines_by_number_and_keeps_serving() {
     );
     assert!(out.stdout.is_empty(), "{out:?}");
 }
+
+/// A token pasted where an argument belongs is never echoed back: not by the argument
+/// parser's complaint, not in a denial, not in an error; `mint` refuses to store one as a
+/// scope or a name (it would land in the file and the audit log).
+#[test]
+fn a_token_pasted_into_an_argument_is_never_echoed() {
+    let env = Env::init();
+    let token = env.mint(&["--scope", "read"]);
+    let id = id_of(token.as_bytes());
+    let redacted = "[token redacted]";
+    for args in [
+        vec!["id", token.as_str()],
+        vec!["check", "--scope", "read", token.as_str()],
+        vec!["revoke", token.as_str()],
+        vec!["rotate", token.as_str()],
+        vec!["mint", "--scope", "read", "--expires", token.as_str()],
+    ] {
+        let out = env.tokenfile_stdin(&args, format!("{token}\n").as_bytes());
+        assert_ne!(out.code, OK, "{args:?}: {out:?}");
+        let code = out.code;
+        explains(out, code, &[redacted], &[&token]);
+    }
+    // The token as the required scope: a valid scope word, so a denial that names it.
+    let out = env.tokenfile_stdin(
+        &["check", "--scope", &token],
+        format!("{token}\n").as_bytes(),
+    );
+    explains(out, FORBIDDEN, &[&id, redacted], &[&token]);
+    let out = env.tokenfile(&["check", "--scope", "read", "--token-env", &token]);
+    explains(out, UNAUTHORIZED, &[redacted], &[&token]);
+    let before = env.read();
+    for flag in ["--scope", "--name"] {
+        let mut args = vec!["mint", flag, token.as_str()];
+        if flag == "--name" {
+            args.extend(["--scope", "read"]);
+        }
+        let out = env.tokenfile(&args);
+        explains(
+            out,
+            USAGE,
+            &[flag, "a tokenfile token", "command line"],
+            &[&token],
+        );
+    }
+    assert_eq!(env.read(), before, "a refused mint changed the file");
+    let audit = fs_read(&env.audit_path());
+    assert!(!audit.contains(&token), "the audit log holds the token");
+}
+
+fn fs_read(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A scope with a `*` anywhere but alone or after a final colon never matches a check: mint
+/// says so and suggests the prefix form instead of issuing a useless token.
+#[test]
+fn mint_refuses_a_scope_that_can_never_match() {
+    let env = Env::init();
+    let before = env.read();
+    for (scope, suggested) in [
+        ("kafka*", "kafka:*"),
+        ("a*b", "a*b:*"),
+        ("read,x:*y", "x:*y:*"),
+    ] {
+        let out = env.tokenfile(&["mint", "--scope", scope]);
+        let out = explains(out, USAGE, &["never match", suggested], &[]);
+        assert!(out.stdout.is_empty(), "{out:?}");
+    }
+    assert_eq!(env.read(), before);
+    env.mint(&["--scope", "kafka:*"]);
+    env.mint(&["--scope", "*"]);
+}
+
+#[test]
+fn empty_required_scopes_point_at_the_stray_comma() {
+    let env = Env::init();
+    for scope in ["", "read,", "a,,b"] {
+        let out = env.tokenfile_stdin(&["check", "--scope", scope], b"tok\n");
+        explains(out, USAGE, &["empty required scope", "stray comma"], &[]);
+    }
+}
+
+/// Whitespace pasted with a token: the token is compared exactly (a check never trims), and
+/// the message says what is wrong rather than calling a whole token truncated.
+#[test]
+fn a_token_with_whitespace_around_it_is_explained() {
+    let env = Env::init();
+    let token = env.mint(&["--scope", "read"]);
+    for pasted in [
+        format!("{token} "),
+        format!(" {token}"),
+        format!("{token}\t"),
+    ] {
+        let out = env.check_out(&pasted, &["read"]);
+        let out = explains(out, UNAUTHORIZED, &["whitespace"], &[&token]);
+        assert!(!out.err().contains("truncated"), "{out:?}");
+        let out = env.tokenfile_stdin(
+            &["check", "--scope", "read", "--json"],
+            format!("{pasted}\n").as_bytes(),
+        );
+        let out = out.code(UNAUTHORIZED);
+        assert_eq!(out.json()["reason"], "unknown token");
+        assert!(out.json()["hint"].as_str().unwrap().contains("whitespace"));
+    }
+}
+
+#[test]
+fn list_marks_a_repeated_token_as_a_duplicate() {
+    let env = edited_into_a_bad_state();
+    let records = env.records();
+    let status: Vec<(u64, &str)> = records
+        .iter()
+        .map(|r| (r["line"].as_u64().unwrap(), r["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(status, [(2, "active"), (5, "duplicate")], "{records:?}");
+    let out = env.tokenfile(&["list"]).ok();
+    let rows: Vec<String> = out.out().lines().skip(1).map(str::to_string).collect();
+    assert!(
+        rows[0].contains(" active ") && rows[1].contains(" duplicate "),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn a_missing_file_in_a_missing_directory_gets_a_way_out_that_works() {
+    let env = Env::new();
+    let file = env.path("nodir/tokens");
+    let file = file.to_str().unwrap();
+    let dir = env.path("nodir").display().to_string();
+    let out = env.tokenfile(&["--file", file, "list"]);
+    let way_out = format!("mkdir -p {dir} && tokenfile --file {file} init");
+    explains(out, IO, &[file, &way_out], &[]);
+    // And it does work.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(way_out.replace("tokenfile ", &format!("{BIN} ")))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    env.tokenfile(&["--file", file, "list"]).ok();
+}
+
+#[test]
+fn lint_sends_line_problems_to_edit_and_mode_problems_to_chmod() {
+    let env = Env::init();
+    env.mint(&["--scope", "read"]);
+    env.chmod(0o666);
+    let out = env.tokenfile(&["lint"]);
+    let out = explains(out, PROBLEMS, &["each message above says how"], &[]);
+    assert!(out.out().contains("chmod o-w"), "{out:?}");
+    assert!(!out.err().contains("tokenfile edit"), "{out:?}");
+    let env = edited_into_a_bad_state();
+    explains(
+        env.tokenfile(&["lint"]),
+        PROBLEMS,
+        &["fix the lines with `tokenfile edit`"],
+        SECRETS,
+    );
+}

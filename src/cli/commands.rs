@@ -74,6 +74,12 @@ fn check_name(name: &str) -> Result<()> {
             "--name must not contain a TAB or a line break",
         ));
     }
+    if token::shape(name.as_bytes()) == Shape::Minted {
+        return Err(Error::usage(
+            "--name: that is a tokenfile token, not a name; a token never goes on the \
+             command line (it would show in `ps` and in your shell history)",
+        ));
+    }
     Ok(())
 }
 
@@ -447,6 +453,8 @@ struct CheckReport<'a> {
 }
 
 const DAMAGED_HINT: &str = "mistyped or truncated: its checksum does not match";
+const WHITESPACE_HINT: &str =
+    "it begins or ends with whitespace (pasted with a space or TAB?); tokens have none";
 
 fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     // Scopes first: a malformed scope is a usage error before anything else happens.
@@ -465,8 +473,19 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     );
     // Scripts match `reason` against the four documented words, so the checksum finding
     // goes in a separate hint.
-    let damaged = matches!(decision, Decision::Unauthorized(Unauthorized::Unknown))
-        && token::shape(token.expose()) == Shape::DamagedMinted;
+    let unknown = matches!(decision, Decision::Unauthorized(Unauthorized::Unknown));
+    let hint = if !unknown {
+        None
+    } else if token.expose().first().is_some_and(u8::is_ascii_whitespace)
+        || token.expose().last().is_some_and(u8::is_ascii_whitespace)
+    {
+        // Checked first: a whole token with a space pasted after it is no damaged token.
+        Some(WHITESPACE_HINT)
+    } else if token::shape(token.expose()) == Shape::DamagedMinted {
+        Some(DAMAGED_HINT)
+    } else {
+        None
+    };
     let report = match &decision {
         Decision::Granted { id, name } => ("granted", Some(id), Some(name), None),
         Decision::Forbidden { id, name } => {
@@ -486,10 +505,10 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
             id: report.1.map(ToString::to_string),
             name: report.2.map(ToString::to_string),
             reason: report.3,
-            hint: damaged.then_some(DAMAGED_HINT),
+            hint,
             required: required.iter().collect(),
         })?;
-    } else if let Some(why) = denial(ctx, &decision, grant.as_ref(), &required, &args, damaged) {
+    } else if let Some(why) = denial(ctx, &decision, grant.as_ref(), &required, &args, hint) {
         note(&format!("denied: {why}"));
     }
     Ok(match decision {
@@ -507,7 +526,7 @@ fn denial(
     grant: Option<&check::Grant>,
     required: &RequiredScopes,
     args: &CheckArgs,
-    damaged: bool,
+    hint: Option<&str>,
 ) -> Option<String> {
     let file = ctx.store.path().display();
     Some(match decision {
@@ -545,10 +564,15 @@ fn denial(
                 .map(format_timestamp)
                 .unwrap_or_default()
         ),
-        Decision::Unauthorized(Unauthorized::Unknown) if damaged => format!(
+        Decision::Unauthorized(Unauthorized::Unknown) if hint == Some(DAMAGED_HINT) => format!(
             "unknown token: it looks like a tokenfile token that was {DAMAGED_HINT}; \
              copy it again in full"
         ),
+        Decision::Unauthorized(Unauthorized::Unknown) if hint == Some(WHITESPACE_HINT) => {
+            format!(
+                "unknown token: {WHITESPACE_HINT}; pass it exactly, e.g. `printf '%s\\n' \"$T\"`"
+            )
+        }
         Decision::Unauthorized(Unauthorized::Unknown) => format!(
             "unknown token: no valid record in {file} has it (is this the right --file? \
              `tokenfile lint` reports lines that were ignored as invalid)"
@@ -611,7 +635,10 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
                 listing.records.push(ListedRecord {
                     id: r.id().to_string(),
                     line,
-                    status: if r.is_expired(now) {
+                    // A repeat grants nothing whatever its expiry: only the first counts.
+                    status: if duplicate_of_line.is_some() {
+                        "duplicate"
+                    } else if r.is_expired(now) {
                         "expired"
                     } else {
                         "active"
@@ -731,8 +758,14 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
             ));
         }
         output::print(&text)?;
-        let next = if errors > 0 {
-            "; fix them with `tokenfile edit` (it shows each line and checks your fix)"
+        // `edit` fixes lines; a file's mode or a directory is fixed as its message says.
+        let line_errors = findings
+            .iter()
+            .any(|f| matches!(f.severity, Severity::Error) && f.line.is_some());
+        let next = if line_errors {
+            "; fix the lines with `tokenfile edit` (it shows each line and checks your fix)"
+        } else if errors > 0 {
+            "; each message above says how to fix it"
         } else {
             ""
         };

@@ -37,7 +37,13 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
+            // clap quotes the argument it rejects: a token pasted as one must not show.
+            let text = output::redact(&e.render().to_string()).into_owned();
+            if e.use_stderr() {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
             // --help and --version are successes; everything else clap rejects is usage.
             return ExitCode::from(if e.use_stderr() {
                 Exit::Usage.code()
@@ -53,7 +59,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("tokenfile: error: {e}");
+            output::note(&format!("error: {e}"));
             ExitCode::from(e.exit().code())
         }
     }

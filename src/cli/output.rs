@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+pub use crate::token::redact;
 
 fn stdout_error(e: io::Error) -> Error {
     Error::io("write to", Path::new("standard output"), e)
@@ -26,9 +27,9 @@ pub fn print_json(value: &impl Serialize) -> Result<()> {
     print(&format!("{text}\n"))
 }
 
-/// Human context on stderr.
+/// Human context on stderr (a token pasted into an argument is redacted).
 pub fn note(text: &str) {
-    eprintln!("tokenfile: {text}");
+    eprintln!("tokenfile: {}", redact(text));
 }
 
 /// Names come from the file and may hold anything but TAB; keep terminal control

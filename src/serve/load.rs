@@ -305,11 +305,25 @@ pub fn names(path: &Path) -> Vec<PathBuf> {
     names
 }
 
-/// Gives the memory of a dropped state back to the system. glibc keeps freed
-/// blocks for reuse instead, and an index is a million of them (its names) in the arena of
-/// the thread that built it, next to the blocks of the state in use: without this, a process
-/// that reloaded once held about twice the memory of its index for the rest of its life (see
-/// BENCHMARKS.md).
+/// Makes every large block (an index's entries, names, table: tens of MiB for a million
+/// records) a mapping of its own, given back to the system the moment it is freed.
+///
+/// glibc's default is to raise that threshold after the first such block is freed, up to
+/// 32 MiB, and to serve later ones from its heaps, which it keeps: with the default, RSS
+/// after each reload of a 1M-record file wandered between 94 and 127 MiB and the peak during
+/// one grew reload after reload (211 → 270 MiB); with a fixed 1 MiB threshold RSS stays at
+/// 94 MiB and the peak at 203 MiB — the index in use plus the one being built (see
+/// BENCHMARKS.md). Called once, before the first load.
+pub fn map_large_blocks() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a tunable of the allocator; no memory is passed.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+/// Gives the memory of a dropped state back to the system: what is left of it in glibc's
+/// heaps after [`map_large_blocks`] (the scope sets, small blocks of the loaders' threads).
 pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory of the allocator's own to the kernel.

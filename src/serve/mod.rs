@@ -49,6 +49,7 @@ pub fn run(options: ServeOptions) -> Result<Exit> {
     }
     init_logging();
     early_signals()?;
+    load::map_large_blocks();
     let (snapshot, fingerprint) = load::initial(&options.file)?;
     let shared = Arc::new(Shared::new(options.file.clone(), snapshot));
     // Bind before any thread exists; see the module comment.
