@@ -33,10 +33,12 @@ pub enum Error {
     Usage(String),
     /// No record in `file` has that ID.
     NoSuchId { id: String, file: PathBuf },
-    /// The ID prefix matches more than one record; the candidates are listed.
+    /// The ID prefix matches more than one record of `file`; the candidates are listed
+    /// (ID and name).
     AmbiguousId {
         prefix: String,
         candidates: Vec<String>,
+        file: PathBuf,
     },
     /// The file has problems (lint, edit) — the message says which.
     Problems(String),
@@ -92,9 +94,14 @@ impl fmt::Display for Error {
                  (is this the right --file?)",
                 file.display()
             ),
-            Error::AmbiguousId { prefix, candidates } => write!(
+            Error::AmbiguousId {
+                prefix,
+                candidates,
+                file,
+            } => write!(
                 f,
-                "ID prefix {prefix} is ambiguous; it matches {}: give more digits",
+                "ID prefix {prefix} is ambiguous in {}; it matches {}: give more digits",
+                file.display(),
                 candidates.join(", ")
             ),
             Error::Io {
@@ -127,6 +134,10 @@ fn next_step(kind: io::ErrorKind) -> &'static str {
             "; run as a user who may (the file's owner, or with sudo), or fix its permissions"
         }
         io::ErrorKind::IsADirectory => "; --file must name a file, not a directory",
+        io::ErrorKind::AddrInUse => {
+            "; another process listens there (another serve?): stop it, or choose another port"
+        }
+        io::ErrorKind::AddrNotAvailable => "; that address is not one of this host's",
         io::ErrorKind::ReadOnlyFilesystem => "; the file system is read-only: nothing was changed",
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
             "; free some space and try again: nothing was changed"

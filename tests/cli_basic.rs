@@ -246,10 +246,14 @@ fn an_ambiguous_prefix_is_refused_and_lists_the_candidates() {
     let (id_a, id_b) = (id_of(a.as_bytes()), id_of(b.as_bytes()));
     for cmd in ["revoke", "rotate"] {
         let out = env.tokenfile(&[cmd, &prefix]).code(NO_SUCH_ID);
-        assert!(
-            out.err().contains(&id_a) && out.err().contains(&id_b),
-            "{out:?}"
-        );
+        // The candidates with their names, and the file they are in.
+        for part in [
+            format!("{id_a} (first)"),
+            format!("{id_b} (second)"),
+            env.file_str(),
+        ] {
+            assert!(out.err().contains(&part), "{part:?}: {out:?}");
+        }
         assert!(out.stdout.is_empty(), "{out:?}");
     }
     assert_eq!(env.read(), original.as_bytes());

@@ -493,3 +493,18 @@ fn lint_sends_line_problems_to_edit_and_mode_problems_to_chmod() {
         SECRETS,
     );
 }
+
+/// A port another process holds: the message says what to do about it.
+#[test]
+fn serve_on_a_taken_port_says_what_to_do() {
+    let env = Env::init();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = env.tokenfile(&["serve", "--http", &addr]);
+    explains(
+        out,
+        IO,
+        &[&addr, "another process listens there", "another port"],
+        &[],
+    );
+}

@@ -49,11 +49,27 @@ fn systemd_unit_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokenfile.service");
     fs::write(&path, unit.replace("/usr/local/bin/tokenfile", BIN)).unwrap();
-    let out = Command::new(analyze)
-        .args(["verify", "--man=no"])
-        .arg(&path)
-        .output()
+    // The unit's Documentation=man:tokenfile(1) must resolve, once installed as its
+    // comment says (into a MANPATH of our own here).
+    let man1 = dir.path().join("man/man1");
+    fs::create_dir_all(&man1).unwrap();
+    let made = Command::new(BIN)
+        .args(["man", "--dir"])
+        .arg(&man1)
+        .status()
         .unwrap();
+    assert!(made.success());
+    assert!(unit.contains("Documentation=man:tokenfile(1)"));
+    assert!(unit.contains("tokenfile man --dir /usr/local/share/man/man1"));
+    let mut verify = Command::new(analyze);
+    verify.arg("verify").arg(&path);
+    if find_tool("man").is_some() {
+        verify.env("MANPATH", dir.path().join("man"));
+    } else {
+        eprintln!("man is not installed: Documentation= is not checked");
+        verify.arg("--man=no");
+    }
+    let out = verify.output().unwrap();
     assert!(
         out.status.success(),
         "systemd-analyze verify failed:\n{}",

@@ -703,51 +703,78 @@ fn listed_commands() -> Vec<String> {
         .collect()
 }
 
+/// A rendered man page (`man -l`), or its roff source when `man` is not installed.
+fn render_man_page(page: &Path) -> String {
+    let Some(man) = find_tool("man") else {
+        eprintln!("man is not installed: checking the roff source only");
+        return fs::read_to_string(page).unwrap();
+    };
+    let out = Command::new(man)
+        .arg("-l")
+        .arg(page)
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("NAME"),
+        "man -l {page:?} failed: {out:?}"
+    );
+    text
+}
+
 #[test]
-fn man_page_renders_and_documents_every_command() {
+fn man_pages_render_and_document_every_command_and_its_options() {
     let fx = Fixture::new();
     let out = Command::new(BIN).arg("man").output().unwrap();
     assert!(out.status.success());
     let roff = String::from_utf8(out.stdout).unwrap();
+    assert!(roff.contains(".TH tokenfile"), "{roff}");
+    let dir = fx.root.path().join("man1");
+    fs::create_dir(&dir).unwrap();
+    let out = Command::new(BIN)
+        .args(["man", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
     assert!(
-        roff.starts_with(".ie") || roff.contains(".TH tokenfile"),
-        "{roff}"
+        out.stdout.is_empty(),
+        "the pages go into the directory: {out:?}"
     );
-    let page = fx.root.path().join("tokenfile.1");
-    fs::write(&page, &roff).unwrap();
-    let text = match find_tool("man") {
-        Some(man) => {
-            let out = Command::new(man)
-                .arg("-l")
-                .arg(&page)
-                .env("MANPAGER", "cat")
-                .env("MANWIDTH", "100")
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            assert!(
-                out.status.success() && text.contains("NAME"),
-                "man -l failed: {out:?}"
-            );
-            text
-        }
-        None => {
-            eprintln!("man is not installed: checking the roff source only");
-            roff
-        }
-    };
-    let commands = listed_commands();
-    assert!(commands.len() >= 12, "{commands:?}");
-    for command in commands {
+    // `tokenfile man` prints exactly the page `--dir` writes as tokenfile.1.
+    assert_eq!(fs::read_to_string(dir.join("tokenfile.1")).unwrap(), roff);
+    let main = render_man_page(&dir.join("tokenfile.1"));
+    for heading in ["EXIT STATUS", "SECURITY", "--lock-timeout"] {
         assert!(
-            text.contains(&format!("tokenfile-{command}")) || text.contains(&command),
-            "the man page does not mention `{command}`:\n{text}"
+            main.contains(heading),
+            "tokenfile(1) lacks {heading:?}:\n{main}"
         );
     }
-    assert!(
-        text.contains("Exit codes"),
-        "the man page should list the exit codes"
-    );
+    assert!(!main.contains("EXTRA"), "{main}");
+    let commands = listed_commands();
+    assert!(commands.len() >= 12, "{commands:?}");
+    let mut cli = <tokenfile::cli::Cli as clap::CommandFactory>::command();
+    cli.build();
+    for command in commands {
+        let reference = format!("tokenfile-{command}(1)");
+        assert!(
+            main.contains(&reference),
+            "tokenfile(1) does not list {reference}"
+        );
+        let page = render_man_page(&dir.join(format!("tokenfile-{command}.1")));
+        let sub = cli.find_subcommand(&command).unwrap();
+        // Every option the command takes, its own and the global ones, is on its page.
+        for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+            if let Some(long) = arg.get_long() {
+                assert!(
+                    page.contains(&format!("--{long}")),
+                    "tokenfile-{command}(1) does not document --{long}:\n{page}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 pub const DEFAULT_FILE: &str = "/etc/tokenfile/tokens";
 
-const AFTER_HELP: &str = "\
+/// Also the man page's EXIT STATUS and SECURITY sections (split at the blank line).
+pub const AFTER_HELP: &str = "\
 Exit codes:
   0   success; for `check`: granted
   1   check: the token is valid but lacks a required scope
@@ -15,7 +16,7 @@ Exit codes:
   3   check: no token, unknown token or expired token
   4   no record has that ID, or the ID prefix is ambiguous
   5   lint/edit: the file has problems; or the file is unsafe to use (world-writable)
-  10  I/O failure: cannot read or write the file, lock timeout
+  10  I/O failure: cannot read or write the file, lock timeout, `init` on an existing file
 
 Tokens are never taken from the command line: `check` and `id` read the first line of
 stdin (or `check --token-env VAR`). A minted token is printed once, alone, on stdout.";
@@ -96,13 +97,18 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
 
-    /// Print the man page (roff) on stdout
-    // Hidden from --help: a packager runs it once (`tokenfile man > tokenfile.1`), while
+    /// Print the man page tokenfile(1) (roff) on stdout, or write it and one page per
+    /// command (tokenfile-mint(1), …) into a directory
+    // Hidden from --help: a packager runs it once (`tokenfile man --dir …/man1`), while
     // --help is the first screen every user reads. It stays a stable, documented command
-    // (README "Man page and shell completions"); a hidden subcommand also keeps the page
-    // from listing itself.
+    // (README "Man page and shell completions"); a hidden subcommand also keeps the pages
+    // from listing it.
     #[command(hide = true)]
-    Man,
+    Man {
+        /// Write tokenfile.1 and tokenfile-<command>.1 into DIR (e.g. ~/.cargo/share/man/man1)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -41,12 +41,15 @@ pub fn dispatch(ctx: &Context, command: Command) -> Result<Exit> {
             output::print(&String::from_utf8_lossy(&out))?;
             Ok(Exit::Success)
         }
-        Command::Man => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut out)
-                .map_err(|e| Error::File(format!("cannot render the man page: {e}")))?;
-            output::print(&String::from_utf8_lossy(&out))?;
+        Command::Man { dir: None } => {
+            let pages = super::man::pages()?;
+            output::print(&String::from_utf8_lossy(&pages[0].1))?;
+            Ok(Exit::Success)
+        }
+        Command::Man { dir: Some(dir) } => {
+            for path in super::man::write_pages(&dir)? {
+                note(&format!("wrote {path}"));
+            }
             Ok(Exit::Success)
         }
     }
@@ -241,7 +244,13 @@ fn warn_about_file(ctx: &Context, invalid: &[usize]) {
 
 /// Resolves user-given IDs or prefixes against the records of a document.
 fn resolve_ids(doc: &Document, given: &[String], file: &Path) -> Result<Vec<Id>> {
-    let known: BTreeSet<Id> = doc.records().map(|(_, r)| r.id()).collect();
+    let mut names = std::collections::HashMap::new();
+    for (_, record) in doc.records() {
+        names
+            .entry(record.id())
+            .or_insert_with(|| record.name_lossy());
+    }
+    let known: BTreeSet<Id> = names.keys().copied().collect();
     let mut resolved = Vec::new();
     for text in given {
         let prefix = IdPrefix::parse(text)?;
@@ -263,9 +272,14 @@ fn resolve_ids(doc: &Document, given: &[String], file: &Path) -> Result<Vec<Id>>
                 }
             }
             many => {
+                let named = |id: &Id| match names.get(id).map(String::as_str) {
+                    None | Some("") => id.to_string(),
+                    Some(name) => format!("{id} ({})", printable(name)),
+                };
                 return Err(Error::AmbiguousId {
                     prefix: text.clone(),
-                    candidates: many.iter().map(ToString::to_string).collect(),
+                    candidates: many.iter().map(named).collect(),
+                    file: file.to_path_buf(),
                 });
             }
         }
