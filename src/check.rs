@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 
-use crate::format::{self, Entry, HASH_PREFIX, Invalid, Record};
+use crate::format::{self, Entry, FieldHash, HASH_PREFIX, Invalid, Record};
 use crate::scope::{RequiredScopes, ScopeError, ScopeSet};
 use crate::token::{Digest, Id, Secret};
 use crate::when::Timestamp;
@@ -235,32 +235,6 @@ const PARALLEL_LOAD: usize = 4 << 20;
 
 /// Entry indices are `u32`, one value being [`EMPTY`].
 const MAX_ENTRIES: usize = u32::MAX as usize;
-
-/// A fast hash for scopes fields while loading: they come from the file, whose writer can
-/// grant itself anything anyway, so there is no flooding to defend against.
-#[derive(Default, Clone, Copy)]
-struct FieldHasher(u64);
-
-impl std::hash::Hasher for FieldHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x51_7C_C1_B7_27_22_0A_95);
-        }
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write(&n.to_le_bytes());
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FieldHash = std::hash::BuildHasherDefault<FieldHasher>;
 
 /// Asks the CPU to bring `item` into the cache; a hint only.
 #[inline(always)]

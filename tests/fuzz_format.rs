@@ -226,6 +226,15 @@ impl Read for Trickle<'_> {
 /// `TokenIndex::load`, `TokenIndex::read_from` and the one-shot scan agree with the model.
 fn readers_agree(bytes: &[u8], chunk: usize) -> Result<(), TestCaseError> {
     let (want, records, problems) = reference(bytes);
+    // The document's own quick count of invalid lines (what `mint` warns about).
+    let invalid: Vec<usize> = problems
+        .iter()
+        .filter_map(|p| match p {
+            LoadProblem::Invalid { line, .. } => Some(*line),
+            LoadProblem::Duplicate { .. } => None,
+        })
+        .collect();
+    prop_assert_eq!(Document::parse(bytes).invalid_lines(), invalid);
     let loaded = TokenIndex::load(bytes);
     let streamed = TokenIndex::read_from(Trickle(bytes, chunk)).unwrap();
     // Split as `serve` splits a large file: after the first line end past the middle.

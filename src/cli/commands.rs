@@ -181,7 +181,7 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
     );
     let invalid = ctx.store.update(|doc| {
         doc.push_line(line);
-        Ok(invalid_lines(doc))
+        Ok(doc.invalid_lines())
     })?;
     let id = token.digest().id();
     let record = AuditRecord {
@@ -215,13 +215,6 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
 }
 
 /// Line numbers of the invalid lines of a document.
-fn invalid_lines(doc: &Document) -> Vec<usize> {
-    doc.entries()
-        .filter(|(_, e)| matches!(e, format::Entry::Invalid(_)))
-        .map(|(line, _)| line)
-        .collect()
-}
-
 /// Warnings owed to a person whose command worked on a file that is not fine: `check` and
 /// `serve` refuse a world-writable file, and invalid lines silently grant nothing.
 fn warn_about_file(ctx: &Context, invalid: &[usize]) {
@@ -375,7 +368,7 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
         }
         doc.push_line(line.clone());
         match format::parse_line(&line) {
-            format::Entry::Record(new) => Ok((old, new, invalid_lines(doc))),
+            format::Entry::Record(new) => Ok((old, new, doc.invalid_lines())),
             _ => Err(Error::File(
                 "internal error: the new record does not parse".into(),
             )),
@@ -807,7 +800,7 @@ fn hash(ctx: &Context) -> Result<Exit> {
             let field = Credential::hashed_field(&record.digest());
             line.content = format::with_field(&line.content, FIELD_CREDENTIAL, &field).into();
         }
-        let invalid = invalid_lines(doc).len();
+        let invalid = doc.invalid_lines().len();
         Ok((
             plain.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
             invalid,
