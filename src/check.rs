@@ -198,12 +198,17 @@ impl IndexEntry {
         if self.expires_nanos == NO_EXPIRY {
             return None;
         }
-        // Both halves came from a valid timestamp, so this cannot fail; if it did, the
-        // record would count as long expired (fail closed), never as valid forever.
+        // A valid timestamp can still be an instant outside the range of the time type —
+        // `9999-12-31T23:30:00-01:00` is in the year 10000 in UTC — so such an expiry is
+        // saturated, which keeps its side of every "now".
+        let saturated = match self.expires_seconds > 0 {
+            true => time::PrimitiveDateTime::MAX.assume_utc(),
+            false => time::PrimitiveDateTime::MIN.assume_utc(),
+        };
         Some(
             Timestamp::from_unix_timestamp(self.expires_seconds)
                 .and_then(|at| at.replace_nanosecond(self.expires_nanos))
-                .unwrap_or(Timestamp::UNIX_EPOCH),
+                .unwrap_or(saturated),
         )
     }
 
@@ -970,6 +975,17 @@ mod tests {
         );
         assert!(matches!(
             both(&file, "old", "read"),
+            Decision::Unauthorized(Unauthorized::Expired(_))
+        ));
+        // Expiries whose instant lies past the time type's range, either way.
+        let edges =
+            "late\t*\t\t\t9999-12-31T23:30:00-01:00\nearly\t*\t\t\t0000-01-01T00:30:00+01:00\n";
+        assert!(matches!(
+            both(edges, "late", "read"),
+            Decision::Granted { .. }
+        ));
+        assert!(matches!(
+            both(edges, "early", "read"),
             Decision::Unauthorized(Unauthorized::Expired(_))
         ));
         assert_eq!(

@@ -48,7 +48,8 @@ impl Granted {
     }
 
     /// A scope with a `*` that is neither `*` alone nor a trailing `:*` is valid by the
-    /// grammar but can never match a required scope (those contain no `*`); `lint` says so.
+    /// grammar but can never match a required scope (those contain no `*`): `lint` reports
+    /// one in the file, and `mint` refuses to write one.
     pub fn is_dead(&self) -> bool {
         matches!(self, Granted::Exact(s) if s.contains('*'))
     }
@@ -151,20 +152,19 @@ impl ScopeSet {
         }
         let set = ScopeSet::parse(joined.as_bytes())
             .map_err(|e| Error::usage(format!("--scope: {e}")))?;
+        crate::token::refuse_token_in("--scope", &joined)?;
         for item in &set.0 {
             let text = item.to_string();
-            if crate::token::shape(text.as_bytes()) == crate::token::Shape::Minted {
-                return Err(Error::usage(
-                    "--scope: that is a tokenfile token, not a scope; a token never goes on \
-                     the command line (it would show in `ps` and in your shell history)",
-                ));
-            }
             if item.is_dead() {
+                // The prefix form only where the one `*` is at the end (`kafka*`).
                 let stem = text.trim_end_matches('*').trim_end_matches(':');
+                let instead = match stem.contains('*') {
+                    false => format!("`{stem}:*` for every scope that starts with `{stem}:`"),
+                    true => "a scope without `*`".to_string(),
+                };
                 return Err(Error::usage(format!(
                     "--scope {text}: a `*` works only alone (`*`, every scope) or after a final \
-                     colon (`{stem}:*`, every scope that starts with `{stem}:`); `{text}` would \
-                     never match a check"
+                     colon (`kafka:*`); `{text}` would never match a check. Use {instead}"
                 )));
             }
         }

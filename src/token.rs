@@ -269,6 +269,20 @@ pub fn shape(token: &[u8]) -> Shape {
     }
 }
 
+/// Refuses a value for a record (a name, a scope) that holds something shaped like a
+/// tokenfile token, whole or cut: it would be stored in the file and the audit log, and
+/// it came through the command line, where `ps` and shell history show it.
+pub fn refuse_token_in(flag: &str, value: &str) -> Result<()> {
+    if redact(value) == value {
+        return Ok(());
+    }
+    Err(Error::usage(format!(
+        "{flag}: the value holds what looks like a tokenfile token; a token never goes on the \
+         command line (it would show in `ps` and in your shell history) nor into a {}",
+        flag.trim_start_matches('-')
+    )))
+}
+
 /// What stands in for a token in a message.
 pub const REDACTED: &str = "[token redacted]";
 
@@ -276,11 +290,14 @@ pub const REDACTED: &str = "[token redacted]";
 const REDACT_FROM: usize = 12;
 
 /// `text` with every run that looks like a minted token, whole or cut, replaced by
-/// [`REDACTED`]: `tf_` (not inside a longer word) and at least [`REDACT_FROM`] URL-safe
+/// [`REDACTED`]: `tf_` (not inside a longer word or after a `/`) and at least [`REDACT_FROM`] URL-safe
 /// characters, of both cases as random base64url almost always is (a name such as
 /// `tf_deploy_bot` stays) — or exactly a minted token's length. Every message for a person
 /// goes through it, so a token pasted where a flag value or an ID belongs (`--scope "$T"`,
 /// `tokenfile id "$T"`) is never echoed.
+///
+/// What it cannot know of: a legacy plaintext token, which has no shape; the CLI never puts
+/// a presented token into a message, so this is a second line of defence only.
 pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
     let url_safe = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
     let bytes = text.as_bytes();
@@ -290,7 +307,8 @@ pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
         let start = at + found;
         let body = start + PREFIX.len();
         let end = body + bytes[body..].iter().take_while(|&&b| url_safe(b)).count();
-        let word_start = start == 0 || !url_safe(bytes[start - 1]);
+        // Not inside a longer word, nor a path's component (`/srv/tf_ProdTokens`).
+        let word_start = start == 0 || !(url_safe(bytes[start - 1]) || bytes[start - 1] == b'/');
         let run = &bytes[body..end];
         let mixed_case =
             run.iter().any(u8::is_ascii_uppercase) && run.iter().any(u8::is_ascii_lowercase);

@@ -52,10 +52,9 @@ fn parse_canonical(text: &[u8]) -> Option<Timestamp> {
 
 /// The form this tool writes: UTC, whole seconds, `Z`.
 pub fn format_timestamp(t: Timestamp) -> String {
-    let t = t
-        .to_offset(time::UtcOffset::UTC)
-        .replace_nanosecond(0)
-        .unwrap_or(t);
+    // An instant beyond year 9999 in UTC (`9999-12-31T23:30:00-01:00`) keeps its offset.
+    let t = t.checked_to_offset(time::UtcOffset::UTC).unwrap_or(t);
+    let t = t.replace_nanosecond(0).unwrap_or(t);
     t.format(&Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }

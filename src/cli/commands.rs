@@ -77,13 +77,7 @@ fn check_name(name: &str) -> Result<()> {
             "--name must not contain a TAB or a line break",
         ));
     }
-    if token::shape(name.as_bytes()) == Shape::Minted {
-        return Err(Error::usage(
-            "--name: that is a tokenfile token, not a name; a token never goes on the \
-             command line (it would show in `ps` and in your shell history)",
-        ));
-    }
-    Ok(())
+    token::refuse_token_in("--name", name)
 }
 
 fn future_expiry(text: Option<&str>, now: Timestamp) -> Result<Option<Timestamp>> {
@@ -179,10 +173,13 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
         Some(now),
         expires,
     );
-    let invalid = ctx.store.update(|doc| {
-        doc.push_line(line);
-        Ok(doc.invalid_lines())
-    })?;
+    let ((), invalid) = ctx.store.update_and(
+        |doc| {
+            doc.push_line(line);
+            Ok(())
+        },
+        |doc| doc.invalid_lines(),
+    )?;
     let id = token.digest().id();
     let record = AuditRecord {
         id: id.to_string(),
@@ -214,7 +211,6 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// Line numbers of the invalid lines of a document.
 /// Warnings owed to a person whose command worked on a file that is not fine: `check` and
 /// `serve` refuse a world-writable file, and invalid lines silently grant nothing.
 fn warn_about_file(ctx: &Context, invalid: &[usize]) {
@@ -336,44 +332,47 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
         .transpose()?;
     let explicit_expiry = future_expiry(args.expires.as_deref(), now)?;
     let token = token::mint()?;
-    let (old, new_record, invalid) = ctx.store.update(|doc| {
-        let ids = resolve_ids(doc, std::slice::from_ref(&args.id), ctx.store.path())?;
-        let old = first_records(doc, &ids)
-            .pop()
-            .ok_or_else(|| Error::NoSuchId {
-                id: args.id.clone(),
-                file: ctx.store.path().to_path_buf(),
-            })?;
-        let expires = match explicit_expiry {
-            Some(e) => Some(e),
-            None if old.is_expired(now) => {
-                return Err(Error::usage(format!(
-                    "record {} already expired; give the new token a lifetime with --expires",
-                    old.id()
-                )));
+    let ((old, new_record), invalid) = ctx.store.update_and(
+        |doc| {
+            let ids = resolve_ids(doc, std::slice::from_ref(&args.id), ctx.store.path())?;
+            let old = first_records(doc, &ids)
+                .pop()
+                .ok_or_else(|| Error::NoSuchId {
+                    id: args.id.clone(),
+                    file: ctx.store.path().to_path_buf(),
+                })?;
+            let expires = match explicit_expiry {
+                Some(e) => Some(e),
+                None if old.is_expired(now) => {
+                    return Err(Error::usage(format!(
+                        "record {} already expired; give the new token a lifetime with --expires",
+                        old.id()
+                    )));
+                }
+                None => old.expires,
+            };
+            let plaintext = old.credential.is_plaintext();
+            let line = format_record(
+                &new_credential(&token, plaintext),
+                &old.scopes,
+                &old.name,
+                Some(now),
+                expires,
+            );
+            match grace_until {
+                Some(until) => shorten_expiry(doc, old.id(), until),
+                None => remove_records(doc, &[old.id()]),
             }
-            None => old.expires,
-        };
-        let plaintext = old.credential.is_plaintext();
-        let line = format_record(
-            &new_credential(&token, plaintext),
-            &old.scopes,
-            &old.name,
-            Some(now),
-            expires,
-        );
-        match grace_until {
-            Some(until) => shorten_expiry(doc, old.id(), until),
-            None => remove_records(doc, &[old.id()]),
-        }
-        doc.push_line(line.clone());
-        match format::parse_line(&line) {
-            format::Entry::Record(new) => Ok((old, new, doc.invalid_lines())),
-            _ => Err(Error::File(
-                "internal error: the new record does not parse".into(),
-            )),
-        }
-    })?;
+            doc.push_line(line.clone());
+            match format::parse_line(&line) {
+                format::Entry::Record(new) => Ok((old, new)),
+                _ => Err(Error::File(
+                    "internal error: the new record does not parse".into(),
+                )),
+            }
+        },
+        |doc| doc.invalid_lines(),
+    )?;
     let mut event = Event::new("rotate", vec![AuditRecord::from(&new_record)])
         .with("replaces", old.id().to_string());
     if let Some(until) = grace_until {

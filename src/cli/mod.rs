@@ -6,7 +6,7 @@ mod commands;
 mod man;
 mod output;
 
-use std::io;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -40,11 +40,12 @@ pub fn main() -> ExitCode {
         Err(e) => {
             // clap quotes the argument it rejects: a token pasted as one must not show.
             let text = output::redact(&e.render().to_string()).into_owned();
-            if e.use_stderr() {
-                eprint!("{text}");
+            // As clap's own printing: a closed stream (`--help >&-`) is no reason to panic.
+            let _ = if e.use_stderr() {
+                io::stderr().write_all(text.as_bytes())
             } else {
-                print!("{text}");
-            }
+                io::stdout().write_all(text.as_bytes())
+            };
             // --help and --version are successes; everything else clap rejects is usage.
             return ExitCode::from(if e.use_stderr() {
                 Exit::Usage.code()
