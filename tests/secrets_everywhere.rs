@@ -281,6 +281,22 @@ fn no_secret_in_any_command_line_log_or_output() {
     for (what, bytes) in &s.clean {
         assert_no_secret(bytes, &secrets, what);
     }
+    // Messages are redacted as a last line of defence against a token pasted into an
+    // argument. None was pasted in these runs: a redacted token here is one the code itself
+    // put into a message, which the scans above could not see.
+    let redacted = tokenfile::token::REDACTED.as_bytes();
+    let mut everything: Vec<(&str, &[u8])> = vec![("serve's log", &log), ("the audit log", &audit)];
+    everything.extend(
+        s.clean
+            .iter()
+            .map(|(what, bytes)| (what.as_str(), bytes.as_slice())),
+    );
+    for (what, bytes) in everything {
+        assert!(
+            !bytes.windows(redacted.len()).any(|w| w == redacted),
+            "{what} holds a redacted token: the code put a token into a message"
+        );
+    }
     // Reached only when nothing leaked: the assertions above stop at the first leak.
     fault_support::report(&format!(
         "secrets: proc_scans={scans} cmdlines={} tokenfile_runs_seen={ours} outputs={} \
