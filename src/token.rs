@@ -207,8 +207,14 @@ impl IdPrefix {
             || lower.len() > ID_LEN
             || !lower.bytes().all(|b| lower_hex_value(b).is_some())
         {
+            // A mistyped ID is worth showing; something longer may be a (legacy, shapeless)
+            // token pasted in the wrong place, and is not echoed.
+            let given = match text.chars().count() <= ID_LEN + 4 {
+                true => format!("{text:?}"),
+                false => format!("the argument ({} characters)", text.chars().count()),
+            };
             return Err(Error::usage(format!(
-                "{text:?} is not a record ID: give {MIN_ID_PREFIX} to {ID_LEN} hex digits \
+                "{given} is not a record ID: give {MIN_ID_PREFIX} to {ID_LEN} hex digits \
                  as shown by `tokenfile list`"
             )));
         }

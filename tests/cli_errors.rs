@@ -344,16 +344,27 @@ fn a_token_pasted_into_an_argument_is_never_echoed() {
     let token = env.mint(&["--scope", "read"]);
     let id = id_of(token.as_bytes());
     let redacted = "[token redacted]";
+    // Quoted back by the argument parser or a value check: shown redacted.
     for args in [
         vec!["id", token.as_str()],
         vec!["check", "--scope", "read", token.as_str()],
-        vec!["revoke", token.as_str()],
-        vec!["rotate", token.as_str()],
         vec!["mint", "--scope", "read", "--expires", token.as_str()],
     ] {
         let out = env.tokenfile_stdin(&args, format!("{token}\n").as_bytes());
         explains(out, USAGE, &[redacted], &[&token]);
     }
+    // Where an ID goes: not echoed at all.
+    for command in ["revoke", "rotate"] {
+        let out = env.tokenfile(&[command, &token]);
+        explains(out, USAGE, &["not a record ID"], &[&token]);
+    }
+    // A legacy token has no shape to redact by: an ID argument is never echoed when it is
+    // longer than any ID, mistyped or not.
+    let legacy = "legacy-plaintext-token-0123456789";
+    let out = env.tokenfile(&["revoke", legacy]);
+    explains(out, USAGE, &["not a record ID", "hex digits"], &[legacy]);
+    let out = env.tokenfile(&["revoke", "9f6g"]);
+    explains(out, USAGE, &["\"9f6g\" is not a record ID"], &[]);
     // The token as the required scope: a valid scope word, so a denial that names it.
     let out = env.tokenfile_stdin(
         &["check", "--scope", &token],
