@@ -153,20 +153,18 @@ impl ScopeSet {
         let set = ScopeSet::parse(joined.as_bytes())
             .map_err(|e| Error::usage(format!("--scope: {e}")))?;
         crate::token::refuse_token_in("--scope", &joined)?;
-        for item in &set.0 {
-            let text = item.to_string();
-            if item.is_dead() {
-                // The prefix form only where the one `*` is at the end (`kafka*`).
-                let stem = text.trim_end_matches('*').trim_end_matches(':');
-                let instead = match stem.contains('*') {
-                    false => format!("`{stem}:*` for every scope that starts with `{stem}:`"),
-                    true => "a scope without `*`".to_string(),
-                };
-                return Err(Error::usage(format!(
-                    "--scope {text}: a `*` works only alone (`*`, every scope) or after a final \
-                     colon (`kafka:*`); `{text}` would never match a check. Use {instead}"
-                )));
-            }
+        if let Some(dead) = set.0.iter().find(|item| item.is_dead()) {
+            let text = dead.to_string();
+            // The prefix form only where the one `*` is at the end (`kafka*`).
+            let stem = text.trim_end_matches('*').trim_end_matches(':');
+            let instead = match stem.contains('*') {
+                false => format!("`{stem}:*` for every scope that starts with `{stem}:`"),
+                true => "a scope without `*`".to_string(),
+            };
+            return Err(Error::usage(format!(
+                "--scope {text}: a `*` works only alone (`*`, every scope) or after a final \
+                 colon (`kafka:*`); `{text}` would never match a check. Use {instead}"
+            )));
         }
         Ok(set)
     }

@@ -149,7 +149,8 @@ impl Store {
     /// Locked read-modify-write of an existing file. `change` edits the document and says
     /// what it did; the file is rewritten only if its bytes changed.
     pub fn update<T>(&self, change: impl FnOnce(&mut Document) -> Result<T>) -> Result<T> {
-        self.update_and(change, |_| ()).map(|(outcome, ())| outcome)
+        self.update_then(change, |_, install| install())
+            .map(|(outcome, ())| outcome)
     }
 
     /// [`Store::update`], and `alongside` run on the changed document by a second thread
@@ -161,6 +162,26 @@ impl Store {
         change: impl FnOnce(&mut Document) -> Result<T>,
         alongside: impl FnOnce(&Document) -> U + Send,
     ) -> Result<(T, U)> {
+        self.update_then(change, |doc, install| {
+            let (installed, report) = std::thread::scope(|scope| {
+                let report = scope.spawn(move || alongside(doc));
+                (install(), report.join())
+            });
+            installed?;
+            match report {
+                Ok(report) => Ok(report),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+
+    /// Locks, reads, applies `change`, then hands the changed document and the step that
+    /// installs it (a no-op when nothing changed) to `finish`.
+    fn update_then<T, U>(
+        &self,
+        change: impl FnOnce(&mut Document) -> Result<T>,
+        finish: impl FnOnce(&Document, &dyn Fn() -> Result<()>) -> Result<U>,
+    ) -> Result<(T, U)> {
         // Checked before locking too, so that a mistyped path leaves no lock file behind.
         if fs::symlink_metadata(&self.path).is_err() {
             return Err(missing_file(&self.path));
@@ -169,21 +190,13 @@ impl Store {
         let (before, meta) = locked.read()?.ok_or_else(|| missing_file(&self.path))?;
         let mut doc = Document::parse(&before);
         let outcome = change(&mut doc)?;
-        let doc = &doc;
-        let (installed, report) = std::thread::scope(|scope| {
-            let report = scope.spawn(move || alongside(doc));
-            // Written straight from the lines: no second copy of a large file in memory.
-            let installed = match doc.is(&before) {
-                true => Ok(()),
-                false => locked.install(|out| doc.write_to(out), Some(&meta), false),
-            };
-            (installed, report.join())
-        });
-        installed?;
-        match report {
-            Ok(report) => Ok((outcome, report)),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        // Written straight from the lines: no second copy of a large file in memory.
+        let install = || match doc.is(&before) {
+            true => Ok(()),
+            false => locked.install(|out| doc.write_to(out), Some(&meta), false),
+        };
+        let report = finish(&doc, &install)?;
+        Ok((outcome, report))
     }
 }
 

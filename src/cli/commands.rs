@@ -42,8 +42,7 @@ pub fn dispatch(ctx: &Context, command: Command) -> Result<Exit> {
             Ok(Exit::Success)
         }
         Command::Man { dir: None } => {
-            let pages = super::man::pages()?;
-            output::print(&String::from_utf8_lossy(&pages[0].1))?;
+            output::print(&String::from_utf8_lossy(&super::man::tool_page()?))?;
             Ok(Exit::Success)
         }
         Command::Man { dir: Some(dir) } => {

@@ -12,11 +12,22 @@ use clap_mangen::Man;
 use super::args::{AFTER_HELP, Cli};
 use crate::error::{Error, Result};
 
-/// Every page, as (file name, roff).
-pub fn pages() -> Result<Vec<(String, Vec<u8>)>> {
+/// The command definition as the pages show it.
+fn built() -> clap::Command {
     let mut cli = Cli::command();
     // Gives each command the global options and its page name (`tokenfile-mint`).
     cli.build();
+    cli
+}
+
+/// `tokenfile(1)` alone (`tokenfile man`).
+pub fn tool_page() -> Result<Vec<u8>> {
+    main_page(&built()).map_err(render_error)
+}
+
+/// Every page, as (file name, roff).
+fn pages() -> Result<Vec<(String, Vec<u8>)>> {
+    let cli = built();
     let mut pages = vec![(
         "tokenfile.1".to_string(),
         main_page(&cli).map_err(render_error)?,
