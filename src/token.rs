@@ -390,7 +390,9 @@ mod tests {
         // A cut token is taken for one whatever precedes it: also after a letter, which
         // once kept `stf_0123456789abcDEF` (SPEC §3: "glued to other characters").
         assert_eq!(redact("stf_0123456789abcDEF"), format!("s{REDACTED}"));
-        for glue in ["", "x", "7", "_", "-", "/", ":", ".", "ci-", "tf_", "tf_x", "é"] {
+        for glue in [
+            "", "x", "7", "_", "-", "/", ":", ".", "ci-", "tf_", "tf_x", "é",
+        ] {
             for secret in [token.as_str(), cut] {
                 let text = format!("name {glue}{secret}");
                 let shown = redact(&text);

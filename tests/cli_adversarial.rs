@@ -105,7 +105,8 @@ fn a_failing_stdout_never_turns_a_failure_into_success() {
     let unknown = b"unknown-token\n".as_slice();
     let known = format!("{token}\n");
     // (args, stdin, env, code into a closed pipe, code into /dev/full)
-    let cases: Vec<(Vec<&str>, &[u8], &Env, i32, i32)> = vec![
+    type Case<'a> = (Vec<&'a str>, &'a [u8], &'a Env, i32, i32);
+    let cases: Vec<Case> = vec![
         // The output is the job: a reader that went away is fine, lost output is not.
         (vec!["list"], b"", &env, OK, IO),
         (vec!["list", "--json"], b"", &env, OK, IO),
@@ -213,11 +214,19 @@ fn a_token_already_in_a_name_is_never_shown() {
     let token = env.mint(&["--scope", "read"]);
     let mut bytes = env.read();
     for glue in GLUE {
-        let line = format!("{}\tread\t{glue}{token}\n", hashed(format!("t{glue}").as_bytes()));
+        let line = format!(
+            "{}\tread\t{glue}{token}\n",
+            hashed(format!("t{glue}").as_bytes())
+        );
         bytes.extend_from_slice(line.as_bytes());
     }
     env.write(&bytes);
-    for args in [&["list"][..], &["list", "--json"], &["lint"], &["lint", "--json"]] {
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["lint"],
+        &["lint", "--json"],
+    ] {
         assert_clean(&env.tokenfile(args), &token);
     }
     for glue in GLUE {
@@ -242,7 +251,9 @@ fn a_prefix_wildcard_grants_its_bare_prefix_but_not_the_word() {
 }
 
 /// `*` anywhere but alone or as a final `:*` after a star-free prefix never matches.
-const DEAD: &[&str] = &["*:*", "a*:*", "a:*b:*", "*a:*", "**", "kafka*", "a:**", "x*y"];
+const DEAD: &[&str] = &[
+    "*:*", "a*:*", "a:*b:*", "*a:*", "**", "kafka*", "a:**", "x*y",
+];
 
 #[test]
 fn mint_refuses_and_lint_reports_every_dead_scope() {
@@ -325,7 +336,8 @@ fn an_argument_out_of_range_is_a_usage_error_never_a_crash() {
     }
     assert_eq!(env.read(), before, "a refused command changed the file");
     // Long, but a wait that a Duration holds: accepted.
-    env.tokenfile(&["--lock-timeout", "99999999999999d", "list"]).ok();
+    env.tokenfile(&["--lock-timeout", "99999999999999d", "list"])
+        .ok();
 }
 
 #[test]
@@ -365,17 +377,32 @@ fn help_tells_what_scripts_and_operators_need() {
     let check = help(&["check", "--help"]);
     for code in ["0 ", "1 ", "2 ", "3 ", "5 ", "10 "] {
         let listed = check.lines().any(|l| l.trim_start().starts_with(code));
-        assert!(listed, "check --help does not list exit code {code}:\n{check}");
+        assert!(
+            listed,
+            "check --help does not list exit code {code}:\n{check}"
+        );
     }
-    for words in ["granted", "lacks a required scope", "unknown", "expired", "unsafe"] {
-        assert!(check.contains(words), "check --help lacks {words:?}:\n{check}");
+    for words in [
+        "granted",
+        "lacks a required scope",
+        "unknown",
+        "expired",
+        "unsafe",
+    ] {
+        assert!(
+            check.contains(words),
+            "check --help lacks {words:?}:\n{check}"
+        );
     }
     let serve = help(&["serve", "--help"]);
     for words in [
         "/check", "/healthz", "/metrics", "CHECK", "PING", "204", "401", "403", "400", "503",
         "SIGHUP", "SIGTERM", "SIGINT", "reload",
     ] {
-        assert!(serve.contains(words), "serve --help lacks {words:?}:\n{serve}");
+        assert!(
+            serve.contains(words),
+            "serve --help lacks {words:?}:\n{serve}"
+        );
     }
     let completions = help(&["completions", "--help"]);
     for words in ["bash", "zsh", "fish", "bash-completion"] {
