@@ -40,18 +40,21 @@ impl Granted {
     fn grants(&self, required: &str) -> bool {
         match self {
             Granted::All => true,
-            Granted::Prefix(prefix) => {
-                required.len() > prefix.len() && required.starts_with(&**prefix)
-            }
+            // `kafka:*` grants `kafka:` too (SPEC §1): the prefix is all it asks for.
+            Granted::Prefix(prefix) => required.starts_with(&**prefix),
             Granted::Exact(scope) => **scope == *required,
         }
     }
 
-    /// A scope with a `*` that is neither `*` alone nor a trailing `:*` is valid by the
-    /// grammar but can never match a required scope (those contain no `*`): `lint` reports
-    /// one in the file, and `mint` refuses to write one.
+    /// A scope with a `*` anywhere but `*` alone or a final `:*` after a star-free prefix
+    /// (`ka*ka`, `kafka*`, `*:*`, `a*:*`) is valid by the grammar but can never match a
+    /// required scope (those contain no `*`): `lint` reports one in the file, and `mint`
+    /// refuses to write one.
     pub fn is_dead(&self) -> bool {
-        matches!(self, Granted::Exact(s) if s.contains('*'))
+        match self {
+            Granted::All => false,
+            Granted::Prefix(s) | Granted::Exact(s) => s.contains('*'),
+        }
     }
 }
 
@@ -157,13 +160,17 @@ impl ScopeSet {
             let text = dead.to_string();
             // The prefix form only where the one `*` is at the end (`kafka*`).
             let stem = text.trim_end_matches('*').trim_end_matches(':');
-            let instead = match stem.contains('*') {
-                false => format!("`{stem}:*` for every scope that starts with `{stem}:`"),
-                true => "a scope without `*`".to_string(),
+            let instead = if stem.trim_matches(['*', ':']).is_empty() {
+                "`*` for every scope".to_string()
+            } else if stem.contains('*') {
+                "a scope without `*`".to_string()
+            } else {
+                format!("`{stem}:*` for every scope that starts with `{stem}:`")
             };
             return Err(Error::usage(format!(
-                "--scope {text}: a `*` works only alone (`*`, every scope) or after a final \
-                 colon (`kafka:*`); `{text}` would never match a check. Use {instead}"
+                "--scope {text}: a `*` works only alone (`*`, every scope) or as a final `:*` \
+                 after a prefix without `*` (`kafka:*`); `{text}` would never match a check. \
+                 Use {instead}"
             )));
         }
         Ok(set)
@@ -200,6 +207,15 @@ impl RequiredScopes {
     pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Self> {
         let mut scopes: Vec<Box<str>> = Vec::new();
         for arg in args {
+            // A token is a valid scope word: without this, a check for it would echo it as
+            // the scope it lacks (`check --json`'s `required`, a denial, serve's answers).
+            if crate::token::redact(arg.as_ref()) != arg.as_ref() {
+                return Err(Error::usage(
+                    "a required scope holds what looks like a tokenfile token (not shown): \
+                     present the token as the token (stdin, --token-env, the Authorization \
+                     header), never where a scope goes",
+                ));
+            }
             for raw in arg.as_ref().split(',') {
                 let item = raw.trim_matches(' ');
                 if item.is_empty() {
@@ -258,13 +274,37 @@ mod tests {
     }
 
     #[test]
-    fn prefix_wildcard_needs_something_after_the_colon() {
+    fn prefix_wildcard_grants_what_starts_with_its_prefix() {
         let s = set("kafka:*");
         assert!(s.grants(&req("kafka:endpoint:read")));
         assert!(s.grants(&req("kafka:x")));
         assert!(!s.grants(&req("kafka")));
-        assert!(!s.grants(&req("kafka:")));
         assert!(!s.grants(&req("kafkaX:read")));
+    }
+
+    #[test]
+    fn prefix_wildcard_grants_its_bare_prefix() {
+        // SPEC §1: `kafka:*` grants `kafka:` (this module once asserted the opposite).
+        assert!(set("kafka:*").grants(&req("kafka:")));
+        assert!(set("a:b:*").grants(&req("a:b:")));
+        assert!(!set("a:b:*").grants(&req("a:b")));
+        assert!(set(":*").grants(&req(":")));
+    }
+
+    #[test]
+    fn a_star_before_the_final_colon_star_is_dead() {
+        for dead in ["*:*", "a*:*", "a:*b:*", "ka*ka", "kafka*", "**", "a:**"] {
+            let s = set(dead);
+            assert!(s.items()[0].is_dead(), "{dead}");
+            for r in ["a:", "a:x", "kafka", "x", ":", "a*:x"] {
+                if let Ok(r) = RequiredScopes::parse(&[r]) {
+                    assert!(!s.grants(&r), "{dead} grants {r}");
+                }
+            }
+        }
+        for alive in ["*", "kafka:*", "a:b:*", ":*", "read"] {
+            assert!(!set(alive).items()[0].is_dead(), "{alive}");
+        }
     }
 
     #[test]
@@ -299,5 +339,22 @@ mod tests {
             assert_eq!(err.exit(), crate::error::Exit::Usage, "{bad:?}");
         }
         assert!(RequiredScopes::parse::<&str>(&[]).is_err());
+    }
+
+    #[test]
+    fn a_token_is_never_a_required_scope_nor_echoed() {
+        let token = crate::token::mint().unwrap();
+        let token = std::str::from_utf8(token.expose()).unwrap().to_string();
+        for arg in [
+            token.clone(),
+            format!("read,{token}"),
+            format!("a:{token}"),
+            format!("x{}", &token[..30]),
+            format!("bad {token}"),
+        ] {
+            let err = RequiredScopes::parse(&[&arg]).unwrap_err();
+            assert_eq!(err.exit(), crate::error::Exit::Usage, "{arg}");
+            assert!(!err.to_string().contains(&token[..16]), "{err}");
+        }
     }
 }

@@ -208,8 +208,9 @@ impl IdPrefix {
             || !lower.bytes().all(|b| lower_hex_value(b).is_some())
         {
             // A mistyped ID is worth showing; something longer may be a (legacy, shapeless)
-            // token pasted in the wrong place, and is not echoed.
-            let given = match text.chars().count() <= ID_LEN + 4 {
+            // token pasted in the wrong place, and is not echoed — nor the start of a minted
+            // one, however short.
+            let given = match text.chars().count() <= ID_LEN + 4 && !text.contains(PREFIX) {
                 true => format!("{text:?}"),
                 false => format!("the argument ({} characters)", text.chars().count()),
             };
@@ -295,38 +296,60 @@ pub const REDACTED: &str = "[token redacted]";
 /// The shortest run after `tf_` that [`redact`] takes for a (possibly cut) token.
 const REDACT_FROM: usize = 12;
 
+fn url_safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
 /// `text` with every run that looks like a minted token, whole or cut, replaced by
-/// [`REDACTED`]: `tf_` (not inside a longer word or after a `/`) and at least [`REDACT_FROM`] URL-safe
-/// characters, of both cases as random base64url almost always is (a name such as
-/// `tf_deploy_bot` stays) — or exactly a minted token's length. Every message for a person
-/// goes through it, so a token pasted where a flag value or an ID belongs (`--scope "$T"`,
-/// `tokenfile id "$T"`) is never echoed.
+/// [`REDACTED`], wherever it stands: glued after any character (`ci-$T`, `x$T`, `a:$T`,
+/// `/srv/$T`) or before one. Taken for a token:
+/// - `tf_` and a minted token's length of URL-safe characters whose checksum holds (only
+///   that much is replaced, so `${T}-prod` keeps its `-prod`): a whole token, whatever is
+///   glued to it;
+/// - `tf_` and the URL-safe run after it, when it is exactly a minted token's length (a
+///   whole token with a typo) or at least [`REDACT_FROM`] characters of both cases, as
+///   random base64url almost always is (a token cut short; a name such as
+///   `tf_deploy_bot` stays).
 ///
+/// Every message for a person goes through it, so a token pasted where a flag value or an
+/// ID belongs is never echoed; [`refuse_token_in`] uses it to keep one out of the file.
 /// What it cannot know of: a legacy plaintext token, which has no shape; the CLI never puts
 /// a presented token into a message, so this is a second line of defence only.
 pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
-    let url_safe = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
     let bytes = text.as_bytes();
-    let mut out = String::new();
-    let (mut copied, mut at) = (0, 0);
+    // Byte ranges to replace, in order and apart: the search goes on after each one.
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let mut at = 0;
     while let Some(found) = text[at..].find(PREFIX) {
         let start = at + found;
-        let body = start + PREFIX.len();
-        let end = body + bytes[body..].iter().take_while(|&&b| url_safe(b)).count();
-        // Not inside a longer word, nor a path's component (`/srv/tf_ProdTokens`).
-        let word_start = start == 0 || !(url_safe(bytes[start - 1]) || bytes[start - 1] == b'/');
-        let run = &bytes[body..end];
-        let mixed_case =
-            run.iter().any(u8::is_ascii_uppercase) && run.iter().any(u8::is_ascii_lowercase);
-        if word_start && (end - start == MINTED_LEN || (run.len() >= REDACT_FROM && mixed_case)) {
-            out.push_str(&text[copied..start]);
-            out.push_str(REDACTED);
-            copied = end;
-        }
-        at = end.max(body);
+        at = start + PREFIX.len();
+        let run_end = at + bytes[at..].iter().take_while(|&&b| url_safe(b)).count();
+        let end = if run_end - start >= MINTED_LEN
+            && shape(&bytes[start..start + MINTED_LEN]) == Shape::Minted
+        {
+            start + MINTED_LEN
+        } else {
+            let run = &bytes[at..run_end];
+            let mixed_case =
+                run.iter().any(u8::is_ascii_uppercase) && run.iter().any(u8::is_ascii_lowercase);
+            if run_end - start == MINTED_LEN || (run.len() >= REDACT_FROM && mixed_case) {
+                run_end
+            } else {
+                continue;
+            }
+        };
+        ranges.push((start, end));
+        at = end;
     }
-    if copied == 0 {
+    if ranges.is_empty() {
         return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (start, end) in ranges {
+        out.push_str(&text[copied..start]);
+        out.push_str(REDACTED);
+        copied = end;
     }
     out.push_str(&text[copied..]);
     std::borrow::Cow::Owned(out)
@@ -346,16 +369,51 @@ mod tests {
             redacted,
             format!("unexpected argument '{REDACTED}' found; lacks scope {REDACTED},x")
         );
-        // Not a token: too short, or inside a longer word.
+        // Not a token: too short, or no mix of cases (a name, not random base64url).
         let kept = [
             "name tf_old",
             "tf_deploy_production_bot",
-            "stf_0123456789abcDEF",
+            "my_tf_deploy_production_bot",
+            "/srv/tf_ProdTokens",
             "tf_",
+            "tf_tf_",
         ];
         for kept in kept {
             assert_eq!(redact(kept), kept);
         }
+    }
+
+    #[test]
+    fn a_token_glued_to_anything_is_redacted_whole_or_cut() {
+        let token = String::from_utf8(mint().unwrap().expose().to_vec()).unwrap();
+        let cut = &token[..30];
+        // A cut token is taken for one whatever precedes it: also after a letter, which
+        // once kept `stf_0123456789abcDEF` (SPEC §3: "glued to other characters").
+        assert_eq!(redact("stf_0123456789abcDEF"), format!("s{REDACTED}"));
+        for glue in [
+            "", "x", "7", "_", "-", "/", ":", ".", "ci-", "tf_", "tf_x", "é",
+        ] {
+            for secret in [token.as_str(), cut] {
+                let text = format!("name {glue}{secret}");
+                let shown = redact(&text);
+                assert!(!shown.contains(secret), "{glue:?}: {shown}");
+                assert!(!shown.contains(&secret[..16]), "{glue:?}: {shown}");
+                assert!(shown.contains(REDACTED), "{glue:?}: {shown}");
+                assert!(refuse_token_in("--name", &text).is_err(), "{glue:?}");
+            }
+            if glue.starts_with(PREFIX) {
+                continue; // then the glue looks like the start of a cut token itself
+            }
+            // A whole token is replaced alone: what is glued after it stays.
+            for after in ["", "-prod", "x", "_1", "abcDEF0123456789"] {
+                let text = format!("{glue}{token}{after}");
+                assert_eq!(redact(&text), format!("{glue}{REDACTED}{after}"), "{text}");
+            }
+        }
+        // Two tokens, one inside the other's glue.
+        let other = String::from_utf8(mint().unwrap().expose().to_vec()).unwrap();
+        let both = format!("{token}{other}");
+        assert_eq!(redact(&both), format!("{REDACTED}{REDACTED}"));
     }
 
     #[test]

@@ -59,68 +59,91 @@ pub fn format_timestamp(t: Timestamp) -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
-/// `90d`, `12h`, `30m`, `45s`, `2w`, `500ms`, or a combination such as `1h30m`.
-pub fn parse_duration(text: &str) -> Result<Duration> {
-    let bad = || {
-        Error::usage(format!(
-            "{text:?} is not a duration: use a number and a unit, e.g. 90d, 12h, 30m, 45s"
-        ))
-    };
+/// Why a `DURATION` argument was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BadDuration {
+    Malformed,
+    /// Well formed, but past what a `Duration` holds (`u64` seconds).
+    TooLong,
+}
+
+/// `90d`, `12h`, `30m`, `45s`, `2w`, `500ms`, or a combination such as `1h30m`. One too
+/// long to count is refused like a malformed one, never a panic: every product and sum
+/// here is checked.
+fn duration(text: &str) -> std::result::Result<Duration, BadDuration> {
     let mut rest = text.trim();
     if rest.is_empty() {
-        return Err(bad());
+        return Err(BadDuration::Malformed);
     }
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        if digits == 0 {
+            return Err(BadDuration::Malformed);
+        }
+        // All digits: the only way to fail is a number past u64.
+        let number: u64 = rest[..digits].parse().map_err(|_| BadDuration::TooLong)?;
         rest = &rest[digits..];
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit_secs: u64 = match &rest[..unit_len] {
-            "ms" => {
-                total += Duration::from_millis(number);
-                rest = &rest[unit_len..];
-                continue;
-            }
+            "ms" => 0,
             "s" => 1,
             "m" => 60,
             "h" => 3600,
             "d" => 86_400,
             "w" => 7 * 86_400,
-            _ => return Err(bad()),
+            _ => return Err(BadDuration::Malformed),
         };
-        let secs = number.checked_mul(unit_secs).ok_or_else(bad)?;
-        total = total
-            .checked_add(Duration::from_secs(secs))
-            .ok_or_else(bad)?;
+        let part = match unit_secs {
+            0 => Some(Duration::from_millis(number)),
+            _ => number.checked_mul(unit_secs).map(Duration::from_secs),
+        };
+        total = part
+            .and_then(|part| total.checked_add(part))
+            .ok_or(BadDuration::TooLong)?;
         rest = &rest[unit_len..];
     }
     Ok(total)
 }
 
-/// `WHEN`: an RFC 3339 time, or a duration from `now`.
+/// A `DURATION` argument (see [`duration`]); a usage error that says what is wrong.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    duration(text).map_err(|why| match why {
+        BadDuration::Malformed => Error::usage(format!(
+            "{text:?} is not a duration: use a number and a unit, e.g. 90d, 12h, 30m, 45s"
+        )),
+        BadDuration::TooLong => Error::usage(format!("{text:?} is too long a duration")),
+    })
+}
+
+/// `WHEN`: an RFC 3339 time, or a duration from `now`. Either must land in a year this
+/// tool can write (up to 9999); anything past it is a usage error.
 pub fn parse_when(text: &str, now: Timestamp) -> Result<Timestamp> {
     if let Some(t) = parse_timestamp(text.trim().as_bytes()) {
         return Ok(t);
     }
-    let duration = parse_duration(text).map_err(|_| {
-        Error::usage(format!(
+    let too_far = || Error::usage(format!("{text:?} is too far in the future"));
+    match duration(text) {
+        Ok(duration) => time::Duration::try_from(duration)
+            .ok()
+            .and_then(|duration| now.checked_add(duration))
+            .ok_or_else(too_far),
+        Err(BadDuration::TooLong) => Err(too_far()),
+        Err(BadDuration::Malformed) => Err(Error::usage(format!(
             "{text:?} is neither an RFC 3339 time (2026-05-05T14:23:00Z) nor a duration (90d, 12h, 30m)"
-        ))
-    })?;
-    now.checked_add(
-        time::Duration::try_from(duration).map_err(|_| Error::usage("duration too long"))?,
-    )
-    .ok_or_else(|| Error::usage(format!("{text:?} is too far in the future")))
+        ))),
+    }
 }
 
 /// The lock timeout: a duration, or a plain number of seconds.
 pub fn parse_lock_timeout(text: &str) -> Result<Duration> {
-    if let Ok(secs) = text.trim().parse::<f64>()
-        && secs.is_finite()
-        && (0.0..1e9).contains(&secs)
-    {
-        return Ok(Duration::from_secs_f64(secs));
+    if let Ok(secs) = text.trim().parse::<f64>() {
+        if secs.is_finite() && (0.0..1e9).contains(&secs) {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(Error::usage(format!(
+            "{text:?} is out of range: give 0 to 999999999 seconds, or a duration such as 10s"
+        )));
     }
     parse_duration(text)
 }
@@ -189,6 +212,19 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         for bad in ["", "d", "10", "10x", "-5m", "1.5h", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        // Too long to count: refused, never a panic (`+=` on Duration panics on overflow).
+        for long in [
+            "18446744073709551615s1000ms",
+            "18446744073709551615s1s",
+            "9999999999999999999h",
+            "31000000000000w",
+            "99999999999999999999ms",
+            "18446744073709551615ms18446744073709551615s",
+        ] {
+            let err = parse_duration(long).unwrap_err();
+            assert!(err.to_string().contains("too long"), "{long}: {err}");
+            assert!(parse_when(long, now()).is_err(), "{long}");
         }
     }
 

@@ -148,10 +148,12 @@ fn a_mistyped_or_truncated_minted_token_is_unknown_and_recognized() {
     for bad in [&typo, &truncated] {
         let out = env.check_out(bad, &["read"]).code(UNAUTHORIZED);
         assert!(out.err().contains("checksum"), "{out:?}");
+        // No record has it: exit 4 (SPEC §3; this test once expected 0), the ID all the same.
         let id = env
             .tokenfile_stdin(&["id"], format!("{bad}\n").as_bytes())
-            .ok();
+            .code(NO_SUCH_ID);
         assert!(id.err().contains("checksum"), "{id:?}");
+        assert_eq!(id.out(), format!("{}\n", id_of(bad.as_bytes())));
     }
 }
 

@@ -38,7 +38,8 @@ fn a_trailing_colon_star_grants_what_starts_with_its_prefix() {
     expect(&env, "kafka-tok", &["kafka:endpoint:read"], OK);
     expect(&env, "kafka-tok", &["kafka:x"], OK);
     expect(&env, "kafka-tok", &["kafka"], FORBIDDEN);
-    expect(&env, "kafka-tok", &["kafka:"], FORBIDDEN);
+    // SPEC §1: `kafka:*` grants `kafka:` (this test once asserted the opposite).
+    expect(&env, "kafka-tok", &["kafka:"], OK);
     expect(&env, "kafka-tok", &["kafkaesque:x"], FORBIDDEN);
     expect(&env, "kafka-tok", &["Kafka:x"], FORBIDDEN);
     expect(&env, "kafka-tok", &["zookeeper:kafka:x"], FORBIDDEN);

@@ -42,8 +42,8 @@ fn model_field(field: &str) -> Option<Vec<String>> {
     Some(items)
 }
 
-/// The model of matching: `*` grants all; `p:*` grants what starts with `p:` and is longer;
-/// anything else matches exactly, case-sensitively.
+/// The model of matching: `*` grants all; `p:*` grants what starts with `p:` (`p:` itself
+/// too, SPEC §1); anything else matches exactly, case-sensitively.
 fn model_grants(item: &str, required: &str) -> bool {
     if item == "*" {
         return true;
@@ -51,7 +51,7 @@ fn model_grants(item: &str, required: &str) -> bool {
     if let Some(prefix) = item.strip_suffix('*')
         && prefix.ends_with(':')
     {
-        return required.len() > prefix.len() && required.starts_with(prefix);
+        return required.starts_with(prefix);
     }
     item == required
 }

@@ -21,6 +21,52 @@ Exit codes:
 Tokens are never taken from the command line: `check` and `id` read the first line of
 stdin (or `check --token-env VAR`). A minted token is printed once, alone, on stdout.";
 
+/// `check --help`: every exit code `check` can give (SPEC §3), so that a script knows what
+/// each one means without the manual.
+const CHECK_HELP: &str = "\
+Exit codes of check:
+  0   granted: the token is valid and has every required scope
+  1   forbidden: the token is valid but lacks a required scope (HTTP 403)
+  2   usage error: a bad flag, an empty or malformed required scope, a scope with `*`, or a
+      token where a scope goes (refused, never echoed)
+  3   unauthorized: no token, an unknown token or an expired one (HTTP 401)
+  5   the file is unsafe to use: writable by others, a plaintext credential readable by
+      others, or not a regular file (`check` refuses it rather than trust it)
+  10  I/O failure: the file is missing or cannot be read
+(4, no such record ID, does not apply to check.) The code is the decision whatever happens
+to the output: `check --json | true` or `> /dev/full` still exits 1 or 3 for a denial.";
+
+/// `serve --help`: what a proxy and an operator talk to.
+const SERVE_HELP: &str = "\
+HTTP endpoints (--http):
+  /check     any method; required scopes from ?scope=a,b or the X-Required-Scope header,
+             the token from `Authorization: Bearer <token>`. Answers:
+               204  granted (headers X-Token-Id, X-Token-Name)
+               401  no, unknown or expired token (WWW-Authenticate: Bearer realm=\"tokenfile\")
+               403  the token lacks a required scope
+               400  no valid required scope was asked for
+  /healthz   GET: 200 and a JSON status while a loaded file is in use; 503 with the same
+             JSON (status missing, refused, ...) while serve fails closed
+  /metrics   GET: Prometheus text format (checks by outcome, reloads, records, expiries)
+Unix socket (--socket, mode 0660), one request per line, answers in order:
+  CHECK <scope>[,<scope>...] <token>   ->  OK <id> | FORBIDDEN <id> | UNAUTHORIZED | ERROR <reason>
+  PING                                 ->  PONG
+The file is reloaded on every change (in place, by rename, through a symlink); a missing or
+unsafe file means no tokens (fail closed).
+Signals:
+  SIGHUP           reload the file now
+  SIGTERM, SIGINT  stop: finish the requests in flight, remove the socket file, exit 0";
+
+/// `completions --help`: which shells, and how to install the script.
+const COMPLETIONS_HELP: &str = "\
+Shells: bash, zsh, fish, elvish, powershell. Install the script where your shell looks:
+  bash:  tokenfile completions bash > ~/.local/share/bash-completion/completions/tokenfile
+         (needs the bash-completion package: apt install bash-completion, brew install
+         bash-completion@2)
+  zsh:   tokenfile completions zsh > ~/.zfunc/_tokenfile  (with fpath+=(~/.zfunc) before
+         compinit in ~/.zshrc)
+  fish:  tokenfile completions fish > ~/.config/fish/completions/tokenfile.fish";
+
 /// Manage a TAB-delimited bearer-token file and answer scope checks.
 #[derive(Debug, Parser)]
 #[command(name = "tokenfile", version, about, after_help = AFTER_HELP)]
@@ -74,9 +120,13 @@ pub enum Command {
     ///
     /// The token is the first line of stdin, or the value of --token-env VAR; never an argument.
     /// Example: printf '%s\n' "$T" | tokenfile check --scope deploy && ./deploy.sh
+    #[command(after_help = CHECK_HELP)]
     Check(CheckArgs),
 
-    /// Print the record ID of the token read from stdin
+    /// Print the record ID of the token read from stdin, and say whether the file has it
+    ///
+    /// The ID goes to stdout; when the file exists, stderr says which line (and name) has
+    /// the token, and the exit code is 4 when no record has it. Without a file: just the ID.
     Id,
 
     /// Report invalid lines, duplicates, expired and plaintext records, unsafe permissions
@@ -89,9 +139,11 @@ pub enum Command {
     Edit,
 
     /// Serve checks over a Unix socket and/or HTTP, reloading the file on every change
+    #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
 
-    /// Print a shell completion script (bash, zsh, fish) on stdout
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout
+    #[command(after_help = COMPLETIONS_HELP)]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,

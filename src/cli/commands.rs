@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::Context;
 use super::args::{CheckArgs, Cli, Command, LintArgs, MintArgs, RotateArgs, ServeArgs};
-use super::output::{self, note, printable};
+use super::output::{self, Stdout, note, printable, shown_name};
 use crate::audit::{AuditRecord, Event};
 use crate::check::{self, Decision, Unauthorized};
 use crate::error::{Error, Exit, Result};
@@ -30,7 +30,7 @@ pub fn dispatch(ctx: &Context, command: Command) -> Result<Exit> {
         Command::Revoke { ids } => revoke(ctx, &ids),
         Command::Rotate(args) => rotate(ctx, args),
         Command::Check(args) => check(ctx, args),
-        Command::Id => id(),
+        Command::Id => id(ctx),
         Command::Lint(args) => lint(ctx, args),
         Command::Hash => hash(ctx),
         Command::Edit => crate::edit::edit(&ctx.store, &ctx.audit()?),
@@ -38,12 +38,12 @@ pub fn dispatch(ctx: &Context, command: Command) -> Result<Exit> {
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "tokenfile", &mut out);
-            output::print(&String::from_utf8_lossy(&out))?;
-            Ok(Exit::Success)
+            let printed = output::print(&String::from_utf8_lossy(&out));
+            output::conclude(Exit::Success, printed, Stdout::Job)
         }
         Command::Man { dir: None } => {
-            output::print(&String::from_utf8_lossy(&super::man::tool_page()?))?;
-            Ok(Exit::Success)
+            let printed = output::print(&String::from_utf8_lossy(&super::man::tool_page()?));
+            output::conclude(Exit::Success, printed, Stdout::Job)
         }
         Command::Man { dir: Some(dir) } => {
             for path in super::man::write_pages(&dir)? {
@@ -463,6 +463,9 @@ const WHITESPACE_HINT: &str =
 
 fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     // Scopes first: a malformed scope is a usage error before anything else happens.
+    for scope in &args.scopes {
+        token::refuse_token_in("--scope", scope)?;
+    }
     let required = RequiredScopes::parse(&args.scopes)?;
     let token = presented_token(args.token_env.as_deref())?;
     // Scanned in chunks, not read whole: a large file costs no more memory than a small one.
@@ -504,23 +507,28 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
             ("unauthorized", id, None, Some(why.reason()))
         }
     };
-    if args.json {
+    let printed = if args.json {
         output::print_json(&CheckReport {
             result: report.0,
             id: report.1.map(ToString::to_string),
-            name: report.2.map(ToString::to_string),
+            name: report.2.map(|name| shown_name(name)),
             reason: report.3,
             hint,
             required: required.iter().collect(),
-        })?;
-    } else if let Some(why) = denial(ctx, &decision, grant.as_ref(), &required, &args, hint) {
-        note(&format!("denied: {why}"));
-    }
-    Ok(match decision {
+        })
+    } else {
+        if let Some(why) = denial(ctx, &decision, grant.as_ref(), &required, &args, hint) {
+            note(&format!("denied: {why}"));
+        }
+        Ok(())
+    };
+    let exit = match decision {
         Decision::Granted { .. } => Exit::Success,
         Decision::Forbidden { .. } => Exit::Forbidden,
         Decision::Unauthorized(_) => Exit::Unauthorized,
-    })
+    };
+    // The decision is the answer, whatever happens to its report (`check --json | true`).
+    output::conclude(exit, printed, Stdout::Report)
 }
 
 /// Why a check was denied, for a person: which record and file, and what to try next.
@@ -585,7 +593,9 @@ fn denial(
     })
 }
 
-fn id() -> Result<Exit> {
+/// The ID of the token on stdin, and whether the file has it (SPEC §3): exit 4 when the
+/// file exists and no record in it has the token; no file, no verdict.
+fn id(ctx: &Context) -> Result<Exit> {
     let token = presented_token(None)?;
     if token.is_empty() {
         return Err(Error::usage(
@@ -597,8 +607,41 @@ fn id() -> Result<Exit> {
             "warning: this looks like a tokenfile token with a typo or cut short (its checksum does not match)",
         );
     }
-    output::print(&format!("{}\n", token.digest().id()))?;
-    Ok(Exit::Success)
+    let id = token.digest().id();
+    let path = ctx.store.path();
+    let found = match std::fs::metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        _ => {
+            let file = ctx.store.open()?;
+            lint::ensure_safe(path)?;
+            Some(check::find_record_in(file, &token).map_err(|e| Error::io("read", path, e))?)
+        }
+    };
+    let printed = output::print(&format!("{id}\n"));
+    let file = path.display();
+    let exit = match found {
+        None => Exit::Success,
+        Some(None) => {
+            note(&format!(
+                "no record in {file} has this token (`tokenfile list` shows the records; \
+                 is this the right --file?)"
+            ));
+            Exit::NoSuchId
+        }
+        Some(Some(grant)) => {
+            let mut found = format!("line {} of {file} has this token", grant.line);
+            if !grant.name.is_empty() {
+                found.push_str(&format!(" (name: {})", printable(&grant.name)));
+            }
+            if let Some(expires) = grant.expires.filter(|e| *e <= when::now()) {
+                let at = format_timestamp(expires);
+                found.push_str(&format!("; it expired at {at} and grants nothing"));
+            }
+            note(&found);
+            Exit::Success
+        }
+    };
+    output::conclude(exit, printed, Stdout::Job)
 }
 
 #[derive(Serialize)]
@@ -650,7 +693,7 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
                     },
                     stored: stored_form(r.credential.is_plaintext()),
                     scopes: r.scopes.items().iter().map(ToString::to_string).collect(),
-                    name: r.name_lossy(),
+                    name: shown_name(&r.name_lossy()),
                     created: r.created.map(format_timestamp),
                     expires: r.expires.map(format_timestamp),
                     duplicate_of_line,
@@ -660,8 +703,8 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
             format::Entry::Blank | format::Entry::Comment => {}
         }
     }
-    if json {
-        output::print_json(&listing)?;
+    let printed = if json {
+        output::print_json(&listing)
     } else {
         let rows: Vec<Vec<String>> = listing
             .records
@@ -687,8 +730,8 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
                 "ID", "STATUS", "STORED", "SCOPES", "NAME", "CREATED", "EXPIRES",
             ],
             &rows,
-        ))?;
-    }
+        ))
+    };
     let duplicates = listing
         .records
         .iter()
@@ -709,7 +752,7 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
             join_numbers(&listing.invalid_lines)
         ));
     }
-    Ok(Exit::Success)
+    output::conclude(Exit::Success, printed, Stdout::Job)
 }
 
 fn join_numbers(numbers: &[usize]) -> String {
@@ -739,13 +782,13 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
         .filter(|f| f.severity == Severity::Error)
         .count();
     let warnings = findings.len() - errors;
-    if args.json {
+    let printed = if args.json {
         output::print_json(&LintReport {
             file: path.display().to_string(),
             errors,
             warnings,
             findings,
-        })?;
+        })
     } else {
         let mut text = String::new();
         for f in &findings {
@@ -762,7 +805,7 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
                 f.message, f.kind
             ));
         }
-        output::print(&text)?;
+        let printed = output::print(&text);
         // `edit` fixes lines; a file's mode or a directory is fixed as its message says.
         let line_errors = findings
             .iter()
@@ -778,13 +821,15 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
             "{}: {errors} error(s), {warnings} warning(s){next}",
             path.display()
         ));
-    }
+        printed
+    };
     let failed = errors > 0 || (args.strict && warnings > 0);
-    Ok(if failed {
+    let exit = if failed {
         Exit::Problems
     } else {
         Exit::Success
-    })
+    };
+    output::conclude(exit, printed, Stdout::Job)
 }
 
 fn hash(ctx: &Context) -> Result<Exit> {

@@ -55,11 +55,9 @@ pub fn main() -> ExitCode {
         }
     };
     match run(cli) {
+        // A failed write to stdout is an error like any other here: only the command knows
+        // whether its output was the job or a report of a decision (`output::conclude`).
         Ok(exit) => ExitCode::from(exit.code()),
-        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => {
-            // `tokenfile list | head`: the reader went away; nothing is wrong.
-            ExitCode::SUCCESS
-        }
         Err(e) => {
             output::note(&format!("error: {e}"));
             ExitCode::from(e.exit().code())

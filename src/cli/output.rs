@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Exit, Result};
 pub use crate::token::redact;
 
 fn stdout_error(e: io::Error) -> Error {
@@ -25,6 +25,42 @@ pub fn print_json(value: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::File(format!("cannot encode JSON: {e}")))?;
     print(&format!("{text}\n"))
+}
+
+/// What a command's stdout is to it, for [`conclude`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdout {
+    /// The output is the job (`list`, `id`, `lint`, `completions`): output lost to a full
+    /// disk is a failure, and a reader that went away (`list | head`) is not.
+    Job,
+    /// The output only reports the decision that the exit code carries (`check`).
+    Report,
+}
+
+/// The exit code of a command that decided `decision` and then tried to print its result
+/// (`printed`). A closed or failing stdout never turns a failure into success (SPEC §3): a
+/// reader that went away (EPIPE) leaves the decision as it is, and so does any other write
+/// failure of a report or of a command that already failed; only a job whose output was
+/// lost otherwise (`list > /dev/full`) fails for it.
+pub fn conclude(decision: Exit, printed: Result<()>, stdout: Stdout) -> Result<Exit> {
+    let e = match printed {
+        Ok(()) => return Ok(decision),
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => {
+            return Ok(decision);
+        }
+        Err(e) => e,
+    };
+    if stdout == Stdout::Job && decision == Exit::Success {
+        return Err(e);
+    }
+    note(&format!("warning: {e}"));
+    Ok(decision)
+}
+
+/// A record's name for output that is shown to someone (`list`, `check --json`): a token
+/// pasted into a name by an older version, or by hand, is not shown.
+pub fn shown_name(name: &str) -> String {
+    redact(name).into_owned()
 }
 
 /// Human context on stderr (a token pasted into an argument is redacted).
