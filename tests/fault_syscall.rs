@@ -46,16 +46,20 @@
 //! records, whose copy takes several `write` calls. Prints `fault syscall COMMAND: runs=… changed=… unchanged=…
 //! failures=…` per command and a total line; skipped, saying so, without a working strace.
 //!
-//! Today's code (2026-12-02, before the write-path fixes) fails these cases; they are what
-//! the fixes must turn green (see RELIABILITY.md, "Every system call fails in turn"):
-//! - order, every command: the audit line is written after the rename (mint, rotate,
-//!   revoke, hash, init, edit), and mint/rotate print the token after the rename;
-//! - mint, rotate: `write` to stdout (the token) fails → the file changed, no token shown,
-//!   exit 10 (a token stored that nobody saw);
-//! - every command: the directory `fsync` after the rename fails → the file changed, exit 10;
-//! - every command: a `write` to stderr after the change (the notes "created", "minted",
-//!   "revoked", "hashed", "installed") fails → `eprintln!` panics, exit 101 with the file
-//!   changed.
+//! Today's code (2026-12-02, `ea352ba`, before the write-path fixes) fails 90 of the CI
+//! checks, each case below with EIO and with ENOSPC ("#N": the Nth call of that kind); they
+//! are what the fixes must turn green (RELIABILITY.md, "Every system call fails in turn"):
+//! - order, every command: the audit line is written after the rename; mint and rotate
+//!   also print the token after it (8 problems in the uninjected runs);
+//! - the directory's `openat` after the rename (init #9, mint/revoke/rotate/hash #10,
+//!   edit #13) and `fsync` #2 (the directory's): the file changed, yet exit 10; init,
+//!   revoke, hash and edit then write no audit line at all, mint and rotate stored a token
+//!   that was never shown, and edit says "was not changed" and keeps a copy of the edit it
+//!   installed;
+//! - mint and rotate `write` #3, the token to stdout: the token is stored, nothing shown,
+//!   exit 10;
+//! - the `write`s to stderr after the change (init, revoke, hash #3–5; edit #4–6; mint
+//!   #4–9; rotate #4–12): `eprintln!` panics, exit 101 with the file changed.
 
 mod fault_support;
 
@@ -88,8 +92,8 @@ const SYSCALLS: &[&str] = &[
     "fsetxattr",
 ];
 
-/// The errors injected: an I/O error and a full disk in CI, a full quota too in the full
-/// run. (Each also stands for its neighbours: the code under test cannot tell them apart.)
+/// The errors injected: an I/O error and a full disk in CI; in the full run a full quota
+/// too, which error handling written for ENOSPC easily forgets.
 const ERRNOS_CI: &[&str] = &["EIO", "ENOSPC"];
 const ERRNOS_FULL: &[&str] = &["EIO", "ENOSPC", "EDQUOT"];
 
@@ -132,7 +136,7 @@ impl Cmd {
     }
 
     fn args(self) -> Vec<String> {
-        let args: Vec<String> = match self {
+        match self {
             Cmd::Init => vec!["init".into()],
             Cmd::Mint => vec![
                 "mint".into(),
@@ -145,8 +149,7 @@ impl Cmd {
             Cmd::Rotate => vec!["rotate".into(), id_of(BETA)],
             Cmd::Hash => vec!["hash".into()],
             Cmd::Edit => vec!["edit".into()],
-        };
-        args
+        }
     }
 
     /// Whether strace follows children and threads (see the module comment for `edit`).
