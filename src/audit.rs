@@ -1,4 +1,4 @@
-//! The audit log (SPEC §5): one JSON line per change. It names records by ID, name and
+//! The audit log (docs/writing.md): one JSON line per change. It names records by ID, name and
 //! scopes — never a token, never a digest.
 
 use std::fs::OpenOptions;

@@ -1,4 +1,4 @@
-//! The check decision (SPEC §1 scopes, expiry, first-record-counts), shared by `tokenfile
+//! The check decision (docs/format.md: scopes, expiry, first record counts), shared by `tokenfile
 //! check` and `serve`.
 //!
 //! Two ways to find the record of a presented token, with the same answer:

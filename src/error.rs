@@ -1,4 +1,4 @@
-//! The one error type of the crate and its single mapping to the exit-code table of SPEC §3.
+//! The one error type of the crate and its single mapping to the exit codes (docs/exit-codes.md).
 //!
 //! Every failure a user or the file system can cause ends up here; `main` turns it into a
 //! message on stderr and an exit code, and nowhere else decides exit codes.
@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Exit codes of SPEC §3. `check` outcomes that are not errors (granted, forbidden,
+/// Exit codes of docs/exit-codes.md. `check` outcomes that are not errors (granted, forbidden,
 /// unauthorized) are expressed as an `Exit` directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -71,7 +71,7 @@ impl Error {
         Error::Usage(msg.into())
     }
 
-    /// The single mapping from errors to SPEC §3 exit codes.
+    /// The single mapping from errors to the exit codes of docs/exit-codes.md.
     pub fn exit(&self) -> Exit {
         match self {
             Error::Usage(_) => Exit::Usage,
@@ -127,7 +127,7 @@ impl fmt::Display for Error {
 }
 
 /// What a person can do about a failed system call, when the kind says enough. Every
-/// change is all or nothing (SPEC §2), so "nothing was changed" holds for each of them.
+/// change is all or nothing (docs/writing.md), so "nothing was changed" holds for each of them.
 fn next_step(kind: io::ErrorKind) -> &'static str {
     match kind {
         io::ErrorKind::PermissionDenied => {

@@ -1,4 +1,4 @@
-//! The token file (SPEC §1): a lossless line model.
+//! The token file (docs/format.md): a lossless line model.
 //!
 //! A [`Document`] remembers every line's exact bytes and line ending, so writing back an
 //! unchanged document reproduces the input byte for byte — CRLF, a missing final newline, a

@@ -1,6 +1,6 @@
 //! `tokenfile`: manage a TAB-delimited bearer-token file and answer scope checks.
 //!
-//! Module map (one concept of SPEC.md each):
+//! Module map (§1: docs/format.md, trust.md; §2, §5: docs/writing.md; §3: README "Commands"):
 //! - [`format`]: §1 the file, a lossless line model
 //! - [`scope`]: §1 scopes
 //! - [`token`]: §1 token, hash and ID

@@ -1,4 +1,4 @@
-//! Scopes (SPEC §1 "Scopes"): the grammar, what a record's scopes grant, and the scopes a
+//! Scopes (docs/format.md): the grammar, what a record's scopes grant, and the scopes a
 //! check requires.
 
 use std::fmt;
@@ -14,7 +14,7 @@ fn is_scope_word(item: &[u8]) -> bool {
     !item.is_empty() && item.iter().copied().all(is_scope_char)
 }
 
-/// Spaces around items are tolerated (SPEC §1); TAB cannot occur inside a field.
+/// Spaces around items are tolerated (docs/format.md); TAB cannot occur inside a field.
 fn trim_spaces(mut item: &[u8]) -> &[u8] {
     while let [b' ', rest @ ..] = item {
         item = rest;

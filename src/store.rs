@@ -1,4 +1,4 @@
-//! Writing the file (SPEC §2): an exclusive `flock(2)` on the sidecar `<file>.lock`, then a
+//! Writing the file (docs/writing.md): an exclusive `flock(2)` on the sidecar `<file>.lock`, then a
 //! read-modify-write that lands atomically by rename.
 //!
 //! Paths: the *target* is the real file behind any symlinks, so a symlinked path replaces

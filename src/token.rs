@@ -1,4 +1,4 @@
-//! Tokens, digests and IDs (SPEC §1 "Token, hash and ID").
+//! Tokens, digests and IDs (docs/format.md "Tokens, digests and IDs").
 //!
 //! A minted token is `tf_` + 43 base64url characters (256 bits from the OS CSPRNG) + a
 //! 6-character checksum (base64url of the first 4 bytes of SHA-256 over everything before

@@ -104,6 +104,59 @@ fn kubernetes_secret_is_a_valid_hashed_token_file() {
     );
 }
 
+/// The directives of the nginx `location` block that opens with `opening` (e.g.
+/// `location / {`), one per line, trimmed.
+fn nginx_location(server: &str, opening: &str) -> Vec<String> {
+    server
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| *l != opening)
+        .skip(1)
+        .take_while(|l| *l != "}")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn kubernetes_secret_volume_is_not_readable_by_others() {
+    // A Secret volume is 0644 by default; tokenfile refuses a plaintext file readable by
+    // others, so the README promises defaultMode 0440 (docs/trust.md).
+    let deployment = fs::read_to_string(repo("contrib/kubernetes/deployment.yaml")).unwrap();
+    let volume = deployment
+        .split("- name: tokens\n")
+        .nth(1)
+        .expect("the tokens volume");
+    let mode = volume
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("defaultMode:"))
+        .expect("the tokens volume sets defaultMode")
+        .trim();
+    assert_eq!(mode, "0440");
+}
+
+#[test]
+fn kubernetes_nginx_keeps_the_token_from_the_app_and_the_scope_from_the_client() {
+    let deployment = fs::read_to_string(repo("contrib/kubernetes/deployment.yaml")).unwrap();
+    let server = yaml_block(&deployment, "default.conf: |");
+    let app = nginx_location(&server, "location / {");
+    assert!(
+        app.iter().any(|l| l == "auth_request /_tokenfile;"),
+        "{app:?}"
+    );
+    assert!(
+        app.iter()
+            .any(|l| l == "proxy_set_header Authorization \"\";"),
+        "the app must never see the token: {app:?}"
+    );
+    let auth = nginx_location(&server, "location = /_tokenfile {");
+    assert!(
+        auth.iter()
+            .any(|l| l == "proxy_set_header X-Required-Scope \"\";"),
+        "nginx copies the client's headers into the auth_request: a client's own \
+         X-Required-Scope must be cleared there: {auth:?}"
+    );
+}
+
 #[test]
 fn kubernetes_nginx_config_passes_nginx_t() {
     let Some(nginx) = find_tool("nginx") else {

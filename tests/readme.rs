@@ -451,23 +451,27 @@ fn nginx_walkthrough_protects_a_page() {
     assert_block_runs(&fx, &block);
 }
 
-/// A stand-in application: answers every request with the `X-Token-Id` it was given.
+/// A stand-in application: answers every request with the `X-Token-Id` it was given and
+/// whether an `Authorization` header reached it.
 fn start_app(addr: SocketAddr) {
     let listener = TcpListener::bind(addr).expect("bind the app's port");
     thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut id = String::from("none");
+            let mut authorization = "none";
             let mut line = String::new();
             while reader.read_line(&mut line).unwrap_or(0) > 2 {
-                if let Some((k, v)) = line.split_once(':')
-                    && k.eq_ignore_ascii_case("x-token-id")
-                {
-                    id = v.trim().to_string();
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("x-token-id") {
+                        id = v.trim().to_string();
+                    } else if k.eq_ignore_ascii_case("authorization") {
+                        authorization = "present";
+                    }
                 }
                 line.clear();
             }
-            let body = format!("app sees {id}");
+            let body = format!("app sees {id}; authorization: {authorization}");
             let _ = (&stream).write_all(
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -490,8 +494,7 @@ fn caddy_site_protects_the_application() {
     start_app(fx.app_port);
     let site = the_block("caddyfile")
         .body
-        .replace("127.0.0.1:9180", &serve.http.unwrap().to_string())
-        .replace("api.example.com", &format!("http://{}", fx.nginx_port));
+        .replace("127.0.0.1:9180", &serve.http.unwrap().to_string());
     let site = fx.substitute(&site);
     // No admin endpoint: it would take a fixed port shared with other tests.
     let config = fx.root.path().join("Caddyfile");
@@ -517,22 +520,48 @@ fn caddy_site_protects_the_application() {
         );
         thread::sleep(Duration::from_millis(50));
     }
-    let get = |token: Option<&str>| {
+    let get_with = |token: Option<&str>, extra: &[(&str, &str)]| {
         let auth = token.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> =
+        let mut headers: Vec<(&str, &str)> =
             auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        headers.extend_from_slice(extra);
         http(fx.nginx_port, "GET", "/x", &headers)
     };
+    let get = |token: Option<&str>| get_with(token, &[]);
     let granted = get(Some(&fx.token));
     assert_eq!(granted.status, 200, "{granted:?}\n{}", caddy_log());
-    assert_eq!(granted.text(), format!("app sees {}", fx.id));
+    // The application learns who called, and never sees the token itself.
+    assert_eq!(
+        granted.text(),
+        format!("app sees {}; authorization: none", fx.id),
+        "{}",
+        caddy_log()
+    );
     assert_eq!(get(None).status, 401);
     assert_eq!(get(Some("tf_wrong")).status, 401);
+    // The site chooses the scope, not the client: a client's own X-Required-Scope neither
+    // raises the bar (admin, which the token lacks) nor breaks the check (a malformed one).
+    for asked in ["admin", "*", "read,admin"] {
+        let r = get_with(Some(&fx.token), &[("X-Required-Scope", asked)]);
+        assert_eq!(
+            r.status, 200,
+            "X-Required-Scope: {asked} from the client changed the answer: {r:?}"
+        );
+    }
     let (code, other) = cli(&fx.file, &["mint", "--scope", "admin"], "");
     assert_eq!(code, 0);
     eventually("a token without the scope gets 403", RELOAD * 3, || {
         get(Some(other.trim())).status == 403
     });
+    // Nor can a client lower the bar by asking for a scope its token has.
+    let r = get_with(Some(other.trim()), &[("X-Required-Scope", "admin")]);
+    assert_eq!(r.status, 403, "{r:?}");
+    // The README's site is a local one, bound to loopback.
+    let block = the_block("caddyfile").body;
+    assert!(
+        block.starts_with("http://127.0.0.1:8080 {") && block.contains("bind 127.0.0.1"),
+        "the Caddy site should be http://127.0.0.1:PORT with bind 127.0.0.1:\n{block}"
+    );
 }
 
 /// The `X-Token-*` headers a real `serve` answers a granted check with.
@@ -561,20 +590,52 @@ fn traefik_block_uses_the_check_endpoint_and_the_headers_serve_sends() {
         .strip_prefix("http://127.0.0.1:9180/check?scope=")
         .unwrap_or_else(|| panic!("{address} should ask serve's /check endpoint"));
     tokenfile::scope::RequiredScopes::parse(&[scopes]).expect("a valid required scope");
-    let headers = yaml
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("authResponseHeaders:"))
-        .expect("authResponseHeaders");
-    let listed: BTreeSet<String> = headers
-        .trim()
-        .trim_matches(['[', ']'])
-        .split(',')
-        .map(|h| h.trim().trim_matches('"').to_ascii_lowercase())
-        .collect();
+    // A YAML flow list of strings on the line of `key:` (a trailing comment ignored).
+    let list = |key: &str| -> Vec<String> {
+        let value = yaml
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(key))
+            .map(|v| v.split('#').next().unwrap().trim())
+            .find(|v| !v.is_empty())
+            .unwrap_or_else(|| panic!("no {key} with a value"));
+        value
+            .strip_prefix('[')
+            .and_then(|v| v.strip_suffix(']'))
+            .unwrap_or_else(|| panic!("{key} should be a [list]: {value}"))
+            .split(',')
+            .map(|h| h.trim().trim_matches('"').to_string())
+            .collect()
+    };
+    let lower = |v: Vec<String>| -> BTreeSet<String> {
+        v.into_iter().map(|h| h.to_ascii_lowercase()).collect()
+    };
     let fx = Fixture::new();
-    assert_eq!(listed, token_headers_of_serve(&fx));
-    // The router uses the middleware it defines.
-    assert!(yaml.contains("middlewares: [\"tokenfile-read\"]") && yaml.contains("tokenfile-read:"));
+    assert_eq!(
+        lower(list("authResponseHeaders:")),
+        token_headers_of_serve(&fx)
+    );
+    // Only the token goes to serve: a client's own X-Required-Scope must not.
+    assert_eq!(
+        lower(list("authRequestHeaders:")),
+        BTreeSet::from(["authorization".to_string()])
+    );
+    // The router checks first, then strips the token before the application.
+    assert_eq!(
+        list("middlewares:"),
+        ["tokenfile-read", "strip-authorization"]
+    );
+    let strip = yaml
+        .split("strip-authorization:")
+        .nth(1)
+        .expect("a strip-authorization middleware");
+    assert!(
+        strip.contains("customRequestHeaders:") && strip.contains("Authorization: \"\""),
+        "strip-authorization should set Authorization to \"\" (which removes it)"
+    );
+    assert!(
+        yaml.contains("tokenfile-read:"),
+        "the middleware the router uses"
+    );
 }
 
 #[test]
@@ -828,33 +889,130 @@ fn slug(heading: &str) -> String {
         .collect()
 }
 
-#[test]
-fn links_point_at_headings_and_files_that_exist() {
+/// The anchors of a Markdown text's headings (outside code blocks).
+fn anchors_of(text: &str) -> BTreeSet<String> {
     let mut in_block = false;
     let mut anchors = BTreeSet::new();
-    for line in README.lines() {
+    for line in text.lines() {
         in_block ^= line.starts_with("```");
         if !in_block && line.starts_with('#') {
             anchors.insert(slug(line.trim_start_matches('#')));
         }
     }
+    anchors
+}
+
+/// README.md and every page of docs/, by path relative to the repository.
+fn documents() -> Vec<(PathBuf, String)> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for target in README
-        .split("](")
-        .skip(1)
-        .filter_map(|s| s.split(')').next())
-    {
-        if let Some(anchor) = target.strip_prefix('#') {
+    let mut docs = vec![(PathBuf::from("README.md"), README.to_string())];
+    let mut pages: Vec<PathBuf> = fs::read_dir(repo.join("docs"))
+        .expect("docs/ is in the repository")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    pages.sort();
+    for page in pages {
+        let text = fs::read_to_string(&page).unwrap();
+        docs.push((page.strip_prefix(repo).unwrap().to_path_buf(), text));
+    }
+    docs
+}
+
+#[test]
+fn links_point_at_headings_and_files_that_exist() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = documents();
+    assert!(docs.len() >= 6, "README.md and the docs/ pages: {docs:?}");
+    for (path, text) in &docs {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        for target in text.split("](").skip(1).filter_map(|s| s.split(')').next()) {
+            if target.contains("://") {
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').unwrap_or((target, ""));
+            let file = if file.is_empty() {
+                path.clone()
+            } else {
+                dir.join(file)
+            };
+            // Inside the repository: a clone has nothing outside it (no ../shared/).
+            let resolved = repo.join(&file);
             assert!(
-                anchors.contains(anchor),
-                "no heading for the link #{anchor}"
+                resolved.exists()
+                    && resolved
+                        .canonicalize()
+                        .unwrap()
+                        .starts_with(repo.canonicalize().unwrap()),
+                "{}: the link {target} names no file of the repository",
+                path.display()
             );
-        } else if !target.contains("://") && !target.starts_with("../") {
-            assert!(
-                repo.join(target).exists(),
-                "the link {target} names no file"
-            );
+            if !anchor.is_empty() {
+                let headings = anchors_of(&fs::read_to_string(&resolved).unwrap());
+                assert!(
+                    headings.contains(anchor),
+                    "{}: no heading for the link {target}",
+                    path.display()
+                );
+            }
         }
     }
     assert!(README.contains("](BENCHMARKS.md)") && README.contains("](RELIABILITY.md)"));
+}
+
+#[test]
+fn the_docs_cite_only_what_a_clone_has() {
+    // The repository carries its own reference: nothing may send a reader to a file that is
+    // in no clone (the project's private contract lived at ../shared/SPEC.md).
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut texts = documents();
+    let mut dirs = vec![repo.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                texts.push((path.clone(), fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    // The word SPEC (SPEC.md, SPEC §2, SPEC:), not a name that contains it (SUSPECT_LIMIT).
+    let cites_spec = |line: &str| {
+        let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        line.match_indices("SPEC").any(|(i, _)| {
+            !word(line[..i].chars().next_back()) && !word(line[i + 4..].chars().next())
+        })
+    };
+    assert!(cites_spec("(SPEC §4)") && cites_spec("SPEC.md") && cites_spec("(SPEC: no"));
+    assert!(!cites_spec("SUSPECT_LIMIT") && !cites_spec("SPECIAL"));
+    for (path, text) in texts {
+        for (n, line) in text.lines().enumerate() {
+            assert!(
+                !cites_spec(line),
+                "{}:{}: cites SPEC, which no clone has; cite docs/ instead: {line}",
+                path.display(),
+                n + 1
+            );
+        }
+    }
+    // docs/ pages hold prose and grammars, not commands nothing runs (the README's run).
+    for (path, text) in documents().into_iter().skip(1) {
+        let mut info = None;
+        for line in text.lines() {
+            match (info.is_some(), line.strip_prefix("```")) {
+                (false, Some(i)) => {
+                    assert_eq!(
+                        i,
+                        "text",
+                        "{}: a ```{i} block is run by nothing",
+                        path.display()
+                    );
+                    info = Some(i.to_string());
+                }
+                (true, Some(_)) => info = None,
+                _ => {}
+            }
+        }
+    }
 }

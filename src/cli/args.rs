@@ -1,4 +1,4 @@
-//! The command line (SPEC §3), as clap definitions. Behaviour lives in `cli::commands`.
+//! The command line (README "Commands"), as clap definitions. Behaviour lives in `cli::commands`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! One function per command of SPEC §3.
+//! One function per command (README.md "Commands"; exit codes: docs/exit-codes.md).
 
 use std::collections::BTreeSet;
 use std::io::{self, IsTerminal};

@@ -1,4 +1,4 @@
-//! The command line (SPEC §3): parsing, dispatch, and the one place where results become
+//! The command line (README "Commands"): parsing, dispatch, and the one place where results become
 //! messages and exit codes.
 
 mod args;

@@ -1,5 +1,5 @@
 //! The HTTP listener for reverse-proxy forward auth (nginx `auth_request`, Caddy
-//! `forward_auth`, Traefik `ForwardAuth`), plus `/healthz` and `/metrics` (SPEC §4).
+//! `forward_auth`, Traefik `ForwardAuth`), plus `/healthz` and `/metrics` (docs/protocols.md).
 //!
 //! `/check`, any method: required scopes from `?scope=a,b` (repeatable) and/or the
 //! `X-Required-Scope` header — all of them must be granted; the token from

@@ -1,4 +1,4 @@
-//! `tokenfile serve` (SPEC §4): a long-running checker over a Unix socket and/or HTTP that
+//! `tokenfile serve` (docs/protocols.md): a long-running checker on a Unix socket and/or HTTP that
 //! follows every change of the token file.
 //!
 //! - [`load`]: reading the file consistently, the names that lead to it;

@@ -1,4 +1,4 @@
-//! The Unix socket listener and its line protocol (SPEC §4):
+//! The Unix socket listener and its line protocol (docs/protocols.md):
 //!
 //! ```text
 //! CHECK <scope>[,<scope>…] <token>   →  OK <id> | FORBIDDEN <id> | UNAUTHORIZED | ERROR <reason>
