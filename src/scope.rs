@@ -40,7 +40,7 @@ impl Granted {
     fn grants(&self, required: &str) -> bool {
         match self {
             Granted::All => true,
-            // `kafka:*` grants `kafka:` too (SPEC §1): the prefix is all it asks for.
+            // `kafka:*` grants `kafka:` too (docs/format.md): the prefix is all it asks for.
             Granted::Prefix(prefix) => required.starts_with(&**prefix),
             Granted::Exact(scope) => **scope == *required,
         }
@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn prefix_wildcard_grants_its_bare_prefix() {
-        // SPEC §1: `kafka:*` grants `kafka:` (this module once asserted the opposite).
+        // docs/format.md: `kafka:*` grants `kafka:` (this module once asserted the opposite).
         assert!(set("kafka:*").grants(&req("kafka:")));
         assert!(set("a:b:*").grants(&req("a:b:")));
         assert!(!set("a:b:*").grants(&req("a:b")));

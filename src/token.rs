@@ -388,7 +388,7 @@ mod tests {
         let token = String::from_utf8(mint().unwrap().expose().to_vec()).unwrap();
         let cut = &token[..30];
         // A cut token is taken for one whatever precedes it: also after a letter, which
-        // once kept `stf_0123456789abcDEF` (SPEC §3: "glued to other characters").
+        // once kept `stf_0123456789abcDEF` (docs/exit-codes.md: "glued to other characters").
         assert_eq!(redact("stf_0123456789abcDEF"), format!("s{REDACTED}"));
         for glue in [
             "", "x", "7", "_", "-", "/", ":", ".", "ci-", "tf_", "tf_x", "é",

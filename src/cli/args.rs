@@ -21,7 +21,7 @@ Exit codes:
 Tokens are never taken from the command line: `check` and `id` read the first line of
 stdin (or `check --token-env VAR`). A minted token is printed once, alone, on stdout.";
 
-/// `check --help`: every exit code `check` can give (SPEC §3), so that a script knows what
+/// `check --help`: every exit code `check` can give (docs/exit-codes.md), so that a script knows what
 /// each one means without the manual.
 const CHECK_HELP: &str = "\
 Exit codes of check:

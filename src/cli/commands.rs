@@ -593,7 +593,7 @@ fn denial(
     })
 }
 
-/// The ID of the token on stdin, and whether the file has it (SPEC §3): exit 4 when the
+/// The ID of the token on stdin, and whether the file has it (docs/exit-codes.md): exit 4 when the
 /// file exists and no record in it has the token; no file, no verdict.
 fn id(ctx: &Context) -> Result<Exit> {
     let token = presented_token(None)?;

@@ -38,7 +38,7 @@ pub enum Stdout {
 }
 
 /// The exit code of a command that decided `decision` and then tried to print its result
-/// (`printed`). A closed or failing stdout never turns a failure into success (SPEC §3): a
+/// (`printed`). A closed or failing stdout never turns a failure into success (docs/exit-codes.md): a
 /// reader that went away (EPIPE) leaves the decision as it is, and so does any other write
 /// failure of a report or of a command that already failed; only a job whose output was
 /// lost otherwise (`list > /dev/full`) fails for it.
