@@ -209,17 +209,18 @@ impl Store {
         let locked = self.lock()?;
         let (before, meta) = locked.read()?.ok_or_else(|| missing_file(&self.path))?;
         let mut doc = Document::parse(&before);
-        if exposed == Exposed::Refuse {
+        let ensure_not_exposed = |doc: &Document| {
             trust::ensure_not_exposed(&locked.target, &meta, || {
-                trust::document_holds_plaintext(&doc)
-            })?;
+                trust::document_holds_plaintext(doc)
+            })
+        };
+        if exposed == Exposed::Refuse {
+            ensure_not_exposed(&doc)?;
         }
         let outcome = change(&mut doc)?;
         // The new file keeps the mode: a plaintext record added to a world-readable file
         // would hand its token to every user.
-        trust::ensure_not_exposed(&locked.target, &meta, || {
-            trust::document_holds_plaintext(&doc)
-        })?;
+        ensure_not_exposed(&doc)?;
         // Written straight from the lines: no second copy of a large file in memory.
         let install = || match doc.is(&before) {
             true => Ok(()),

@@ -198,14 +198,14 @@ fn walk(path: &Path) -> Result<Walk, Refusal> {
                 current = PathBuf::from("/");
                 dirs.truncate(1);
             }
-            Some(Component::CurDir) | None => {}
+            // (Unix paths have no prefixes.)
+            Some(Component::CurDir | Component::Prefix(_)) | None => {}
             Some(Component::ParentDir) => {
                 if dirs.len() > 1 {
                     current.pop();
                     dirs.pop();
                 }
             }
-            Some(Component::Prefix(_)) => unreachable!("no path prefixes on Unix"),
             Some(Component::Normal(name)) => {
                 let entry = current.join(name);
                 let meta = lstat(&entry)?;
@@ -227,11 +227,15 @@ fn walk(path: &Path) -> Result<Walk, Refusal> {
                     }
                     let target = fs::read_link(&entry)
                         .map_err(|e| io_refusal("read the link", &entry, e))?;
+                    // As the kernel: an empty link leads nowhere.
+                    if target.as_os_str().is_empty() {
+                        return Err(Refusal::Missing);
+                    }
                     push_front(&mut pending, &target);
                 } else if meta.is_dir() {
                     current = entry;
                     dirs.push(meta);
-                } else if pending.iter().all(|p| p == ".") {
+                } else if pending.is_empty() {
                     return Ok(Walk {
                         real: entry,
                         meta,
@@ -488,10 +492,10 @@ pub fn plaintext_in(reader: impl Read) -> io::Result<bool> {
         if content.starts_with(HASH_PREFIX) || !format::is_record_line(content) {
             continue;
         }
-        if let Entry::Record(record) = format::parse_line(content) {
-            if record.credential.is_plaintext() {
-                return Ok(true);
-            }
+        if let Entry::Record(record) = format::parse_line(content)
+            && record.credential.is_plaintext()
+        {
+            return Ok(true);
         }
     }
 }
