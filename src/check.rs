@@ -171,6 +171,9 @@ pub struct TokenIndex {
     slots: Vec<Slot>,
     /// Lines with a valid record, including shadowed duplicates.
     pub records: usize,
+    /// How many of those store the token itself rather than its digest (SPEC §1: such a
+    /// file must not be readable by others).
+    pub plaintext: usize,
 }
 
 /// One record in 64 bytes, a cache line: what a lookup reads after its slot.
@@ -587,6 +590,7 @@ impl Loader {
             }
         };
         self.index.records += 1;
+        self.index.plaintext += usize::from(fields.hashed.is_none());
         if self.index.entries.len() == MAX_ENTRIES {
             return; // beyond 4 billion tokens: not indexed
         }
@@ -647,6 +651,7 @@ impl Loader {
                     }),
             );
         self.index.records += next_index.records;
+        self.index.plaintext += next_index.plaintext;
         self.number += next_lines;
         self.problems
             .extend(next_problems.into_iter().map(|problem| match problem {

@@ -8,6 +8,7 @@
 //! - [`check`]: the check decision shared by the CLI and `serve`
 //! - [`store`]: §2 locked, atomic read-modify-write
 //! - [`audit`]: §5 audit log
+//! - [`trust`]: §1 trusting the file: the one check every reader opens it through
 //! - [`lint`]: problems of a token file
 //! - [`cli`]: §3 command line
 
@@ -22,4 +23,5 @@ pub mod scope;
 pub mod serve;
 pub mod store;
 pub mod token;
+pub mod trust;
 pub mod when;

@@ -1,16 +1,15 @@
-//! Problems of a token file: what `lint` reports, what `edit` validates, and the safety
-//! check that `check` and `serve` apply before trusting a file.
+//! Problems of a token file: what `lint` reports and what `edit` validates. Whether a file
+//! may be trusted at all is [`crate::trust`]'s to decide; `lint` reports its verdict.
 
 use std::collections::HashMap;
-use std::fs::{self, Metadata};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
 use crate::format::{Credential, Document, Entry};
 use crate::token::Digest;
+use crate::trust::{self, Trusted, Unsafe};
 use crate::when::{Timestamp, format_timestamp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -135,46 +134,6 @@ pub fn lint_document(doc: &Document, now: Timestamp) -> Vec<Finding> {
     findings
 }
 
-/// Why a file is unsafe to trust, if it is: anyone who can write it, or replace it in its
-/// directory, can grant themselves every scope.
-pub fn unsafe_reason(path: &Path) -> Result<Option<String>> {
-    let meta = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
-    if meta.permissions().mode() & 0o002 != 0 {
-        return Ok(Some(format!(
-            "{} is world-writable (mode {:o}): anyone on this host can add a token; \
-             fix with `chmod o-w {}`",
-            path.display(),
-            meta.permissions().mode() & 0o7777,
-            path.display()
-        )));
-    }
-    let real = fs::canonicalize(path).map_err(|e| Error::io("resolve", path, e))?;
-    if let Some(dir) = real.parent() {
-        let dir_meta = fs::metadata(dir).map_err(|e| Error::io("stat", dir, e))?;
-        let mode = dir_meta.permissions().mode();
-        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-            return Ok(Some(format!(
-                "the directory {} is world-writable without the sticky bit: anyone can replace \
-                 {}; fix with `chmod o-w {}` or move the file",
-                dir.display(),
-                real.display(),
-                dir.display()
-            )));
-        }
-    }
-    Ok(None)
-}
-
-/// Refuses (exit 5) a file that is unsafe to use.
-pub fn ensure_safe(path: &Path) -> Result<()> {
-    match unsafe_reason(path)? {
-        Some(reason) => Err(Error::Unsafe(format!(
-            "refusing to use the token file: {reason}"
-        ))),
-        None => Ok(()),
-    }
-}
-
 /// Network file systems where `flock` is not shared with other hosts (or not at all).
 fn network_fs_name(path: &Path) -> Option<&'static str> {
     let stat = nix::sys::statfs::statfs(path).ok()?;
@@ -194,41 +153,35 @@ fn network_fs_name(path: &Path) -> Option<&'static str> {
     })
 }
 
-/// Problems of the file on disk: permissions and file system.
-pub fn lint_file(path: &Path, meta: &Metadata) -> Result<Vec<Finding>> {
-    let mut findings = Vec::new();
-    if let Some(reason) = unsafe_reason(path)? {
+/// Problems of a file that [`trust::open`] accepted: group-writable components (warnings:
+/// an admin's choice), its plaintext if others can read it (an error: every reader refuses
+/// it, SPEC §1), digests others can read, and a network file system.
+pub fn lint_file(trusted: &Trusted, doc: &Document) -> Vec<Finding> {
+    let mut findings: Vec<Finding> = trusted
+        .warnings
+        .iter()
+        .map(|w| Finding::new(Severity::Warning, "group-writable", None, w.clone()))
+        .collect();
+    let path = &trusted.real;
+    if let Some(reason) =
+        trust::exposed_reason(path, &trusted.meta, || trust::document_holds_plaintext(doc))
+    {
         findings.push(Finding::new(
             Severity::Error,
             "unsafe-permissions",
             None,
             reason,
         ));
-    }
-    let mode = meta.permissions().mode();
-    if mode & 0o002 == 0 && mode & 0o020 != 0 {
-        findings.push(Finding::new(
-            Severity::Warning,
-            "group-writable",
-            None,
-            format!(
-                "{} is group-writable (mode {:o}): every member of group {} can add a token",
-                path.display(),
-                mode & 0o7777,
-                meta.gid()
-            ),
-        ));
-    }
-    if mode & 0o004 != 0 {
+    } else if trust::readable_by_others(&trusted.meta) {
         findings.push(Finding::new(
             Severity::Warning,
             "world-readable",
             None,
             format!(
-                "{} is readable by every user (mode {:o}): plaintext tokens in it are exposed, \
-                 and digests can be attacked offline; `chmod o-r` it",
+                "{} is readable by every user (mode {:o}): its digests can be attacked \
+                 offline; `chmod o-r` it",
                 path.display(),
-                mode & 0o7777
+                trusted.meta.mode() & 0o7777
             ),
         ));
     }
@@ -244,7 +197,21 @@ pub fn lint_file(path: &Path, meta: &Metadata) -> Result<Vec<Finding>> {
             ),
         ));
     }
-    Ok(findings)
+    findings
+}
+
+/// What `lint` reports of a file that [`trust::open`] refused: each reason an error, each
+/// group-writable component a warning.
+pub fn lint_refusal(why: &Unsafe) -> Vec<Finding> {
+    let errors = why
+        .reasons
+        .iter()
+        .map(|r| Finding::new(Severity::Error, "unsafe-permissions", None, r.clone()));
+    let warnings = why
+        .warnings
+        .iter()
+        .map(|w| Finding::new(Severity::Warning, "group-writable", None, w.clone()));
+    errors.chain(warnings).collect()
 }
 
 #[cfg(test)]
@@ -280,16 +247,19 @@ mod tests {
 
     #[test]
     fn world_writable_is_unsafe() {
+        use std::fs;
+        use std::os::unix::fs::PermissionsExt;
+        let unsafe_ = |path: &Path| matches!(trust::open(path), Err(trust::Refusal::Unsafe(_)));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
         fs::write(&path, b"").unwrap();
-        assert!(ensure_safe(&path).is_ok());
+        assert!(trust::open(&path).is_ok());
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
-        assert!(matches!(ensure_safe(&path), Err(Error::Unsafe(_))));
+        assert!(unsafe_(&path));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(matches!(ensure_safe(&path), Err(Error::Unsafe(_))));
+        assert!(unsafe_(&path));
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
-        assert!(ensure_safe(&path).is_ok());
+        assert!(trust::open(&path).is_ok());
     }
 }

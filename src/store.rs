@@ -6,7 +6,7 @@
 //! target, so every writer — whichever link it came through — shares one lock.
 
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::format::Document;
+use crate::trust::{self, Refusal, Trusted};
 
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 const NEW_FILE_MODE: u32 = 0o600;
@@ -92,17 +93,23 @@ impl Store {
         Ok(sibling(&self.target()?, ".lock"))
     }
 
-    /// Reads the whole file; a missing file is an error that says how to create one.
+    /// Reads the whole file if it may be trusted (SPEC §1, path, mode and content); a
+    /// missing file is an error that says how to create one.
     pub fn read(&self) -> Result<Vec<u8>> {
-        read_existing(&self.path)
+        let mut trusted = self.open()?;
+        let bytes = trusted.read_all()?;
+        trust::ensure_not_exposed(&trusted.real, &trusted.meta, || {
+            trust::plaintext_in(&bytes[..]).unwrap_or(true)
+        })?;
+        Ok(bytes)
     }
 
-    /// Opens the file for reading, with the errors of [`Store::read`].
-    pub fn open(&self) -> Result<File> {
-        File::open(&self.path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => missing_file(&self.path),
-            _ => Error::io("read", &self.path, e),
-        })
+    /// Opens the file for reading if its path and mode may be trusted, with the errors of
+    /// [`Store::read`]. What it holds is the caller's to judge:
+    /// [`Trusted::ensure_content_safe`] before reading, or [`trust::ensure_not_exposed`]
+    /// once parsed.
+    pub fn open(&self) -> Result<Trusted> {
+        trust::open_existing(&self.path)
     }
 
     /// Takes the exclusive lock, waiting up to the lock timeout.
@@ -140,6 +147,7 @@ impl Store {
         }
         let locked = Locked {
             target,
+            given: self.path.clone(),
             _lock: lock,
         };
         locked.remove_stale_temp_files();
@@ -149,7 +157,19 @@ impl Store {
     /// Locked read-modify-write of an existing file. `change` edits the document and says
     /// what it did; the file is rewritten only if its bytes changed.
     pub fn update<T>(&self, change: impl FnOnce(&mut Document) -> Result<T>) -> Result<T> {
-        self.update_then(change, |_, install| install())
+        self.update_then(Exposed::Refuse, change, |_, install| install())
+            .map(|(outcome, ())| outcome)
+    }
+
+    /// [`Store::update`] of a file that others can read and that holds plaintext, which
+    /// every other reader refuses (SPEC §1): for `hash` alone, because storing only digests
+    /// is exactly what makes such a file safe. Every problem of the path still refuses, and
+    /// so does a change that would leave plaintext readable by others.
+    pub fn update_fixing_exposure<T>(
+        &self,
+        change: impl FnOnce(&mut Document) -> Result<T>,
+    ) -> Result<T> {
+        self.update_then(Exposed::MayFix, change, |_, install| install())
             .map(|(outcome, ())| outcome)
     }
 
@@ -162,7 +182,7 @@ impl Store {
         change: impl FnOnce(&mut Document) -> Result<T>,
         alongside: impl FnOnce(&Document) -> U + Send,
     ) -> Result<(T, U)> {
-        self.update_then(change, |doc, install| {
+        self.update_then(Exposed::Refuse, change, |doc, install| {
             let (installed, report) = std::thread::scope(|scope| {
                 let report = scope.spawn(move || alongside(doc));
                 (install(), report.join())
@@ -179,17 +199,28 @@ impl Store {
     /// installs it (a no-op when nothing changed) to `finish`.
     fn update_then<T, U>(
         &self,
+        exposed: Exposed,
         change: impl FnOnce(&mut Document) -> Result<T>,
         finish: impl FnOnce(&Document, &dyn Fn() -> Result<()>) -> Result<U>,
     ) -> Result<(T, U)> {
-        // Checked before locking too, so that a mistyped path leaves no lock file behind.
-        if fs::symlink_metadata(&self.path).is_err() {
-            return Err(missing_file(&self.path));
-        }
+        // Checked before locking too, so that a mistyped path or an unsafe file leaves no
+        // lock file behind.
+        drop(self.open()?);
         let locked = self.lock()?;
         let (before, meta) = locked.read()?.ok_or_else(|| missing_file(&self.path))?;
         let mut doc = Document::parse(&before);
+        let ensure_not_exposed = |doc: &Document| {
+            trust::ensure_not_exposed(&locked.target, &meta, || {
+                trust::document_holds_plaintext(doc)
+            })
+        };
+        if exposed == Exposed::Refuse {
+            ensure_not_exposed(&doc)?;
+        }
         let outcome = change(&mut doc)?;
+        // The new file keeps the mode: a plaintext record added to a world-readable file
+        // would hand its token to every user.
+        ensure_not_exposed(&doc)?;
         // Written straight from the lines: no second copy of a large file in memory.
         let install = || match doc.is(&before) {
             true => Ok(()),
@@ -198,6 +229,14 @@ impl Store {
         let report = finish(&doc, &install)?;
         Ok((outcome, report))
     }
+}
+
+/// Whether a locked change may read a file that exposes plaintext (see
+/// [`Store::update_fixing_exposure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exposed {
+    Refuse,
+    MayFix,
 }
 
 pub fn missing_file(path: &Path) -> Error {
@@ -218,17 +257,13 @@ pub fn missing_file(path: &Path) -> Error {
     ))
 }
 
-fn read_existing(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => missing_file(path),
-        _ => Error::io("read", path, e),
-    })
-}
-
 /// Proof of holding the lock; released when dropped (the lock file itself stays).
 #[derive(Debug)]
 pub struct Locked {
     target: PathBuf,
+    /// The path as the user gave it: what is walked to judge the file (SPEC §1), since a
+    /// symlink on the way counts as much as the target.
+    given: PathBuf,
     _lock: File,
 }
 
@@ -237,24 +272,37 @@ impl Locked {
         &self.target
     }
 
-    /// The current bytes and metadata, or `None` if the file does not exist.
+    /// The current bytes and metadata, or `None` if the file does not exist. Its path and
+    /// mode are judged (SPEC §1); whether its content may be read by others is the
+    /// caller's to judge once parsed ([`trust::ensure_not_exposed`]).
     pub fn read(&self) -> Result<Option<(Vec<u8>, Metadata)>> {
-        let mut file = match File::open(&self.target) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("open", &self.target, e)),
+        let mut trusted = match trust::open(&self.given) {
+            Ok(trusted) => trusted,
+            Err(Refusal::Missing) => return Ok(None),
+            Err(refusal) => return Err(refusal.into_error(&self.given)),
         };
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io("stat", &self.target, e))?;
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.read_to_end(&mut bytes)
-            .map_err(|e| Error::io("read", &self.target, e))?;
-        Ok(Some((bytes, meta)))
+        // Another file than the one whose lock we hold (a symlink swapped meanwhile) would
+        // be replaced without its writers' lock.
+        if trusted.real != self.target {
+            return Err(Error::File(format!(
+                "{} now leads to {} instead of {}, the file that was locked; try again",
+                self.given.display(),
+                trusted.real.display(),
+                self.target.display()
+            )));
+        }
+        let bytes = trusted.read_all()?;
+        Ok(Some((bytes, trusted.meta)))
     }
 
-    /// Atomically replaces the file with `bytes`, keeping owner, group and mode of `like`.
+    /// Atomically replaces the file with `bytes`, keeping owner, group and mode of `like` —
+    /// unless that would leave plaintext readable by others (SPEC §1).
     pub fn replace(&self, bytes: &[u8], like: Option<&Metadata>) -> Result<()> {
+        if let Some(meta) = like {
+            trust::ensure_not_exposed(&self.target, meta, || {
+                trust::plaintext_in(bytes).unwrap_or(true)
+            })?;
+        }
         self.install(|out| out.write_all(bytes), like, false)
     }
 
@@ -417,6 +465,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("real");
         fs::write(&real, b"a\n").unwrap();
+        // A plaintext record: not for others to read (SPEC §1).
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o600)).unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         Store::new(&link, DEFAULT_LOCK_TIMEOUT)

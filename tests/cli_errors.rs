@@ -52,11 +52,17 @@ fn init_names_a_missing_directory_and_an_existing_file() {
 fn a_directory_given_as_the_file_is_named_as_such() {
     let env = Env::new();
     let out = env.tokenfile(&["--file", &env.dir_str(), "list"]);
-    explains(out, IO, &[&env.dir_str(), "not a directory"], &[]);
+    // SPEC §1: a path that is not a regular file is refused (exit 5), like an unsafe one.
+    explains(
+        out,
+        PROBLEMS,
+        &[&env.dir_str(), "not a regular file", "not a directory"],
+        &[],
+    );
 }
 
 #[test]
-fn a_world_writable_file_is_refused_by_check_and_warned_about_elsewhere() {
+fn a_world_writable_file_is_refused_by_check_and_every_other_reader() {
     let env = Env::init();
     let token = env.mint(&["--scope", "read"]);
     env.chmod(0o666);
@@ -71,13 +77,18 @@ fn a_world_writable_file_is_refused_by_check_and_warned_about_elsewhere() {
     );
     assert!(out.stdout.is_empty(), "{out:?}");
 
-    // list and mint still work (an admin must be able to see and fix the file), but say
-    // that check and serve will refuse it.
+    // SPEC §1: list and mint refuse it as well (exit 5), saying how to fix it; nothing
+    // is minted.
+    let before = env.read();
     let out = env.tokenfile(&["list"]);
-    let out = explains(out, OK, &["world-writable", &fix, "refuse"], &[&token]);
-    assert!(out.out().starts_with("ID"), "{out:?}");
+    let out = explains(out, PROBLEMS, &["world-writable", &fix], &[&token]);
+    assert!(out.stdout.is_empty(), "{out:?}");
     let out = env.tokenfile(&["mint", "--scope", "read"]);
-    let out = explains(out, OK, &["world-writable", &fix], &[]);
+    let out = explains(out, PROBLEMS, &["world-writable", &fix], &[]);
+    assert!(out.stdout.is_empty(), "no token is shown: {out:?}");
+    assert_eq!(env.read(), before);
+    env.chmod(0o600);
+    let out = env.tokenfile(&["mint", "--scope", "read"]).ok();
     assert!(
         is_minted_shape(out.out().trim_end()),
         "stdout is the token alone: {out:?}"

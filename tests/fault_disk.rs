@@ -257,9 +257,13 @@ fn permission_denied_leaves_the_file_alone() {
                 _ => (0o755, Some(&lock)),
             };
             if root {
+                // Writable for the writer through its group: a directory owned by nobody
+                // would make the root-owned file in it unsafe (SPEC §1), refused before
+                // the fault is even met.
                 let writable_dir = dir_mode != 0o555;
-                chown(&d, Some(if writable_dir { NOBODY } else { 0 }), None).unwrap();
-                fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+                chown(&d, Some(0), Some(if writable_dir { NOBODY } else { 0 })).unwrap();
+                let mode = if writable_dir { 0o775 } else { 0o755 };
+                fs::set_permissions(&d, fs::Permissions::from_mode(mode)).unwrap();
                 for p in [&file, &lock] {
                     let owner = if Some(p) == denied { 0 } else { NOBODY };
                     chown(p, Some(owner), Some(owner)).unwrap();

@@ -450,6 +450,8 @@ fn hostile_input_gets_error_answers_and_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens");
     fs::write(&file, format!("{VALID}\tread\thostile\n")).unwrap();
+    // A plaintext record: SPEC §1 refuses it readable by others.
+    fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let serve = Serve::start(&file, dir.path(), Listen::Both);
     // Warm up (threads, buffers) before measuring where memory starts.
     for _ in 0..20 {

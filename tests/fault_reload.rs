@@ -24,8 +24,8 @@ mod serve_common;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::symlink;
-use std::path::PathBuf;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -98,7 +98,7 @@ impl Model {
         };
         let (content, _) = model.render();
         fs::create_dir_all(model.version_dir(0)).unwrap();
-        fs::write(model.version_dir(0).join("tokens"), content).unwrap();
+        write_private(&model.version_dir(0).join("tokens"), &content);
         symlink("..v0", model.volume.join("..data")).unwrap();
         symlink("..data/tokens", model.link()).unwrap();
         model
@@ -145,6 +145,13 @@ impl Model {
         self.added += 1;
         format!("rolling-{seed}-{}", self.added)
     }
+}
+
+/// Writes a new token file 0600: it holds a plaintext record, which SPEC §1 refuses to
+/// serve from a file others can read (a Secret volume's default 0644 included).
+fn write_private(path: &Path, content: &str) {
+    fs::write(path, content).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// A pause of an in-place writer long enough for the reloader to look (it reads a file
@@ -251,7 +258,7 @@ fn rewrite(
             let old = model.version_dir(model.version);
             model.version += 1;
             fs::create_dir(model.version_dir(model.version)).unwrap();
-            fs::write(model.real(), &content).unwrap();
+            write_private(&model.real(), &content);
             let temp = model.volume.join("..data_tmp");
             symlink(format!("..v{}", model.version), &temp).unwrap();
             fs::rename(&temp, model.volume.join("..data")).unwrap();

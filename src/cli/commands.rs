@@ -210,15 +210,10 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// Warnings owed to a person whose command worked on a file that is not fine: `check` and
-/// `serve` refuse a world-writable file, and invalid lines silently grant nothing.
+/// Warnings owed to a person whose command worked on a file that is not fine: invalid lines
+/// silently grant nothing. (An unsafe file never gets this far: every reader refuses it.)
 fn warn_about_file(ctx: &Context, invalid: &[usize]) {
     let path = ctx.store.path();
-    if let Ok(Some(reason)) = lint::unsafe_reason(path) {
-        note(&format!(
-            "warning: {reason}; until then `check` and `serve` refuse this file"
-        ));
-    }
     if !invalid.is_empty() {
         note(&format!(
             "warning: {} has {} invalid line(s) that grant nothing (lines {}); \
@@ -469,10 +464,10 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     let required = RequiredScopes::parse(&args.scopes)?;
     let token = presented_token(args.token_env.as_deref())?;
     // Scanned in chunks, not read whole: a large file costs no more memory than a small one.
-    let file = ctx.store.open()?;
-    lint::ensure_safe(ctx.store.path())?;
-    let grant =
-        check::find_record_in(file, &token).map_err(|e| Error::io("read", ctx.store.path(), e))?;
+    let mut trusted = ctx.store.open()?;
+    trusted.ensure_content_safe()?;
+    let grant = check::find_record_in(&trusted.file, &token)
+        .map_err(|e| Error::io("read", ctx.store.path(), e))?;
     let decision = check::decide(
         !token.is_empty(),
         grant.as_ref().map(check::Grant::view),
@@ -773,10 +768,19 @@ struct LintReport {
 
 fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
     let path = ctx.store.path();
-    let bytes = ctx.store.read()?;
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
-    let mut findings = lint::lint_file(path, &meta)?;
-    findings.extend(lint::lint_document(&Document::parse(&bytes), when::now()));
+    // An unsafe file is reported, not read: it may be a FIFO, and what it says is not to be
+    // believed anyway until it is fixed.
+    let findings = match crate::trust::open(path) {
+        Ok(mut trusted) => {
+            let bytes = trusted.read_all()?;
+            let doc = Document::parse(&bytes);
+            let mut findings = lint::lint_file(&trusted, &doc);
+            findings.extend(lint::lint_document(&doc, when::now()));
+            findings
+        }
+        Err(crate::trust::Refusal::Unsafe(why)) => lint::lint_refusal(&why),
+        Err(refusal) => return Err(refusal.into_error(path)),
+    };
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)
@@ -833,7 +837,9 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
 }
 
 fn hash(ctx: &Context) -> Result<Exit> {
-    let (hashed, invalid) = ctx.store.update(|doc| {
+    // A file that others can read is refused for its plaintext by every other reader;
+    // hashing is the fix, so `hash` alone may read it (the path must still be safe).
+    let (hashed, invalid) = ctx.store.update_fixing_exposure(|doc| {
         let plain: Vec<(usize, Record)> = doc
             .records()
             .filter(|(_, r)| r.credential.is_plaintext())

@@ -18,9 +18,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::check::{LoadProblem, TokenIndex};
 use crate::error::{Error, Result};
-use crate::lint;
 use crate::store::missing_file;
 use crate::token::Digest;
+use crate::trust::{self, Refusal, Trusted};
 
 use super::state::{FileStatus, Snapshot, log_problems};
 
@@ -93,7 +93,8 @@ pub enum Reading {
     Busy,
     /// Exists but cannot be read.
     Unreadable(io::Error),
-    /// Readable but unsafe to trust (world-writable); the reason says how to fix it.
+    /// Unsafe to trust (SPEC §1: writable or replaceable by others, plaintext readable by
+    /// others, not a regular file); the reason says how to fix it.
     Unsafe(String),
 }
 
@@ -107,10 +108,14 @@ pub enum Reading {
 /// three times the file. The price is a longer lease (a writer opening the file meanwhile
 /// waits for the index to be built, a fraction of a second for a million records).
 pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Reading::Missing,
-        Err(e) => return Reading::Unreadable(e),
+    // Judged (SPEC §1) and opened without blocking: a FIFO at the path is refused, not
+    // waited on.
+    let Trusted { file, real, .. } = match trust::open(path) {
+        Ok(trusted) => trusted,
+        Err(Refusal::Missing) => return Reading::Missing,
+        Err(Refusal::Changed) => return Reading::Unstable,
+        Err(Refusal::Io { source, .. }) => return Reading::Unreadable(source),
+        Err(Refusal::Unsafe(why)) => return Reading::Unsafe(why.to_string()),
     };
     // Held until the end of the read: a writer that opens the file meanwhile waits for it.
     let lease = match ReadLease::take(&file) {
@@ -137,16 +142,14 @@ pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
     if Fingerprint::of(&before) != fingerprint || len != after.len() {
         return Reading::Unstable;
     }
-    match lint::unsafe_reason(path) {
-        Ok(None) => Reading::Read {
+    match trust::exposed_reason(&real, &after, || index.plaintext > 0) {
+        None => Reading::Read {
             snapshot: Box::new(Snapshot::loaded(index, &problems, content)),
             problems,
             fingerprint,
             leased: lease.is_some(),
         },
-        Ok(Some(reason)) => Reading::Unsafe(reason),
-        // It went away or changed between our read and the check.
-        Err(_) => Reading::Unstable,
+        Some(reason) => Reading::Unsafe(reason),
     }
 }
 
@@ -391,6 +394,8 @@ mod tests {
         let path = dir.path().join("tokens");
         assert!(matches!(read(&path, true), Reading::Missing));
         fs::write(&path, b"tok\tread\n").unwrap();
+        // A plaintext record: not for others to read (SPEC §1).
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let Reading::Read {
             snapshot,
             fingerprint,
@@ -406,7 +411,7 @@ mod tests {
         fs::create_dir(dir.path().join("d")).unwrap();
         assert!(matches!(
             read(&dir.path().join("d"), true),
-            Reading::Unreadable(_)
+            Reading::Unsafe(_)
         ));
     }
 
@@ -415,6 +420,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
         fs::write(&path, b"tok\n").unwrap();
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         // Leases need the owner (we are) and a file system that has them.
         let leases = matches!(ReadLease::take(&File::open(&path).unwrap()), Ok(Some(_)));
         let writer = fs::OpenOptions::new().append(true).open(&path).unwrap();

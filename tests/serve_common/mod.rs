@@ -429,10 +429,20 @@ pub fn parse_response(raw: &[u8]) -> Response {
     }
 }
 
-/// Replaces `path` atomically the way careful writers do: a temp file, then rename.
+/// Replaces `path` atomically the way careful writers do: a temp file, created 0600 (a
+/// token file with plaintext must not be readable by others, SPEC §1), then rename.
 pub fn replace_by_rename(path: &Path, content: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
     let temp = path.with_extension("tmp-test");
-    fs::write(&temp, content).unwrap();
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .unwrap();
+    file.write_all(content.as_bytes()).unwrap();
+    drop(file);
     fs::rename(&temp, path).unwrap();
 }
 
