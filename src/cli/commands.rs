@@ -607,9 +607,12 @@ fn id(ctx: &Context) -> Result<Exit> {
     let found = match std::fs::metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         _ => {
-            let file = ctx.store.open()?;
-            lint::ensure_safe(path)?;
-            Some(check::find_record_in(file, &token).map_err(|e| Error::io("read", path, e))?)
+            let mut trusted = ctx.store.open()?;
+            trusted.ensure_content_safe()?;
+            Some(
+                check::find_record_in(&trusted.file, &token)
+                    .map_err(|e| Error::io("read", path, e))?,
+            )
         }
     };
     let printed = output::print(&format!("{id}\n"));
