@@ -262,8 +262,9 @@ pub fn edit(store: &Store, audit: &AuditLog) -> Result<Exit> {
     let original = store.read()?;
     let dir = target.parent().unwrap_or(Path::new("/"));
     // Copies that an earlier edit left when it was killed are removed under the lock
-    // (and named on stderr): they hold every credential.
-    drop(store.lock()?);
+    // (and named on stderr): they hold every credential. Only if the lock is free now:
+    // the edit itself needs no lock until it installs, and the next writer cleans up.
+    drop(Store::new(store.path(), std::time::Duration::ZERO).lock());
     // Beside the file: same file system, same protection, 0600 from the start. The name
     // carries this process's ID, so that a copy whose process is gone is known stale.
     let mut copy = tempfile::Builder::new()

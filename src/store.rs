@@ -334,6 +334,11 @@ impl Locked {
         temp.as_file()
             .sync_all()
             .map_err(|e| Error::io("sync a temporary copy of", target, e))?;
+        // A second name for the old file, so that a failed directory sync can put it back.
+        let backup = match (like, no_clobber) {
+            (Some(_), false) => link_backup(target),
+            _ => None,
+        };
         let renamed = landing.before_rename(target).and_then(|()| {
             if no_clobber {
                 temp.persist_noclobber(target).map(drop).map_err(|e| {
@@ -350,19 +355,39 @@ impl Locked {
             }
         });
         if let Err(e) = renamed {
+            remove_backup(backup.as_deref());
             landing.failed(target, &e);
             return Err(e);
         }
-        // The rename is durable only once the directory entry is. The change is in place
-        // by now, so this failure must not claim that nothing changed.
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| {
-            Error::File(format!(
-                "{} was changed, but syncing its directory {} failed ({e}): a crash may \
-                 still undo the change; check the file with `tokenfile list`",
-                target.display(),
-                dir.display()
-            ))
-        })
+        // The rename is durable only once the directory entry is.
+        let Err(e) = File::open(dir).and_then(|d| d.sync_all()) else {
+            remove_backup(backup.as_deref());
+            return Ok(());
+        };
+        // Never retried (a failed fsync may have dropped what it was to write): the old
+        // file goes back, so that the failure the command reports is the whole truth.
+        let undone = match &backup {
+            Some(backup) => fs::rename(backup, target),
+            None if no_clobber => fs::remove_file(target),
+            None => Err(io::ErrorKind::Unsupported.into()),
+        };
+        if undone.is_ok() {
+            let error = Error::File(format!(
+                "cannot sync the directory {} ({e}); the change to {} was undone: nothing \
+                 was changed",
+                dir.display(),
+                target.display()
+            ));
+            landing.failed(target, &error);
+            return Err(error);
+        }
+        remove_backup(backup.as_deref());
+        Err(Error::File(format!(
+            "{} was changed, but syncing its directory {} failed ({e}): a crash may still \
+             undo the change; check the file with `tokenfile list`",
+            target.display(),
+            dir.display()
+        )))
     }
 
     /// A writer killed mid-write leaves its temp file behind. Holding the lock means no
@@ -371,12 +396,17 @@ impl Locked {
         let Some(dir) = self.target.parent() else {
             return;
         };
-        let prefix = temp_prefix(&self.target);
+        let prefixes = [temp_prefix(&self.target), backup_prefix(&self.target)];
         let Ok(entries) = fs::read_dir(dir) else {
             return;
         };
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if prefixes
+                .iter()
+                .any(|prefix| name.starts_with(prefix.as_str()))
+            {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -389,6 +419,28 @@ impl Locked {
                 );
             }
         }
+    }
+}
+
+fn backup_prefix(target: &Path) -> String {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.old-")
+}
+
+/// Links the file about to be replaced as `.tokens.old-<pid>`. `None` where that cannot be
+/// done (a file system without hard links): the change goes ahead, without the undo.
+fn link_backup(target: &Path) -> Option<PathBuf> {
+    let backup = target.with_file_name(format!("{}{}", backup_prefix(target), std::process::id()));
+    let _ = fs::remove_file(&backup);
+    fs::hard_link(target, &backup).ok().map(|()| backup)
+}
+
+fn remove_backup(backup: Option<&Path>) {
+    if let Some(backup) = backup {
+        let _ = fs::remove_file(backup);
     }
 }
 

@@ -385,3 +385,56 @@ fn a_copy_left_by_kill_9_is_removed_by_the_next_writer() {
     assert!(!env.path(&copy).exists(), "the stale copy is still there");
     assert!(out.err().contains(&copy), "stderr should name it: {out:?}");
 }
+
+/// Every failing system call of a change, injected with strace: the command exits non-zero
+/// exactly when the file is unchanged, and leaves no temp file or backup behind.
+#[test]
+fn an_injected_failure_fails_exactly_the_changes_that_did_not_land() {
+    let probe = Command::new("strace").args(["-qq", "true"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: strace is missing or may not trace here");
+        return;
+    }
+    let env = env_with_record(None);
+    let original = env.read();
+    let id = id_of(b"tok-a");
+    let mut tried = 0;
+    for args in [vec!["mint", "--scope", "read"], vec!["rotate", id.as_str()]] {
+        for (call, error) in [
+            ("fsync", "EIO"),
+            ("fdatasync", "EIO"),
+            ("rename", "EXDEV"),
+            ("linkat", "EPERM"),
+            ("write", "ENOSPC"),
+        ] {
+            for when in 1..=3 {
+                env.write(&original);
+                let before = env.read();
+                let mut cmd = Command::new("strace");
+                cmd.args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                    .arg(format!("inject={call}:error={error}:when={when}"))
+                    .arg(BIN)
+                    .args(&args)
+                    .env("TOKENFILE", &env.file)
+                    .current_dir(env.dir.path());
+                let out = run(cmd, None);
+                tried += 1;
+                let changed = env.read() != before;
+                assert_eq!(
+                    out.code != OK,
+                    !changed,
+                    "{call}#{when}={error}: exit {} but the file {}: {out:?}",
+                    out.code,
+                    if changed { "changed" } else { "did not change" }
+                );
+                let left: Vec<String> = fs::read_dir(env.dir.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.contains(".tmp-") || n.contains(".old-"))
+                    .collect();
+                assert!(left.is_empty(), "{call}#{when}: left {left:?}");
+            }
+        }
+    }
+    assert_eq!(tried, 30);
+}
