@@ -115,11 +115,12 @@ fn reveal(issued: &Issued, json: bool) -> Result<()> {
         true => output::print_json(issued),
         false => output::print(&format!("{}\n", issued.token)),
     };
-    shown.map_err(|e| {
-        // Not an `Error::Io`: a closed pipe here is a failed change, never a quiet success.
-        Error::File(format!(
-            "{e}; the new token could not be shown, so nothing was changed"
-        ))
+    // Not an `Error::Io`: a closed pipe here is a failed change, never a quiet success.
+    shown.map_err(|e| match e {
+        Error::Io { source, .. } => Error::File(format!(
+            "cannot write the new token to standard output ({source}), so nothing was changed"
+        )),
+        other => other,
     })
 }
 
