@@ -41,6 +41,15 @@ pub trait Landing {
     fn failed(&mut self, target: &Path, error: &Error);
 }
 
+impl<L: Landing + ?Sized> Landing for &mut L {
+    fn before_rename(&mut self, target: &Path) -> Result<()> {
+        (**self).before_rename(target)
+    }
+    fn failed(&mut self, target: &Path, error: &Error) {
+        (**self).failed(target, error);
+    }
+}
+
 /// A change with nothing to log or show.
 impl Landing for () {
     fn before_rename(&mut self, _: &Path) -> Result<()> {
@@ -499,7 +508,9 @@ pub fn set_mode(file: &File, mode: u32) -> io::Result<()> {
 /// fchmod'ed to exactly 0600 before anything is written to it, so the umask (0277 would
 /// leave it 0400, unwritable) never decides its mode; an existing file keeps its mode.
 pub fn open_private(path: &Path, options: &OpenOptions) -> io::Result<File> {
-    loop {
+    // Twice at most: a file that vanishes again after being created by someone else is
+    // not worth a loop.
+    for _ in 0..2 {
         match options.clone().open(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             other => return other,
@@ -519,6 +530,7 @@ pub fn open_private(path: &Path, options: &OpenOptions) -> io::Result<File> {
             Err(e) => return Err(e),
         }
     }
+    options.clone().open(path)
 }
 
 /// The POSIX ACL of the file being replaced, carried over to its replacement (SPEC §2).
@@ -665,6 +677,60 @@ mod tests {
             .collect();
         assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
         assert!(names.contains(&"tokens.lock".to_string()));
+    }
+
+    /// Records what a change saw of the file at each step of its landing.
+    struct Probe {
+        path: PathBuf,
+        fail: bool,
+        seen: Vec<String>,
+    }
+
+    impl Landing for Probe {
+        fn before_rename(&mut self, _: &Path) -> Result<()> {
+            let now = fs::read(&self.path).unwrap();
+            self.seen
+                .push(format!("before:{}", String::from_utf8_lossy(&now)));
+            match self.fail {
+                true => Err(Error::File("refused".into())),
+                false => Ok(()),
+            }
+        }
+        fn failed(&mut self, _: &Path, error: &Error) {
+            self.seen.push(format!("failed:{error}"));
+        }
+    }
+
+    #[test]
+    fn landing_runs_before_the_rename_and_its_failure_cancels_the_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        fs::write(&path, b"a\n").unwrap();
+        let push_b = |doc: &mut Document| {
+            doc.push_line(b"b".to_vec());
+            Ok(())
+        };
+        for fail in [true, false] {
+            let mut probe = Probe {
+                path: path.clone(),
+                fail,
+                seen: Vec::new(),
+            };
+            let result = store(dir.path()).update(push_b, |_| &mut probe);
+            assert_eq!(result.is_err(), fail);
+            let expected: &[&str] = match fail {
+                true => &["before:a\n", "failed:refused"],
+                false => &["before:a\n"],
+            };
+            assert_eq!(probe.seen, expected);
+            let names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.contains(".tmp-") || n.contains(".old-"))
+                .collect();
+            assert!(names.is_empty(), "{names:?}");
+        }
+        assert_eq!(fs::read(&path).unwrap(), b"a\nb\n");
     }
 
     #[test]
