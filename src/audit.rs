@@ -3,13 +3,14 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::error::{Error, Result};
 use crate::format::Record;
+use crate::store::{self, Landing};
 use crate::when::{self, format_timestamp};
 
 /// A record as the audit log shows it.
@@ -107,28 +108,78 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends one line. A failure is returned for the caller to warn about; the change it
-    /// describes has already landed and stays.
+    /// Appends one line and syncs it.
     pub fn append(&self, event: &Event, file: &Path) -> std::io::Result<()> {
         let mut line = render(event, file);
         line.push('\n');
-        let mut log = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&self.path)?;
+        let mut log = store::open_private(&self.path, OpenOptions::new().append(true))?;
         // One write with O_APPEND: concurrent appenders never interleave within a line.
         log.write_all(line.as_bytes())?;
         log.sync_data()
     }
 
-    /// Appends, turning a failure into a warning on stderr.
-    pub fn record(&self, event: &Event, file: &Path) {
-        if let Err(e) = self.append(event, file) {
-            eprintln!(
-                "tokenfile: warning: could not write the audit log {}: {e} (the change itself was made)",
-                self.path.display()
-            );
+    /// Appends, turning a failure into a warning on stderr: a change never fails for want
+    /// of its audit line. Says whether the line was written.
+    pub fn record(&self, event: &Event, file: &Path) -> bool {
+        match self.append(event, file) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!(
+                    "tokenfile: warning: could not write the audit log {}: {e} (the change \
+                     goes ahead without its audit line)",
+                    self.path.display()
+                );
+                false
+            }
         }
+    }
+}
+
+/// The landing of a change (see [`Landing`]): its audit line is written and synced before
+/// the rename, then `reveal` shows the secret it hands out; a change that fails after its
+/// line was written gets a second line, event `failed`, with the same records.
+pub struct Commit<'a> {
+    log: &'a AuditLog,
+    event: Event,
+    reveal: Option<Box<dyn FnOnce() -> Result<()> + 'a>>,
+    logged: bool,
+}
+
+impl<'a> Commit<'a> {
+    pub fn new(log: &'a AuditLog, event: Event) -> Self {
+        Commit {
+            log,
+            event,
+            reveal: None,
+            logged: false,
+        }
+    }
+
+    /// `reveal` prints the secret; when it fails, nothing is changed.
+    pub fn revealing(mut self, reveal: impl FnOnce() -> Result<()> + 'a) -> Self {
+        self.reveal = Some(Box::new(reveal));
+        self
+    }
+}
+
+impl Landing for Commit<'_> {
+    fn before_rename(&mut self, target: &Path) -> Result<()> {
+        self.logged = self.log.record(&self.event, target);
+        match self.reveal.take() {
+            Some(reveal) => reveal(),
+            None => Ok(()),
+        }
+    }
+
+    fn failed(&mut self, target: &Path, error: &Error) {
+        if !self.logged {
+            return;
+        }
+        let mut failed = Event::new("failed", self.event.records.clone());
+        failed.details = self.event.details.clone();
+        let failed = failed
+            .with("change", self.event.event)
+            .with("error", error.to_string());
+        self.log.record(&failed, target);
     }
 }

@@ -171,7 +171,7 @@ pub struct TokenIndex {
     slots: Vec<Slot>,
     /// Lines with a valid record, including shadowed duplicates.
     pub records: usize,
-    /// How many of those store the token itself rather than its digest (SPEC §1: such a
+    /// How many of those store the token itself rather than its digest (docs/trust.md: such a
     /// file must not be readable by others).
     pub plaintext: usize,
 }

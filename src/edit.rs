@@ -6,6 +6,10 @@
 //! takes the lock and re-reads the file: if it changed meanwhile, lines that were only
 //! appended (what `mint` does) are carried over; any other concurrent change is never
 //! overwritten — the edit is refused and the copy kept for the admin to re-apply.
+//!
+//! The copy holds every credential, so it never outlives the edit by accident: errors drop
+//! it, SIGINT/SIGHUP/SIGTERM remove it before the process dies, and a copy left by a
+//! `kill -9` carries its dead process's ID in its name, for the next writer to remove.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,7 +20,7 @@ use std::process::Command;
 
 use tempfile::NamedTempFile;
 
-use crate::audit::{AuditLog, AuditRecord, Event};
+use crate::audit::{AuditLog, AuditRecord, Commit, Event};
 use crate::error::{Error, Exit, Result};
 use crate::format::{Document, Line};
 use crate::lint::{self, Severity};
@@ -126,9 +130,122 @@ fn audit_event(before: &[u8], after: &[u8]) -> Event {
         .with("changed", changed)
 }
 
+/// Removes the editing copy when a signal ends the process (docs/writing.md: no full copy of the
+/// file is left behind). Only async-signal-safe calls run in the handler.
+mod on_signal {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+    use std::ptr;
+    use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+
+    use nix::libc::{self, c_char, c_int};
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+
+    const SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGHUP, Signal::SIGTERM];
+    static COPY: AtomicPtr<c_char> = AtomicPtr::new(ptr::null_mut());
+    static IN_EDITOR: AtomicBool = AtomicBool::new(false);
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn handle(sig: c_int) {
+        // Ctrl-C reaches the editor too, and it decides (vi uses the key itself); the
+        // edit stops once the editor returns.
+        if sig == libc::SIGINT && IN_EDITOR.load(Ordering::SeqCst) {
+            INTERRUPTED.store(true, Ordering::SeqCst);
+            return;
+        }
+        die(sig);
+    }
+
+    fn die(sig: c_int) {
+        let copy = COPY.swap(ptr::null_mut(), Ordering::SeqCst);
+        // SAFETY: unlink, signal and raise are async-signal-safe; `copy` is a leaked,
+        // NUL-terminated string (or null).
+        unsafe {
+            if !copy.is_null() {
+                libc::unlink(copy);
+            }
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+    }
+
+    /// While alive, the signals remove `path` and then end the process as they would have.
+    pub struct Guard;
+
+    impl Guard {
+        pub fn new(path: &Path) -> Guard {
+            if let Ok(path) = CString::new(path.as_os_str().as_bytes()) {
+                let old = COPY.swap(path.into_raw(), Ordering::SeqCst);
+                free(old);
+            }
+            let action = SigAction::new(
+                SigHandler::Handler(handle),
+                SaFlags::SA_RESTART,
+                SigSet::empty(),
+            );
+            for sig in SIGNALS {
+                // SAFETY: the handler only touches atomics and async-signal-safe calls.
+                let _ = unsafe { sigaction(sig, &action) };
+            }
+            Guard
+        }
+
+        /// Runs the editor; a Ctrl-C meanwhile ends the edit once the editor returns.
+        pub fn editing<T>(&self, run: impl FnOnce() -> T) -> T {
+            IN_EDITOR.store(true, Ordering::SeqCst);
+            let result = run();
+            IN_EDITOR.store(false, Ordering::SeqCst);
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                die(libc::SIGINT);
+            }
+            result
+        }
+
+        /// The copy is no longer ours to remove (kept for the admin, or gone).
+        pub fn forget(&self) {
+            free(COPY.swap(ptr::null_mut(), Ordering::SeqCst));
+        }
+    }
+
+    fn free(path: *mut c_char) {
+        if !path.is_null() {
+            // SAFETY: every non-null pointer stored in COPY came from CString::into_raw
+            // and is freed once, by whoever swapped it out.
+            drop(unsafe { CString::from_raw(path) });
+        }
+    }
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.forget();
+            let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+            for sig in SIGNALS {
+                // SAFETY: restoring the default disposition.
+                let _ = unsafe { sigaction(sig, &default) };
+            }
+        }
+    }
+}
+
 /// Keeps the admin's edited copy after a failure to install it, and says where it is.
-fn keep_edit(copy: NamedTempFile, why: impl fmt::Display) -> Error {
-    match copy.into_temp_path().keep() {
+/// The kept copy is renamed `.…edit-saved-…`: no writer removes it as a leftover.
+fn keep_edit(copy: NamedTempFile, guard: &on_signal::Guard, why: impl fmt::Display) -> Error {
+    guard.forget();
+    let saved = copy.path().file_name().and_then(|name| {
+        let name = name.to_str()?;
+        let (_, random) = name.rsplit_once('-')?;
+        let prefix = name.get(..name.find(".edit-")? + ".edit-".len())?;
+        Some(
+            copy.path()
+                .with_file_name(format!("{prefix}saved-{random}")),
+        )
+    });
+    let kept = copy.into_temp_path().keep().map(|kept| match saved {
+        Some(saved) if fs::rename(&kept, &saved).is_ok() => saved,
+        _ => kept,
+    });
+    match kept {
         Ok(kept) => Error::File(format!(
             "{why}. Your edit is saved in {} — run `tokenfile edit` again and re-apply it",
             kept.display()
@@ -144,22 +261,29 @@ pub fn edit(store: &Store, audit: &AuditLog) -> Result<Exit> {
     let target = store.target()?;
     let original = store.read()?;
     let dir = target.parent().unwrap_or(Path::new("/"));
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Beside the file: same file system, same protection, 0600 from the start.
+    // Copies that an earlier edit left when it was killed are removed under the lock
+    // (and named on stderr): they hold every credential. Only if the lock is free now:
+    // the edit itself needs no lock until it installs, and the next writer cleans up.
+    drop(Store::new(store.path(), std::time::Duration::ZERO).lock());
+    // Beside the file: same file system, same protection, 0600 from the start. The name
+    // carries this process's ID, so that a copy whose process is gone is known stale.
     let mut copy = tempfile::Builder::new()
-        .prefix(&format!(".{name}.edit-"))
+        .prefix(&format!(
+            "{}{}-",
+            store::edit_copy_prefix(&target),
+            std::process::id()
+        ))
         .tempfile_in(dir)
         .map_err(|e| Error::io("create an editing copy in", dir, e))?;
-    copy.write_all(&original)
+    let guard = on_signal::Guard::new(copy.path());
+    store::set_mode(copy.as_file(), 0o600)
+        .and_then(|()| copy.write_all(&original))
         .and_then(|()| copy.flush())
         .map_err(|e| Error::io("write", copy.path(), e))?;
     let shown = store.path().display().to_string();
 
     let edited = loop {
-        run_editor(copy.path())?;
+        guard.editing(|| run_editor(copy.path()))?;
         let edited = fs::read(copy.path()).map_err(|e| Error::io("read", copy.path(), e))?;
         if edited == original {
             eprintln!("tokenfile: no changes; {shown} left as it was");
@@ -194,12 +318,18 @@ pub fn edit(store: &Store, audit: &AuditLog) -> Result<Exit> {
     // From here on no failure may lose the admin's work: the copy is kept and named.
     let locked = match store.lock() {
         Ok(locked) => locked,
-        Err(e) => return Err(keep_edit(copy, format!("{e}; {shown} was not changed"))),
+        Err(e) => {
+            return Err(keep_edit(
+                copy,
+                &guard,
+                format!("{e}; {shown} was not changed"),
+            ));
+        }
     };
     let (current, meta) = match locked.read() {
         Ok(Some(found)) => found,
-        Ok(None) => return Err(keep_edit(copy, store::missing_file(store.path()))),
-        Err(e) => return Err(keep_edit(copy, e)),
+        Ok(None) => return Err(keep_edit(copy, &guard, store::missing_file(store.path()))),
+        Err(e) => return Err(keep_edit(copy, &guard, e)),
     };
     let install = if current == original {
         edited
@@ -209,17 +339,27 @@ pub fn edit(store: &Store, audit: &AuditLog) -> Result<Exit> {
     } else {
         return Err(keep_edit(
             copy,
+            &guard,
             format!(
                 "{shown} was changed by someone else while you edited it; your version was NOT \
                  installed, so that change is not lost"
             ),
         ));
     };
-    if let Err(e) = locked.replace(&install, Some(&meta)) {
-        return Err(keep_edit(copy, format!("{e}; {shown} was not changed")));
+    let mut commit = Commit::new(audit, audit_event(&current, &install));
+    if let Err(e) = locked.replace(&install, Some(&meta), &mut commit) {
+        // Failing after the rename (the directory sync), the edit is in place: its copy
+        // has served, and the error says what is uncertain.
+        if fs::read(&target).is_ok_and(|now| now == install) {
+            return Err(e);
+        }
+        return Err(keep_edit(
+            copy,
+            &guard,
+            format!("{e}; {shown} was not changed"),
+        ));
     }
     drop(locked);
-    audit.record(&audit_event(&current, &install), &target);
     eprintln!("tokenfile: installed {shown}");
     Ok(Exit::Success)
 }

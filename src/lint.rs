@@ -155,7 +155,7 @@ fn network_fs_name(path: &Path) -> Option<&'static str> {
 
 /// Problems of a file that [`trust::open`] accepted: group-writable components (warnings:
 /// an admin's choice), its plaintext if others can read it (an error: every reader refuses
-/// it, SPEC §1), digests others can read, and a network file system.
+/// it, docs/trust.md), digests others can read, and a network file system.
 pub fn lint_file(trusted: &Trusted, doc: &Document) -> Vec<Finding> {
     let mut findings: Vec<Finding> = trusted
         .warnings

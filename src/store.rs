@@ -32,6 +32,33 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// What a change does around the moment it lands (docs/writing.md): the audit line and a
+/// secret go out before the rename, so that nothing lands unlogged or unseen.
+pub trait Landing {
+    /// Runs once the new file is written and synced, right before the rename that makes it
+    /// the file. An error cancels the change: the temp file is removed, the file unchanged.
+    fn before_rename(&mut self, target: &Path) -> Result<()>;
+    /// Runs when the change fails after `before_rename` started; the file is unchanged.
+    fn failed(&mut self, target: &Path, error: &Error);
+}
+
+impl<L: Landing + ?Sized> Landing for &mut L {
+    fn before_rename(&mut self, target: &Path) -> Result<()> {
+        (**self).before_rename(target)
+    }
+    fn failed(&mut self, target: &Path, error: &Error) {
+        (**self).failed(target, error);
+    }
+}
+
+/// A change with nothing to log or show.
+impl Landing for () {
+    fn before_rename(&mut self, _: &Path) -> Result<()> {
+        Ok(())
+    }
+    fn failed(&mut self, _: &Path, _: &Error) {}
+}
+
 fn temp_prefix(target: &Path) -> String {
     let name = target
         .file_name()
@@ -93,7 +120,7 @@ impl Store {
         Ok(sibling(&self.target()?, ".lock"))
     }
 
-    /// Reads the whole file if it may be trusted (SPEC §1, path, mode and content); a
+    /// Reads the whole file if it may be trusted (docs/trust.md, path, mode and content); a
     /// missing file is an error that says how to create one.
     pub fn read(&self) -> Result<Vec<u8>> {
         let mut trusted = self.open()?;
@@ -116,13 +143,7 @@ impl Store {
     pub fn lock(&self) -> Result<Locked> {
         let target = self.target()?;
         let lock_path = sibling(&target, ".lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(NEW_FILE_MODE)
-            .open(&lock_path)
+        let lock = open_private(&lock_path, OpenOptions::new().read(true).write(true))
             .map_err(|e| Error::io("open the lock file", &lock_path, e))?;
         let started = Instant::now();
         let mut pause = Duration::from_millis(5);
@@ -155,21 +176,27 @@ impl Store {
     }
 
     /// Locked read-modify-write of an existing file. `change` edits the document and says
-    /// what it did; the file is rewritten only if its bytes changed.
-    pub fn update<T>(&self, change: impl FnOnce(&mut Document) -> Result<T>) -> Result<T> {
-        self.update_then(Exposed::Refuse, change, |_, install| install())
+    /// what it did; the file is rewritten only if its bytes changed, and then `landing`
+    /// (made from what `change` said) runs around the rename.
+    pub fn update<T, L: Landing>(
+        &self,
+        change: impl FnOnce(&mut Document) -> Result<T>,
+        landing: impl FnOnce(&T) -> L,
+    ) -> Result<T> {
+        self.update_then(Exposed::Refuse, change, landing, |_, install| install())
             .map(|(outcome, ())| outcome)
     }
 
     /// [`Store::update`] of a file that others can read and that holds plaintext, which
-    /// every other reader refuses (SPEC §1): for `hash` alone, because storing only digests
-    /// is exactly what makes such a file safe. Every problem of the path still refuses, and
-    /// so does a change that would leave plaintext readable by others.
-    pub fn update_fixing_exposure<T>(
+    /// every other reader refuses (docs/trust.md): for `hash` alone, because storing only
+    /// digests is exactly what makes such a file safe. Every problem of the path still
+    /// refuses, and so does a change that would leave plaintext readable by others.
+    pub fn update_fixing_exposure<T, L: Landing>(
         &self,
         change: impl FnOnce(&mut Document) -> Result<T>,
+        landing: impl FnOnce(&T) -> L,
     ) -> Result<T> {
-        self.update_then(Exposed::MayFix, change, |_, install| install())
+        self.update_then(Exposed::MayFix, change, landing, |_, install| install())
             .map(|(outcome, ())| outcome)
     }
 
@@ -177,12 +204,13 @@ impl Store {
     /// while it is written and synced — for a report on the whole file (its invalid lines)
     /// that would otherwise keep the lock longer: on a 100k-record file such a pass takes
     /// about as long as the fsync it now overlaps.
-    pub fn update_and<T, U: Send>(
+    pub fn update_and<T, U: Send, L: Landing>(
         &self,
         change: impl FnOnce(&mut Document) -> Result<T>,
+        landing: impl FnOnce(&T) -> L,
         alongside: impl FnOnce(&Document) -> U + Send,
     ) -> Result<(T, U)> {
-        self.update_then(Exposed::Refuse, change, |doc, install| {
+        self.update_then(Exposed::Refuse, change, landing, |doc, install| {
             let (installed, report) = std::thread::scope(|scope| {
                 let report = scope.spawn(move || alongside(doc));
                 (install(), report.join())
@@ -197,11 +225,12 @@ impl Store {
 
     /// Locks, reads, applies `change`, then hands the changed document and the step that
     /// installs it (a no-op when nothing changed) to `finish`.
-    fn update_then<T, U>(
+    fn update_then<T, U, L: Landing>(
         &self,
         exposed: Exposed,
         change: impl FnOnce(&mut Document) -> Result<T>,
-        finish: impl FnOnce(&Document, &dyn Fn() -> Result<()>) -> Result<U>,
+        landing: impl FnOnce(&T) -> L,
+        finish: impl FnOnce(&Document, &mut dyn FnMut() -> Result<()>) -> Result<U>,
     ) -> Result<(T, U)> {
         // Checked before locking too, so that a mistyped path or an unsafe file leaves no
         // lock file behind.
@@ -221,12 +250,15 @@ impl Store {
         // The new file keeps the mode: a plaintext record added to a world-readable file
         // would hand its token to every user.
         ensure_not_exposed(&doc)?;
+        let mut landing = Some(landing(&outcome));
         // Written straight from the lines: no second copy of a large file in memory.
-        let install = || match doc.is(&before) {
-            true => Ok(()),
-            false => locked.install(|out| doc.write_to(out), Some(&meta), false),
+        let mut install = || match (doc.is(&before), landing.take()) {
+            (false, Some(mut landing)) => {
+                locked.install(|out| doc.write_to(out), Some(&meta), false, &mut landing)
+            }
+            _ => Ok(()),
         };
-        let report = finish(&doc, &install)?;
+        let report = finish(&doc, &mut install)?;
         Ok((outcome, report))
     }
 }
@@ -261,7 +293,7 @@ pub fn missing_file(path: &Path) -> Error {
 #[derive(Debug)]
 pub struct Locked {
     target: PathBuf,
-    /// The path as the user gave it: what is walked to judge the file (SPEC §1), since a
+    /// The path as the user gave it: what is walked to judge the file (docs/trust.md), since a
     /// symlink on the way counts as much as the target.
     given: PathBuf,
     _lock: File,
@@ -273,7 +305,7 @@ impl Locked {
     }
 
     /// The current bytes and metadata, or `None` if the file does not exist. Its path and
-    /// mode are judged (SPEC §1); whether its content may be read by others is the
+    /// mode are judged (docs/trust.md); whether its content may be read by others is the
     /// caller's to judge once parsed ([`trust::ensure_not_exposed`]).
     pub fn read(&self) -> Result<Option<(Vec<u8>, Metadata)>> {
         let mut trusted = match trust::open(&self.given) {
@@ -295,34 +327,46 @@ impl Locked {
         Ok(Some((bytes, trusted.meta)))
     }
 
-    /// Atomically replaces the file with `bytes`, keeping owner, group and mode of `like` —
-    /// unless that would leave plaintext readable by others (SPEC §1).
-    pub fn replace(&self, bytes: &[u8], like: Option<&Metadata>) -> Result<()> {
+    /// Atomically replaces the file with `bytes`, keeping owner, group, mode and ACL of
+    /// `like` — unless that would leave plaintext readable by others (docs/trust.md).
+    pub fn replace(
+        &self,
+        bytes: &[u8],
+        like: Option<&Metadata>,
+        landing: &mut dyn Landing,
+    ) -> Result<()> {
         if let Some(meta) = like {
             trust::ensure_not_exposed(&self.target, meta, || {
                 trust::plaintext_in(bytes).unwrap_or(true)
             })?;
         }
-        self.install(|out| out.write_all(bytes), like, false)
+        self.install(|out| out.write_all(bytes), like, false, landing)
     }
 
     /// Atomically creates the file; fails if it exists (even if created behind our back by
     /// something that does not take the lock).
-    pub fn create_new(&self, bytes: &[u8]) -> Result<()> {
-        self.install(|out| out.write_all(bytes), None, true)
+    pub fn create_new(&self, bytes: &[u8], landing: &mut dyn Landing) -> Result<()> {
+        // Checked first too, so that the usual refusal logs no change that then fails.
+        if fs::symlink_metadata(&self.target).is_ok() {
+            return Err(already_exists(&self.target));
+        }
+        self.install(|out| out.write_all(bytes), None, true, landing)
     }
 
-    /// Lands what `write` writes as the new file: temp file, fsync, rename, directory fsync.
+    /// Lands what `write` writes as the new file: temp file, fsync, `landing`, rename,
+    /// directory fsync. Every failure before the rename leaves the file as it was and
+    /// removes the temp file (dropping it does).
     fn install(
         &self,
         write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
         like: Option<&Metadata>,
         no_clobber: bool,
+        landing: &mut dyn Landing,
     ) -> Result<()> {
         let target = &self.target;
         let dir = target.parent().unwrap_or(Path::new("/"));
-        // tempfile creates the file with O_EXCL and mode 0600: never readable by others,
-        // not even for the first byte.
+        // tempfile creates the file with O_EXCL and mode 0600 less the umask; the fchmod
+        // makes it exactly 0600 before its first byte, whatever the umask.
         let mut temp = tempfile::Builder::new()
             .prefix(&temp_prefix(target))
             .tempfile_in(dir)
@@ -333,6 +377,8 @@ impl Locked {
                     dir.display()
                 ))
             })?;
+        set_mode(temp.as_file(), NEW_FILE_MODE)
+            .map_err(|e| Error::io("set the mode of a temporary copy of", target, e))?;
         let mut out = io::BufWriter::with_capacity(64 * 1024, temp.as_file_mut());
         write(&mut out)
             .and_then(|()| out.flush())
@@ -340,30 +386,65 @@ impl Locked {
         drop(out);
         if let Some(meta) = like {
             keep_owner_and_mode(temp.as_file(), meta, target)?;
+            acl::copy(target, temp.as_file())?;
         }
         temp.as_file()
             .sync_all()
             .map_err(|e| Error::io("sync a temporary copy of", target, e))?;
-        if no_clobber {
-            temp.persist_noclobber(target).map_err(|e| {
-                if e.error.kind() == io::ErrorKind::AlreadyExists {
-                    Error::File(format!(
-                        "{} already exists; not overwriting it (`tokenfile list` shows \
-                         what is in it; give another --file for a new one)",
-                        target.display()
-                    ))
-                } else {
-                    Error::io("create", target, e.error)
-                }
-            })?;
-        } else {
-            temp.persist(target)
-                .map_err(|e| Error::io("replace", target, e.error))?;
+        // A second name for the old file, so that a failed directory sync can put it back.
+        let backup = match (like, no_clobber) {
+            (Some(_), false) => link_backup(target),
+            _ => None,
+        };
+        let renamed = landing.before_rename(target).and_then(|()| {
+            if no_clobber {
+                temp.persist_noclobber(target).map(drop).map_err(|e| {
+                    if e.error.kind() == io::ErrorKind::AlreadyExists {
+                        already_exists(target)
+                    } else {
+                        Error::io("create", target, e.error)
+                    }
+                })
+            } else {
+                temp.persist(target)
+                    .map(drop)
+                    .map_err(|e| Error::io("replace", target, e.error))
+            }
+        });
+        if let Err(e) = renamed {
+            remove_backup(backup.as_deref());
+            landing.failed(target, &e);
+            return Err(e);
         }
         // The rename is durable only once the directory entry is.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("sync the directory", dir, e))
+        let Err(e) = File::open(dir).and_then(|d| d.sync_all()) else {
+            remove_backup(backup.as_deref());
+            return Ok(());
+        };
+        // Never retried (a failed fsync may have dropped what it was to write): the old
+        // file goes back, so that the failure the command reports is the whole truth.
+        let undone = match &backup {
+            Some(backup) => fs::rename(backup, target),
+            None if no_clobber => fs::remove_file(target),
+            None => Err(io::ErrorKind::Unsupported.into()),
+        };
+        if undone.is_ok() {
+            let error = Error::File(format!(
+                "cannot sync the directory {} ({e}); the change to {} was undone: nothing \
+                 was changed",
+                dir.display(),
+                target.display()
+            ));
+            landing.failed(target, &error);
+            return Err(error);
+        }
+        remove_backup(backup.as_deref());
+        Err(Error::File(format!(
+            "{} was changed, but syncing its directory {} failed ({e}): a crash may still \
+             undo the change; check the file with `tokenfile list`",
+            target.display(),
+            dir.display()
+        )))
     }
 
     /// A writer killed mid-write leaves its temp file behind. Holding the lock means no
@@ -372,16 +453,221 @@ impl Locked {
         let Some(dir) = self.target.parent() else {
             return;
         };
-        let prefix = temp_prefix(&self.target);
+        let prefixes = [temp_prefix(&self.target), backup_prefix(&self.target)];
         let Ok(entries) = fs::read_dir(dir) else {
             return;
         };
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if prefixes
+                .iter()
+                .any(|prefix| name.starts_with(prefix.as_str()))
+            {
                 let _ = fs::remove_file(entry.path());
             }
         }
+        for copy in stale_edit_copies(&self.target) {
+            if fs::remove_file(&copy).is_ok() {
+                eprintln!(
+                    "tokenfile: removed {}, a copy of the token file left by an `edit` that \
+                     was killed (it held every credential)",
+                    copy.display()
+                );
+            }
+        }
     }
+}
+
+fn backup_prefix(target: &Path) -> String {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.old-")
+}
+
+/// Links the file about to be replaced as `.tokens.old-<pid>`. `None` where that cannot be
+/// done (a file system without hard links): the change goes ahead, without the undo.
+fn link_backup(target: &Path) -> Option<PathBuf> {
+    let backup = target.with_file_name(format!("{}{}", backup_prefix(target), std::process::id()));
+    let _ = fs::remove_file(&backup);
+    fs::hard_link(target, &backup).ok().map(|()| backup)
+}
+
+fn remove_backup(backup: Option<&Path>) {
+    if let Some(backup) = backup {
+        let _ = fs::remove_file(backup);
+    }
+}
+
+/// The name prefix of `edit`'s private copies: `.tokens.edit-<pid>-<random>`.
+pub fn edit_copy_prefix(target: &Path) -> String {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.edit-")
+}
+
+/// Editing copies whose `edit` process is gone (killed by `kill -9`, or by a signal it
+/// could not catch): each is a full copy of the file, credentials and all. A copy whose
+/// process still runs is being edited and is not listed; neither are copies an `edit`
+/// kept on purpose after a failed install (`.edit-saved-…`, named in its message).
+pub fn stale_edit_copies(target: &Path) -> Vec<PathBuf> {
+    let prefix = edit_copy_prefix(target);
+    let Some(dir) = target.parent() else {
+        return Vec::new();
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut stale: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Some(rest) = name.strip_prefix(&prefix) else {
+                return false;
+            };
+            let Some(pid) = rest
+                .split_once('-')
+                .and_then(|(pid, _)| pid.parse::<i32>().ok())
+            else {
+                return false;
+            };
+            // ESRCH: no such process. EPERM means it exists (another user's): not stale.
+            pid > 0
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    == Err(nix::errno::Errno::ESRCH)
+        })
+        .map(|entry| entry.path())
+        .collect();
+    stale.sort();
+    stale
+}
+
+/// Sets a descriptor's mode exactly: the umask applies at open(2), not to fchmod(2).
+pub fn set_mode(file: &File, mode: u32) -> io::Result<()> {
+    file.set_permissions(fs::Permissions::from_mode(mode))
+}
+
+/// Opens `path` with `options`, creating it 0600 if missing. A file this call creates is
+/// fchmod'ed to exactly 0600 before anything is written to it, so the umask (0277 would
+/// leave it 0400, unwritable) never decides its mode; an existing file keeps its mode.
+pub fn open_private(path: &Path, options: &OpenOptions) -> io::Result<File> {
+    // Twice at most: a file that vanishes again after being created by someone else is
+    // not worth a loop.
+    for _ in 0..2 {
+        match options.clone().open(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => return other,
+        }
+        match options
+            .clone()
+            .create_new(true)
+            .mode(NEW_FILE_MODE)
+            .open(path)
+        {
+            Ok(file) => {
+                set_mode(&file, NEW_FILE_MODE)?;
+                return Ok(file);
+            }
+            // Created by someone else meanwhile: open theirs.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    options.clone().open(path)
+}
+
+/// The POSIX ACL of the file being replaced, carried over to its replacement (docs/writing.md).
+mod acl {
+    use std::ffi::CString;
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    use nix::libc;
+
+    use crate::error::{Error, Result};
+
+    const NAME: &[u8] = b"system.posix_acl_access\0";
+
+    /// The raw `system.posix_acl_access` value of `path`, or `None` when it has none.
+    fn get(path: &Path) -> io::Result<Option<Vec<u8>>> {
+        let path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let name = NAME.as_ptr().cast();
+        loop {
+            // SAFETY: both strings are NUL-terminated; a null buffer of size 0 asks the size.
+            let size = unsafe { libc::getxattr(path.as_ptr(), name, std::ptr::null_mut(), 0) };
+            if size < 0 {
+                let e = io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => Ok(None),
+                    _ => Err(e),
+                };
+            }
+            let mut value = vec![0u8; size as usize];
+            // SAFETY: the buffer is valid for `value.len()` bytes.
+            let got = unsafe {
+                libc::getxattr(path.as_ptr(), name, value.as_mut_ptr().cast(), value.len())
+            };
+            if got >= 0 {
+                value.truncate(got as usize);
+                return Ok(Some(value));
+            }
+            let e = io::Error::last_os_error();
+            // ERANGE: the ACL grew between the two calls; ask again.
+            if e.raw_os_error() != Some(libc::ERANGE) {
+                return Err(e);
+            }
+        }
+    }
+
+    fn set(file: &File, value: &[u8]) -> io::Result<()> {
+        // SAFETY: the name is NUL-terminated and the value valid for its length.
+        let rc = unsafe {
+            libc::fsetxattr(
+                file.as_raw_fd(),
+                NAME.as_ptr().cast(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Gives `temp` the ACL of `target`. Set after the mode: a chmod rewrites an ACL's
+    /// mask entry, while this sets the mode bits the ACL carries.
+    pub fn copy(target: &Path, temp: &File) -> Result<()> {
+        let acl = get(target).map_err(|e| Error::io("read the ACL of", target, e))?;
+        match acl {
+            None => Ok(()),
+            Some(acl) => set(temp, &acl).map_err(|e| {
+                Error::File(format!(
+                    "cannot give the new {} the ACL of the old one ({e}); nothing was changed",
+                    target.display()
+                ))
+            }),
+        }
+    }
+}
+
+fn already_exists(target: &Path) -> Error {
+    Error::File(format!(
+        "{} already exists; not overwriting it (`tokenfile list` shows what is in it; give \
+         another --file for a new one)",
+        target.display()
+    ))
 }
 
 fn keep_owner_and_mode(temp: &File, like: &Metadata, target: &Path) -> Result<()> {
@@ -418,15 +704,18 @@ mod tests {
     fn create_then_update_keeps_mode_and_cleans_leftovers() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        s.lock().unwrap().create_new(b"a\n").unwrap();
+        s.lock().unwrap().create_new(b"a\n", &mut ()).unwrap();
         let path = dir.path().join("tokens");
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
         fs::write(dir.path().join(".tokens.tmp-crashed"), b"half").unwrap();
-        s.update(|doc| {
-            doc.push_line(b"b".to_vec());
-            Ok(())
-        })
+        s.update(
+            |doc| {
+                doc.push_line(b"b".to_vec());
+                Ok(())
+            },
+            |_| (),
+        )
         .unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"a\nb\n");
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
@@ -438,6 +727,60 @@ mod tests {
         assert!(names.contains(&"tokens.lock".to_string()));
     }
 
+    /// Records what a change saw of the file at each step of its landing.
+    struct Probe {
+        path: PathBuf,
+        fail: bool,
+        seen: Vec<String>,
+    }
+
+    impl Landing for Probe {
+        fn before_rename(&mut self, _: &Path) -> Result<()> {
+            let now = fs::read(&self.path).unwrap();
+            self.seen
+                .push(format!("before:{}", String::from_utf8_lossy(&now)));
+            match self.fail {
+                true => Err(Error::File("refused".into())),
+                false => Ok(()),
+            }
+        }
+        fn failed(&mut self, _: &Path, error: &Error) {
+            self.seen.push(format!("failed:{error}"));
+        }
+    }
+
+    #[test]
+    fn landing_runs_before_the_rename_and_its_failure_cancels_the_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        fs::write(&path, b"a\n").unwrap();
+        let push_b = |doc: &mut Document| {
+            doc.push_line(b"b".to_vec());
+            Ok(())
+        };
+        for fail in [true, false] {
+            let mut probe = Probe {
+                path: path.clone(),
+                fail,
+                seen: Vec::new(),
+            };
+            let result = store(dir.path()).update(push_b, |_| &mut probe);
+            assert_eq!(result.is_err(), fail);
+            let expected: &[&str] = match fail {
+                true => &["before:a\n", "failed:refused"],
+                false => &["before:a\n"],
+            };
+            assert_eq!(probe.seen, expected);
+            let names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.contains(".tmp-") || n.contains(".old-"))
+                .collect();
+            assert!(names.is_empty(), "{names:?}");
+        }
+        assert_eq!(fs::read(&path).unwrap(), b"a\nb\n");
+    }
+
     #[test]
     fn create_new_refuses_existing() {
         let dir = tempfile::tempdir().unwrap();
@@ -445,7 +788,7 @@ mod tests {
         let err = store(dir.path())
             .lock()
             .unwrap()
-            .create_new(b"x")
+            .create_new(b"x", &mut ())
             .unwrap_err();
         assert!(err.to_string().contains("already exists"));
         assert_eq!(fs::read(dir.path().join("tokens")).unwrap(), b"keep");
@@ -465,15 +808,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("real");
         fs::write(&real, b"a\n").unwrap();
-        // A plaintext record: not for others to read (SPEC §1).
+        // A plaintext record: not for others to read (docs/trust.md).
         fs::set_permissions(&real, fs::Permissions::from_mode(0o600)).unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         Store::new(&link, DEFAULT_LOCK_TIMEOUT)
-            .update(|doc| {
-                doc.push_line(b"b".to_vec());
-                Ok(())
-            })
+            .update(
+                |doc| {
+                    doc.push_line(b"b".to_vec());
+                    Ok(())
+                },
+                |_| (),
+            )
             .unwrap();
         assert!(
             fs::symlink_metadata(&link)

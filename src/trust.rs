@@ -1,4 +1,4 @@
-//! SPEC §1 "Trusting the file": whether a token file may be believed, decided once for every
+//! docs/trust.md: whether a token file may be believed, decided once for every
 //! reader (`check`, `list`, `lint`, the writers' locked read, `serve`).
 //!
 //! A token file grants access, so whoever can change it — or replace it, or any directory on

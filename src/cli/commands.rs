@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::Context;
 use super::args::{CheckArgs, Cli, Command, LintArgs, MintArgs, RotateArgs, ServeArgs};
 use super::output::{self, Stdout, note, printable, shown_name};
-use crate::audit::{AuditRecord, Event};
+use crate::audit::{AuditRecord, Commit, Event};
 use crate::check::{self, Decision, Unauthorized};
 use crate::error::{Error, Exit, Result};
 use crate::format::{
@@ -62,10 +62,12 @@ const HEADER: &str = "\
 ";
 
 fn init(ctx: &Context) -> Result<Exit> {
+    let audit = ctx.audit()?;
     let locked = ctx.store.lock()?;
-    locked.create_new(HEADER.as_bytes())?;
-    ctx.audit()?
-        .record(&Event::new("init", Vec::new()), locked.target());
+    locked.create_new(
+        HEADER.as_bytes(),
+        &mut Commit::new(&audit, Event::new("init", Vec::new())),
+    )?;
     note(&format!("created {}", ctx.store.path().display()));
     Ok(Exit::Success)
 }
@@ -106,11 +108,27 @@ struct Issued<'a> {
     old_valid_until: Option<String>,
 }
 
-fn announce(issued: &Issued, json: bool, file: &std::path::Path) -> Result<()> {
+/// Shows the new token (alone, or in the JSON document) on stdout, flushed. Runs before the
+/// rename: when it fails, the change is cancelled, so no token is stored that nobody saw.
+fn reveal(issued: &Issued, json: bool) -> Result<()> {
+    let shown = match json {
+        true => output::print_json(issued),
+        false => output::print(&format!("{}\n", issued.token)),
+    };
+    // Not an `Error::Io`: a closed pipe here is a failed change, never a quiet success.
+    shown.map_err(|e| match e {
+        Error::Io { source, .. } => Error::File(format!(
+            "cannot write the new token to standard output ({source}), so nothing was changed"
+        )),
+        other => other,
+    })
+}
+
+/// The human context about a token that [`reveal`] showed and that has landed.
+fn announce(issued: &Issued, json: bool, file: &std::path::Path) {
     if json {
-        return output::print_json(issued);
+        return;
     }
-    output::print(&format!("{}\n", issued.token))?;
     let mut context = format!(
         "{} token {} with scopes {} in {}",
         if issued.replaces.is_some() {
@@ -139,7 +157,6 @@ fn announce(issued: &Issued, json: bool, file: &std::path::Path) -> Result<()> {
         note("stored in plaintext (--plaintext)");
     }
     note("this is the only time the token is shown; store it now");
-    Ok(())
 }
 
 fn new_credential(token: &Secret, plaintext: bool) -> Vec<u8> {
@@ -172,13 +189,6 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
         Some(now),
         expires,
     );
-    let ((), invalid) = ctx.store.update_and(
-        |doc| {
-            doc.push_line(line);
-            Ok(())
-        },
-        |doc| doc.invalid_lines(),
-    )?;
     let id = token.digest().id();
     let record = AuditRecord {
         id: id.to_string(),
@@ -186,26 +196,28 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
         scopes: scopes.to_field(),
         expires: expires.map(format_timestamp),
     };
-    let target = ctx.store.target()?;
-    ctx.audit()?.record(
-        &Event::new("mint", vec![record]).with("stored", stored_form(args.plaintext)),
-        &target,
-    );
-    announce(
-        &Issued {
-            token: token_text(&token),
-            id: id.to_string(),
-            name: args.name,
-            scopes: scopes.items().iter().map(ToString::to_string).collect(),
-            created: format_timestamp(now),
-            expires: expires.map(format_timestamp),
-            stored: stored_form(args.plaintext),
-            replaces: None,
-            old_valid_until: None,
+    let event = Event::new("mint", vec![record]).with("stored", stored_form(args.plaintext));
+    let issued = Issued {
+        token: token_text(&token),
+        id: id.to_string(),
+        name: args.name,
+        scopes: scopes.items().iter().map(ToString::to_string).collect(),
+        created: format_timestamp(now),
+        expires: expires.map(format_timestamp),
+        stored: stored_form(args.plaintext),
+        replaces: None,
+        old_valid_until: None,
+    };
+    let audit = ctx.audit()?;
+    let ((), invalid) = ctx.store.update_and(
+        |doc| {
+            doc.push_line(line);
+            Ok(())
         },
-        args.json,
-        ctx.store.path(),
+        |_| Commit::new(&audit, event).revealing(|| reveal(&issued, args.json)),
+        |doc| doc.invalid_lines(),
     )?;
+    announce(&issued, args.json, ctx.store.path());
     warn_about_file(ctx, &invalid);
     Ok(Exit::Success)
 }
@@ -280,11 +292,16 @@ fn first_records(doc: &Document, ids: &[Id]) -> Vec<Record> {
 /// Removes every record line with one of `ids` — duplicates too, so that no copy of a
 /// revoked token keeps granting.
 fn remove_records(doc: &mut Document, ids: &[Id]) {
-    let doomed: BTreeSet<usize> = doc
+    let mut doomed: BTreeSet<usize> = doc
         .records()
         .filter(|(_, r)| ids.contains(&r.id()))
         .map(|(i, _)| i)
         .collect();
+    // A `rotate --grace` marker about a removed record has nothing left to say.
+    doomed.extend(doc.lines.iter().enumerate().filter_map(|(i, line)| {
+        let (old, _) = replaced_marker(&line.content)?;
+        ids.iter().any(|id| id.as_str() == old).then_some(i)
+    }));
     let mut index = 0;
     doc.lines.retain(|_| {
         index += 1;
@@ -293,15 +310,19 @@ fn remove_records(doc: &mut Document, ids: &[Id]) {
 }
 
 fn revoke(ctx: &Context, given: &[String]) -> Result<Exit> {
-    let removed = ctx.store.update(|doc| {
-        let ids = resolve_ids(doc, given, ctx.store.path())?;
-        let removed = first_records(doc, &ids);
-        remove_records(doc, &ids);
-        Ok(removed)
-    })?;
-    let records: Vec<AuditRecord> = removed.iter().map(AuditRecord::from).collect();
-    ctx.audit()?
-        .record(&Event::new("revoke", records.clone()), &ctx.store.target()?);
+    let audit = ctx.audit()?;
+    let records = ctx.store.update(
+        |doc| {
+            let ids = resolve_ids(doc, given, ctx.store.path())?;
+            let removed: Vec<AuditRecord> = first_records(doc, &ids)
+                .iter()
+                .map(AuditRecord::from)
+                .collect();
+            remove_records(doc, &ids);
+            Ok(removed)
+        },
+        |records| Commit::new(&audit, Event::new("revoke", records.clone())),
+    )?;
     for r in &records {
         note(&format!("revoked {} ({})", r.id, printable(&r.name)));
     }
@@ -326,6 +347,7 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
         .transpose()?;
     let explicit_expiry = future_expiry(args.expires.as_deref(), now)?;
     let token = token::mint()?;
+    let audit = ctx.audit()?;
     let ((old, new_record), invalid) = ctx.store.update_and(
         |doc| {
             let ids = resolve_ids(doc, std::slice::from_ref(&args.id), ctx.store.path())?;
@@ -353,48 +375,89 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
                 Some(now),
                 expires,
             );
+            let new = match format::parse_line(&line) {
+                format::Entry::Record(new) => new,
+                _ => {
+                    return Err(Error::File(
+                        "internal error: the new record does not parse".into(),
+                    ));
+                }
+            };
             match grace_until {
-                Some(until) => shorten_expiry(doc, old.id(), until),
+                Some(until) => {
+                    shorten_expiry(doc, old.id(), until);
+                    doc.push_line(marker_line(old.id(), new.id()));
+                }
                 None => remove_records(doc, &[old.id()]),
             }
-            doc.push_line(line.clone());
-            match format::parse_line(&line) {
-                format::Entry::Record(new) => Ok((old, new)),
-                _ => Err(Error::File(
-                    "internal error: the new record does not parse".into(),
-                )),
+            doc.push_line(line);
+            Ok((old, new))
+        },
+        |(old, new)| {
+            let issued = rotated(&token, old, new, now, grace_until);
+            let mut event = Event::new("rotate", vec![AuditRecord::from(new)])
+                .with("replaces", old.id().to_string());
+            if let Some(until) = &issued.old_valid_until {
+                event = event.with("old_valid_until", until.clone());
             }
+            Commit::new(&audit, event).revealing(move || reveal(&issued, args.json))
         },
         |doc| doc.invalid_lines(),
     )?;
-    let mut event = Event::new("rotate", vec![AuditRecord::from(&new_record)])
-        .with("replaces", old.id().to_string());
-    if let Some(until) = grace_until {
-        event = event.with("old_valid_until", format_timestamp(until));
-    }
-    ctx.audit()?.record(&event, &ctx.store.target()?);
     announce(
-        &Issued {
-            token: token_text(&token),
-            id: new_record.id().to_string(),
-            name: new_record.name_lossy(),
-            scopes: new_record
-                .scopes
-                .items()
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            created: format_timestamp(now),
-            expires: new_record.expires.map(format_timestamp),
-            stored: stored_form(new_record.credential.is_plaintext()),
-            replaces: Some(old.id().to_string()),
-            old_valid_until: grace_until.map(format_timestamp),
-        },
+        &rotated(&token, &old, &new_record, now, grace_until),
         args.json,
         ctx.store.path(),
-    )?;
+    );
     warn_about_file(ctx, &invalid);
     Ok(Exit::Success)
+}
+
+/// What `rotate` reports about the new record that replaces `old`. The old token's real
+/// end is the grace period's or its own expiry, whichever comes first.
+fn rotated<'a>(
+    token: &'a Secret,
+    old: &Record,
+    new: &Record,
+    now: Timestamp,
+    grace_until: Option<Timestamp>,
+) -> Issued<'a> {
+    Issued {
+        token: token_text(token),
+        id: new.id().to_string(),
+        name: new.name_lossy(),
+        scopes: new.scopes.items().iter().map(ToString::to_string).collect(),
+        created: format_timestamp(now),
+        expires: new.expires.map(format_timestamp),
+        stored: stored_form(new.credential.is_plaintext()),
+        replaces: Some(old.id().to_string()),
+        old_valid_until: grace_until
+            .map(|until| old.expires.map_or(until, |own| own.min(until)))
+            .map(format_timestamp),
+    }
+}
+
+const MARKER_PREFIX: &[u8] = b"# tokenfile: ";
+const MARKER_VERB: &str = " replaced by ";
+
+/// The comment `rotate --grace` writes above the new record, so that `list` can say which
+/// record replaced the one kept for the grace period. A comment: every reader ignores it,
+/// and `edit` shows it.
+fn marker_line(old: Id, new: Id) -> Vec<u8> {
+    format!(
+        "{}{old}{MARKER_VERB}{new} (rotate --grace)",
+        String::from_utf8_lossy(MARKER_PREFIX)
+    )
+    .into_bytes()
+}
+
+/// `(old ID, new ID)` of a [`marker_line`].
+fn replaced_marker(content: &[u8]) -> Option<(&str, &str)> {
+    let rest = std::str::from_utf8(content.strip_prefix(MARKER_PREFIX)?).ok()?;
+    let (old, rest) = rest.split_once(MARKER_VERB)?;
+    let new = rest.split(' ').next()?;
+    let is_id = |s: &str| s.len() == 12 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (is_id(old) && is_id(new)).then_some((old, new))
 }
 
 /// Makes every record of `id` expire no later than `until`, leaving the rest of each line
@@ -654,6 +717,9 @@ struct ListedRecord {
     expires: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     duplicate_of_line: Option<usize>,
+    /// The record that `rotate --grace` put in this one's place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaced_by: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -668,6 +734,12 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
     let doc = Document::parse(&bytes);
     let now = when::now();
     let mut first_line: std::collections::HashMap<Id, usize> = Default::default();
+    // The latest marker counts: a record rotated twice was replaced by the second one.
+    let replaced_by: std::collections::HashMap<&str, &str> = doc
+        .lines
+        .iter()
+        .filter_map(|line| replaced_marker(&line.content))
+        .collect();
     let mut listing = Listing {
         file: ctx.store.path().display().to_string(),
         records: Vec::new(),
@@ -695,6 +767,7 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
                     created: r.created.map(format_timestamp),
                     expires: r.expires.map(format_timestamp),
                     duplicate_of_line,
+                    replaced_by: replaced_by.get(r.id().as_str()).map(ToString::to_string),
                 });
             }
             format::Entry::Invalid(_) => listing.invalid_lines.push(line),
@@ -710,7 +783,10 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
             .map(|r| {
                 vec![
                     r.id.clone(),
-                    r.status.to_string(),
+                    match &r.replaced_by {
+                        Some(new) => format!("{} (replaced by {new})", r.status),
+                        None => r.status.to_string(),
+                    },
                     r.stored.to_string(),
                     r.scopes.join(","),
                     if r.name.is_empty() {
@@ -840,29 +916,31 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
 }
 
 fn hash(ctx: &Context) -> Result<Exit> {
+    let audit = ctx.audit()?;
     // A file that others can read is refused for its plaintext by every other reader;
     // hashing is the fix, so `hash` alone may read it (the path must still be safe).
-    let (hashed, invalid) = ctx.store.update_fixing_exposure(|doc| {
-        let plain: Vec<(usize, Record)> = doc
-            .records()
-            .filter(|(_, r)| r.credential.is_plaintext())
-            .collect();
-        for (index, record) in &plain {
-            let line = &mut doc.lines[*index];
-            let field = Credential::hashed_field(&record.digest());
-            line.content = format::with_field(&line.content, FIELD_CREDENTIAL, &field).into();
-        }
-        let invalid = doc.invalid_lines().len();
-        Ok((
-            plain.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
-            invalid,
-        ))
-    })?;
-    if !hashed.is_empty() {
-        let records = hashed.iter().map(AuditRecord::from).collect();
-        ctx.audit()?
-            .record(&Event::new("hash", records), &ctx.store.target()?);
-    }
+    let (hashed, invalid) = ctx.store.update_fixing_exposure(
+        |doc| {
+            let plain: Vec<(usize, Record)> = doc
+                .records()
+                .filter(|(_, r)| r.credential.is_plaintext())
+                .collect();
+            for (index, record) in &plain {
+                let line = &mut doc.lines[*index];
+                let field = Credential::hashed_field(&record.digest());
+                line.content = format::with_field(&line.content, FIELD_CREDENTIAL, &field).into();
+            }
+            let invalid = doc.invalid_lines().len();
+            Ok((
+                plain.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
+                invalid,
+            ))
+        },
+        |(hashed, _)| {
+            let records = hashed.iter().map(AuditRecord::from).collect();
+            Commit::new(&audit, Event::new("hash", records))
+        },
+    )?;
     note(&format!(
         "hashed {} plaintext credential(s) in {}",
         hashed.len(),

@@ -93,7 +93,7 @@ pub enum Reading {
     Busy,
     /// Exists but cannot be read.
     Unreadable(io::Error),
-    /// Unsafe to trust (SPEC §1: writable or replaceable by others, plaintext readable by
+    /// Unsafe to trust (docs/trust.md: writable or replaceable by others, plaintext readable by
     /// others, not a regular file); the reason says how to fix it.
     Unsafe(String),
 }
@@ -108,7 +108,7 @@ pub enum Reading {
 /// three times the file. The price is a longer lease (a writer opening the file meanwhile
 /// waits for the index to be built, a fraction of a second for a million records).
 pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
-    // Judged (SPEC §1) and opened without blocking: a FIFO at the path is refused, not
+    // Judged (docs/trust.md) and opened without blocking: a FIFO at the path is refused, not
     // waited on.
     let Trusted { file, real, .. } = match trust::open(path) {
         Ok(trusted) => trusted,
@@ -394,7 +394,7 @@ mod tests {
         let path = dir.path().join("tokens");
         assert!(matches!(read(&path, true), Reading::Missing));
         fs::write(&path, b"tok\tread\n").unwrap();
-        // A plaintext record: not for others to read (SPEC §1).
+        // A plaintext record: not for others to read (docs/trust.md).
         fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let Reading::Read {
             snapshot,
