@@ -1,4 +1,4 @@
-//! Issue 11: what an adversarial (or merely unlucky) user does to the CLI, and the SPEC §1/§3
+//! Issue 11: what an adversarial (or merely unlucky) user does to the CLI, and the docs/format.md/§3
 //! promises it must not break: a closed or failing stdout never turns a failure into
 //! success; a token pasted anywhere, glued to anything, is refused and never echoed; `*`
 //! scopes that can never match are refused and reported; an out-of-range argument is a usage
@@ -132,7 +132,7 @@ fn a_failing_stdout_never_turns_a_failure_into_success() {
             assert_eq!(code, PROBLEMS, "{args:?} into {sink:?}: {stderr}");
         }
     }
-    // A token nobody saw is no success (SPEC §2): whatever mint does with the file.
+    // A token nobody saw is no success (docs/writing.md): whatever mint does with the file.
     for sink in [Sink::ClosedPipe, Sink::DevFull] {
         let (code, stderr) = run_into(&env, env.command(&["mint", "--scope", "x"]), b"", sink);
         assert_ne!(code, OK, "mint into {sink:?}: {stderr}");

@@ -1,4 +1,4 @@
-//! SPEC §5 "Audit log": one JSON line per change, 0600, IDs/names/scopes/uid, never a token
+//! docs/writing.md (audit log): one JSON line per change, 0600, IDs/names/scopes/uid, never a token
 //! or a digest; a failure to write it is a warning, never a lost change.
 
 mod common;

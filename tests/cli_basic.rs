@@ -1,4 +1,4 @@
-//! SPEC §1 tokens and IDs, §3 commands, flags, outputs and exit codes, and expiry — through
+//! docs/format.md tokens and IDs, §3 commands, flags, outputs and exit codes, and expiry — through
 //! the real binary.
 
 mod common;
@@ -148,7 +148,7 @@ fn a_mistyped_or_truncated_minted_token_is_unknown_and_recognized() {
     for bad in [&typo, &truncated] {
         let out = env.check_out(bad, &["read"]).code(UNAUTHORIZED);
         assert!(out.err().contains("checksum"), "{out:?}");
-        // No record has it: exit 4 (SPEC §3; this test once expected 0), the ID all the same.
+        // No record has it: exit 4 (docs/exit-codes.md; this test once expected 0), the ID all the same.
         let id = env
             .tokenfile_stdin(&["id"], format!("{bad}\n").as_bytes())
             .code(NO_SUCH_ID);

@@ -1,4 +1,4 @@
-//! SPEC §2 "Concurrent writers lose nothing", with real processes started at once, and
+//! docs/writing.md, with real processes started at once, and
 //! "a reader sees the old file or the new one, never a mix".
 
 mod common;

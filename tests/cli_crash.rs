@@ -1,4 +1,4 @@
-//! Changes that fail half-way (SPEC §2, §5): a token nobody saw is never stored, the audit
+//! Changes that fail half-way (docs/writing.md, §5): a token nobody saw is never stored, the audit
 //! line comes before the rename, `rotate --grace` reports the real end, `edit` leaves no
 //! copy of the file behind on a signal, and ACL and modes survive rewrites and any umask.
 

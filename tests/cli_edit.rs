@@ -1,4 +1,4 @@
-//! `tokenfile edit` (SPEC §3): validate on save, install atomically, never install invalid
+//! `tokenfile edit` (docs/exit-codes.md): validate on save, install atomically, never install invalid
 //! lines without an explicit confirmation, never lose a concurrent change. The editor is a
 //! small shell script written into the test's temp dir.
 

@@ -1,7 +1,7 @@
 //! Errors a person understands: what a new user meets (a missing file, a world-writable one, a
 //! misspelt scope, a truncated token, a file edited into a bad state) gets a message on stderr
 //! that names the file (and the line, for a line of it), says what went wrong and what to do
-//! next — with the exit code of SPEC §3, nothing on stdout but what was asked for, and never
+//! next — with the exit code of docs/exit-codes.md, nothing on stdout but what was asked for, and never
 //! a secret.
 
 mod common;
@@ -52,7 +52,7 @@ fn init_names_a_missing_directory_and_an_existing_file() {
 fn a_directory_given_as_the_file_is_named_as_such() {
     let env = Env::new();
     let out = env.tokenfile(&["--file", &env.dir_str(), "list"]);
-    // SPEC §1: a path that is not a regular file is refused (exit 5), like an unsafe one.
+    // docs/format.md: a path that is not a regular file is refused (exit 5), like an unsafe one.
     explains(
         out,
         PROBLEMS,
@@ -77,7 +77,7 @@ fn a_world_writable_file_is_refused_by_check_and_every_other_reader() {
     );
     assert!(out.stdout.is_empty(), "{out:?}");
 
-    // SPEC §1: list and mint refuse it as well (exit 5), saying how to fix it; nothing
+    // docs/format.md: list and mint refuse it as well (exit 5), saying how to fix it; nothing
     // is minted.
     let before = env.read();
     let out = env.tokenfile(&["list"]);

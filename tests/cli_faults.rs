@@ -1,4 +1,4 @@
-//! SPEC §2 "On any failure": no space left, a read-only file system, a directory the user
+//! docs/writing.md: no space left, a read-only file system, a directory the user
 //! cannot write — the original file stays byte for byte, no temp file is left, the command
 //! names what failed and exits 10. And a crashed writer's leftovers do not get in the way.
 //!

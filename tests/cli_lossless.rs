@@ -1,4 +1,4 @@
-//! SPEC §1 "Lossless", through the real binary: every rewrite keeps the bytes it did not
+//! docs/format.md "Lossless", through the real binary: every rewrite keeps the bytes it did not
 //! mean to change; invalid lines are kept, reported by line number and never echoed.
 
 mod common;

@@ -1,4 +1,4 @@
-//! SPEC §1 "Scopes" through `tokenfile check`: what a token's scopes grant, and that a bad
+//! docs/format.md (scopes) through `tokenfile check`: what a token's scopes grant, and that a bad
 //! required scope is a usage error, never a grant.
 
 mod common;
@@ -38,7 +38,7 @@ fn a_trailing_colon_star_grants_what_starts_with_its_prefix() {
     expect(&env, "kafka-tok", &["kafka:endpoint:read"], OK);
     expect(&env, "kafka-tok", &["kafka:x"], OK);
     expect(&env, "kafka-tok", &["kafka"], FORBIDDEN);
-    // SPEC §1: `kafka:*` grants `kafka:` (this test once asserted the opposite).
+    // docs/format.md: `kafka:*` grants `kafka:` (this test once asserted the opposite).
     expect(&env, "kafka-tok", &["kafka:"], OK);
     expect(&env, "kafka-tok", &["kafkaesque:x"], FORBIDDEN);
     expect(&env, "kafka-tok", &["Kafka:x"], FORBIDDEN);

@@ -1,4 +1,4 @@
-//! SPEC §3 "A secret never appears on stderr, in an error message, in a log, in the audit
+//! docs/exit-codes.md "A secret never appears on stderr, in an error message, in a log, in the audit
 //! log, or in `list`": every command, on its success and error paths, with known tokens.
 
 mod common;

@@ -1,4 +1,4 @@
-//! SPEC §2 "Writing the file": modes and owners kept, symlinks kept, the `flock(2)` on the
+//! docs/writing.md: modes and owners kept, symlinks kept, the `flock(2)` on the
 //! sidecar `<file>.lock` (timeouts, waiting, interplay with `flock(1)`).
 
 mod common;

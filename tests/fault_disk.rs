@@ -258,7 +258,7 @@ fn permission_denied_leaves_the_file_alone() {
             };
             if root {
                 // Writable for the writer through its group: a directory owned by nobody
-                // would make the root-owned file in it unsafe (SPEC §1), refused before
+                // would make the root-owned file in it unsafe (docs/format.md), refused before
                 // the fault is even met.
                 let writable_dir = dir_mode != 0o555;
                 chown(&d, Some(0), Some(if writable_dir { NOBODY } else { 0 })).unwrap();

@@ -5,7 +5,7 @@
 //! trickling a byte at a time (as many as a client can hold without reaching the server's
 //! limit of 1024 per listener; src/serve/socket.rs, http.rs).
 //!
-//! What a user relies on (SPEC §4): every malformed socket line gets one `ERROR …` answer
+//! What a user relies on (docs/protocols.md): every malformed socket line gets one `ERROR …` answer
 //! (`UNAUTHORIZED` when it still parses as a check of an unknown token; exactly `ERROR line
 //! too long` beyond the 8 KiB line limit) and the connection stays usable; every malformed
 //! HTTP request gets a 4xx or a clean close, never a 2xx, a 5xx or a hang; a slow HTTP
@@ -450,7 +450,7 @@ fn hostile_input_gets_error_answers_and_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens");
     fs::write(&file, format!("{VALID}\tread\thostile\n")).unwrap();
-    // A plaintext record: SPEC §1 refuses it readable by others.
+    // A plaintext record: docs/format.md refuses it readable by others.
     fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let serve = Serve::start(&file, dir.path(), Listen::Both);
     // Warm up (threads, buffers) before measuring where memory starts.

@@ -71,7 +71,7 @@ fn kill_9_loop_loses_nothing() {
             }
         }
         let state = FileState::read(&scratch.file);
-        // SPEC §2: the token is printed before the rename, so a mint killed in between
+        // docs/writing.md: the token is printed before the rename, so a mint killed in between
         // showed a token that never landed (and failed). One that landed must stay.
         if let Some(token) = printed_token(&out).filter(|t| !killed || state.holds(t)) {
             printed.push(token);
@@ -136,7 +136,7 @@ fn kill_9_loop_loses_nothing() {
     assert_eq!(losses, 0);
 }
 
-/// SPEC §5 across `kill -9`: the audit line is synced before the rename, so every record
+/// docs/writing.md across `kill -9`: the audit line is synced before the rename, so every record
 /// that landed has its `mint` line, whenever the writer died. Prints
 /// `fault kill-9 audit: kills=… landed=… audited=… unlogged=…`. CI runs 150 kills.
 #[test]

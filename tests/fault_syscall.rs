@@ -5,7 +5,7 @@
 //! with `strace --inject=SYSCALL:error=EIO:when=N`, N = 1 up to the number of such calls an
 //! uninjected run makes (counted first, with the same trace). Then the same with ENOSPC.
 //!
-//! Every run must leave (SPEC §2, §5):
+//! Every run must leave (docs/writing.md, §5):
 //! - the token file byte-identical to before, or fully changed (exactly the change asked
 //!   for) with the audit log grown by the matching line (event and IDs);
 //! - a non-zero exit exactly when nothing changed;
@@ -15,13 +15,13 @@
 //! - for `mint` and `rotate`: on exit 0 the token on stdout, and a changed file stores that
 //!   very token (its SHA-256, computed here with `sha2`);
 //! - when the log holds the line of a change that then failed, a second line after it
-//!   (SPEC §5: "a change that then fails gets a second line saying so").
+//!   (docs/writing.md: "a change that then fails gets a second line saying so").
 //!
 //! And the uninjected run of each command, the one that counts the calls, must show the
-//! order SPEC §5 and §2 name: the audit line written and synced, and for `mint`/`rotate` the
+//! order docs/writing.md and §2 name: the audit line written and synced, and for `mint`/`rotate` the
 //! token written to stdout, before the temp file is renamed over the token file.
 //!
-//! **A fault on the audit log itself** (its `openat`, `write` or sync). SPEC §5 says both "a
+//! **A fault on the audit log itself** (its `openat`, `write` or sync). docs/writing.md says both "a
 //! failure to write the audit log is a warning on stderr, never a lost change" and "no
 //! change lands without its audit line, even across kill -9: the line is written and synced
 //! before the new file is renamed into place". The first sentence is the rule for exactly
@@ -644,7 +644,7 @@ fn judge(scenario: Scenario, reference: &[u8], run: &RunDir, out: &RunOutput) ->
     }
     if on_audit_log && same {
         wrong.push(
-            "the audit log could not be written and the change was refused (SPEC §5: a \
+            "the audit log could not be written and the change was refused (docs/writing.md: a \
              warning, never a lost change)"
                 .into(),
         );
@@ -665,7 +665,7 @@ fn judge(scenario: Scenario, reference: &[u8], run: &RunDir, out: &RunOutput) ->
     }
 }
 
-/// The order SPEC §5 and §2 name, in the uninjected trace: the audit line written and
+/// The order docs/writing.md and §2 name, in the uninjected trace: the audit line written and
 /// synced, and a minted token written to stdout, before the rename over the file.
 fn check_order(scenario: Scenario, run_dir: &Path, trace: &str) -> Vec<String> {
     let calls: Vec<Call> = calls(trace).collect();

@@ -1,4 +1,4 @@
-//! Fuzz target 1: the parser round trip (SPEC §1 "Lossless"), and the two readers built on
+//! Fuzz target 1: the parser round trip (docs/format.md "Lossless"), and the two readers built on
 //! it (the `serve` index and the one-shot scan) agreeing with the document model.
 //!
 //! `cargo test --release --test fuzz_format -- --nocapture` with `TOKENFILE_FUZZ_SECONDS=600`

@@ -1,4 +1,4 @@
-//! Fuzz target 2: the scope matcher (SPEC §1 "Scopes") against an independent model of the
+//! Fuzz target 2: the scope matcher (docs/format.md (scopes)) against an independent model of the
 //! rules, and the parsers of granted and required scopes (fail closed, never panic).
 //!
 //! `cargo test --release --test fuzz_scope -- --nocapture` with `TOKENFILE_FUZZ_SECONDS=600`
@@ -24,7 +24,7 @@ fn scope_word(item: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_.:*-".contains(&b))
 }
 
-/// The model of a scopes field: `Some(items)` if valid (SPEC §1), trimmed of spaces.
+/// The model of a scopes field: `Some(items)` if valid (docs/format.md), trimmed of spaces.
 fn model_field(field: &str) -> Option<Vec<String>> {
     if field.trim_matches(' ').is_empty() {
         return None;
@@ -43,7 +43,7 @@ fn model_field(field: &str) -> Option<Vec<String>> {
 }
 
 /// The model of matching: `*` grants all; `p:*` grants what starts with `p:` (`p:` itself
-/// too, SPEC §1); anything else matches exactly, case-sensitively.
+/// too, docs/format.md); anything else matches exactly, case-sensitively.
 fn model_grants(item: &str, required: &str) -> bool {
     if item == "*" {
         return true;

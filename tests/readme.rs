@@ -966,13 +966,19 @@ fn the_docs_cite_only_what_a_clone_has() {
     // in no clone (the project's private contract lived at ../shared/SPEC.md).
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut texts = documents();
-    let mut dirs = vec![repo.join("src")];
+    for page in ["RELIABILITY.md", "BENCHMARKS.md"] {
+        texts.push((
+            PathBuf::from(page),
+            fs::read_to_string(repo.join(page)).unwrap(),
+        ));
+    }
+    let mut dirs = vec![repo.join("src"), repo.join("tests")];
     while let Some(dir) = dirs.pop() {
         for entry in fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
+            } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with(file!()) {
                 texts.push((path.clone(), fs::read_to_string(&path).unwrap()));
             }
         }

@@ -1,4 +1,4 @@
-//! SPEC §3 "a token is never accepted as a command-line argument … A secret never appears on
+//! docs/exit-codes.md "a token is never accepted as a command-line argument … A secret never appears on
 //! stderr, in an error message, in a log, in the audit log, or in `list`", for every command
 //! and for `serve` at its most verbose (`RUST_LOG=trace`), while a background thread reads
 //! `/proc/*/cmdline` of every process over and over: no token and no SHA-256 digest of one

@@ -1,4 +1,4 @@
-//! SPEC §1 "Trusting the file": every reader refuses (exit 5; `serve` fails closed) a file
+//! docs/trust.md: every reader refuses (exit 5; `serve` fails closed) a file
 //! that someone else could change or read the plaintext of — through any directory on the
 //! way to it, any symlink followed, its mode — or that is not a regular file at all.
 //!
@@ -363,7 +363,7 @@ mod serve {
     use super::serve_common::*;
     use super::*;
 
-    /// `/healthz`'s status word. (Its HTTP status is another issue's: SPEC §4 wants 503.)
+    /// `/healthz`'s status word. (Its HTTP status is another issue's: docs/protocols.md wants 503.)
     fn healthz_status(serve: &Serve) -> String {
         let body: serde_json::Value =
             serde_json::from_slice(&serve.get("/healthz", &[]).body).expect("healthz JSON");

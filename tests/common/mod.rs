@@ -1,5 +1,5 @@
 //! Shared helpers of the black-box CLI tests: a temp dir with a token file, a runner for the
-//! real `tokenfile` binary, and a small independent reading of the SPEC §1 line grammar that
+//! real `tokenfile` binary, and a small independent reading of the docs/format.md line grammar that
 //! the lossless tests use as their oracle.
 //!
 //! Every child process gets a generous hang guard (it is killed and the test fails); no test
@@ -26,7 +26,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_tokenfile");
 /// guard against a stuck test, not an assertion on speed.
 pub const HANG_GUARD: Duration = Duration::from_secs(90);
 
-/// Exit codes of SPEC §3.
+/// Exit codes of docs/exit-codes.md.
 pub const OK: i32 = 0;
 pub const FORBIDDEN: i32 = 1;
 pub const USAGE: i32 = 2;
@@ -400,7 +400,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// A record's ID as SPEC §1 defines it: the first 12 hex digits of its token's SHA-256.
+/// A record's ID as docs/format.md defines it: the first 12 hex digits of its token's SHA-256.
 pub fn id_of(token: &[u8]) -> String {
     sha256_hex(token)[..12].to_string()
 }
@@ -444,7 +444,7 @@ pub fn assert_no_secret(haystack: &[u8], secrets: &[&[u8]], where_: &str) {
     }
 }
 
-// --- An independent reading of the SPEC §1 grammar, the oracle of the lossless tests. ---
+// --- An independent reading of the docs/format.md grammar, the oracle of the lossless tests. ---
 
 pub const BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -548,7 +548,7 @@ fn time_ok(field: &[u8]) -> bool {
         })
 }
 
-/// Classifies one line's content by SPEC §1.
+/// Classifies one line's content by docs/format.md.
 pub fn classify(content: &[u8]) -> Kind {
     if content.first() == Some(&b'#') {
         return Kind::Comment;
