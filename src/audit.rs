@@ -3,6 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -112,7 +113,27 @@ impl AuditLog {
     pub fn append(&self, event: &Event, file: &Path) -> std::io::Result<()> {
         let mut line = render(event, file);
         line.push('\n');
-        let mut log = store::open_private(&self.path, OpenOptions::new().append(true))?;
+        // Never blocking: a FIFO at the path would hang the change after its lock was taken.
+        let mut log = store::open_private(
+            &self.path,
+            OpenOptions::new()
+                .append(true)
+                .custom_flags(nix::libc::O_NONBLOCK),
+        )?;
+        let meta = log.metadata()?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other("it is not a regular file"));
+        }
+        // An audit line appended to the token file itself (or its lock) would be read back
+        // as a one-field record: a predictable token with every scope.
+        let same = |path: &Path| {
+            std::fs::metadata(path).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+        };
+        if same(file) || same(&store::sibling(file, ".lock")) {
+            return Err(std::io::Error::other(
+                "it is the token file (or its lock): give --audit-log a file of its own",
+            ));
+        }
         // One write with O_APPEND: concurrent appenders never interleave within a line.
         log.write_all(line.as_bytes())?;
         log.sync_data()
@@ -124,11 +145,11 @@ impl AuditLog {
         match self.append(event, file) {
             Ok(()) => true,
             Err(e) => {
-                eprintln!(
-                    "tokenfile: warning: could not write the audit log {}: {e} (the change \
+                crate::cli::output::note(&format!(
+                    "warning: could not write the audit log {}: {e} (the change \
                      goes ahead without its audit line)",
                     self.path.display()
-                );
+                ));
                 false
             }
         }

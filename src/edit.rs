@@ -21,6 +21,7 @@ use std::process::Command;
 use tempfile::NamedTempFile;
 
 use crate::audit::{AuditLog, AuditRecord, Commit, Event};
+use crate::cli::output::{note, note_raw};
 use crate::error::{Error, Exit, Result};
 use crate::format::{Document, Line};
 use crate::lint::{self, Severity};
@@ -35,15 +36,14 @@ enum Answer {
 }
 
 fn ask() -> Result<Answer> {
-    eprint!("tokenfile: (e)dit again, (w)rite anyway, (q)uit without saving? [e] ");
-    let _ = io::stderr().flush();
+    note_raw("tokenfile: (e)dit again, (w)rite anyway, (q)uit without saving? [e] ");
     let mut reply = String::new();
     let read = io::stdin()
         .lock()
         .read_line(&mut reply)
         .map_err(|e| Error::io("read the answer from", Path::new("standard input"), e))?;
     if read == 0 {
-        eprintln!();
+        note_raw("\n");
         return Ok(Answer::Quit); // no one to ask: never install a broken file silently
     }
     Ok(match reply.trim() {
@@ -286,7 +286,7 @@ pub fn edit(store: &Store, audit: &AuditLog) -> Result<Exit> {
         guard.editing(|| run_editor(copy.path()))?;
         let edited = fs::read(copy.path()).map_err(|e| Error::io("read", copy.path(), e))?;
         if edited == original {
-            eprintln!("tokenfile: no changes; {shown} left as it was");
+            note(&format!("no changes; {shown} left as it was"));
             return Ok(Exit::Success);
         }
         let problems: Vec<_> = lint::lint_document(&Document::parse(&edited), when::now())
@@ -298,12 +298,12 @@ pub fn edit(store: &Store, audit: &AuditLog) -> Result<Exit> {
         }
         for p in &problems {
             let line = p.line.map(|l| format!(":{l}")).unwrap_or_default();
-            eprintln!("{shown}{line}: {}", p.message);
+            note_raw(&format!("{shown}{line}: {}\n", p.message));
         }
-        eprintln!(
-            "tokenfile: {} problem(s); invalid lines grant nothing and duplicates are ignored",
+        note(&format!(
+            "{} problem(s); invalid lines grant nothing and duplicates are ignored",
             problems.len()
-        );
+        ));
         match ask()? {
             Answer::EditAgain => continue,
             Answer::WriteAnyway => break edited,
@@ -334,7 +334,9 @@ pub fn edit(store: &Store, audit: &AuditLog) -> Result<Exit> {
     let install = if current == original {
         edited
     } else if let Some(merged) = merge_appended(&original, &current, &edited) {
-        eprintln!("tokenfile: lines appended to {shown} while you edited were kept");
+        note(&format!(
+            "lines appended to {shown} while you edited were kept"
+        ));
         merged
     } else {
         return Err(keep_edit(
@@ -360,7 +362,7 @@ pub fn edit(store: &Store, audit: &AuditLog) -> Result<Exit> {
         ));
     }
     drop(locked);
-    eprintln!("tokenfile: installed {shown}");
+    note(&format!("installed {shown}"));
     Ok(Exit::Success)
 }
 

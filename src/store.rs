@@ -469,11 +469,11 @@ impl Locked {
         }
         for copy in stale_edit_copies(&self.target) {
             if fs::remove_file(&copy).is_ok() {
-                eprintln!(
-                    "tokenfile: removed {}, a copy of the token file left by an `edit` that \
+                crate::cli::output::note(&format!(
+                    "removed {}, a copy of the token file left by an `edit` that \
                      was killed (it held every credential)",
                     copy.display()
-                );
+                ));
             }
         }
     }
@@ -754,6 +754,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
         fs::write(&path, b"a\n").unwrap();
+        // A plaintext record readable by others would be refused (docs/trust.md).
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         let push_b = |doc: &mut Document| {
             doc.push_line(b"b".to_vec());
             Ok(())

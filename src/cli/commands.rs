@@ -84,9 +84,20 @@ fn check_name(name: &str) -> Result<()> {
 fn future_expiry(text: Option<&str>, now: Timestamp) -> Result<Option<Timestamp>> {
     let Some(text) = text else { return Ok(None) };
     let expires = parse_when(text, now).map_err(|e| Error::usage(format!("--expires: {e}")))?;
-    if expires <= now {
+    // The file stores whole seconds: `--expires 1ms` would be written as the creation time,
+    // a token dead at birth.
+    if expires < now + time::Duration::SECOND {
         return Err(Error::usage(format!(
-            "--expires {text} is not in the future"
+            "--expires {text} is not in the future (expiries count whole seconds)"
+        )));
+    }
+    // `9999-12-31T23:59:59-23:59` is a year-10000 instant: past what every reader parses.
+    if expires
+        .checked_to_offset(time::UtcOffset::UTC)
+        .is_none_or(|utc| utc.year() > 9999)
+    {
+        return Err(Error::usage(format!(
+            "--expires {text} is past the year 9999"
         )));
     }
     Ok(Some(expires))

@@ -4,7 +4,7 @@
 mod args;
 mod commands;
 mod man;
-mod output;
+pub(crate) mod output;
 
 use std::io::{self, Write};
 use std::path::PathBuf;

@@ -64,8 +64,20 @@ pub fn shown_name(name: &str) -> String {
 }
 
 /// Human context on stderr (a token pasted into an argument is redacted).
+///
+/// Every line for a person goes through here or [`note_raw`]: redacted, and never a panic
+/// when stderr is closed or full (`2>/dev/full`): a failing stderr must not turn a decision
+/// or a landed change into exit 101, so a line that cannot be written is dropped.
 pub fn note(text: &str) {
-    eprintln!("tokenfile: {}", redact(text));
+    note_raw(&format!("tokenfile: {text}\n"));
+}
+
+/// [`note`] without the `tokenfile: ` prefix or the line ending (a prompt, a `file:line:`
+/// finding).
+pub fn note_raw(text: &str) {
+    let mut stderr = io::stderr().lock();
+    let _ = stderr.write_all(redact(text).as_bytes());
+    let _ = stderr.flush();
 }
 
 /// Names come from the file and may hold anything but TAB; keep terminal control

@@ -1,0 +1,129 @@
+//! Breaks found by an adversarial review of the CLI with only the docs and the binary (issue
+//! 11, RELIABILITY.md "Adversarial runs"), each kept as a test that failed before its fix.
+
+mod common;
+
+use std::fs::File;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A failing stderr (`2>/dev/full`, a closed pipe) is no reason to panic: `check` still exits
+/// with its decision, and a change that landed still exits 0 (it used to be exit 101 from
+/// `eprintln!`, after the file had changed).
+#[test]
+fn a_failing_stderr_changes_no_exit_code() {
+    let env = Env::init();
+    let token = env.mint(&["--scope", "read"]);
+    let stderr_sinks: [fn() -> Stdio; 2] = [
+        || {
+            File::options()
+                .write(true)
+                .open("/dev/full")
+                .unwrap()
+                .into()
+        },
+        || {
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            writer.into()
+        },
+    ];
+    for sink in stderr_sinks {
+        for (stdin, scope, expected) in [
+            (format!("{token}\n"), "read", 0),
+            (format!("{token}\n"), "write", 1),
+            ("unknown\n".to_string(), "read", 3),
+            (format!("{token}\n"), "bad scope!", 2),
+        ] {
+            let code = exit_with_stderr(env.command(&["check", "--scope", scope]), &stdin, sink());
+            assert_eq!(code, expected, "check --scope {scope}");
+        }
+        let id = env.id(&env.mint(&["--scope", "doomed"]));
+        let code = exit_with_stderr(env.command(&["revoke", &id]), "", sink());
+        assert_eq!(code, 0, "revoke with a failing stderr");
+        assert!(!env.ids().contains(&id), "the record was revoked");
+    }
+}
+
+/// Runs `cmd` with `stdin`, stdout discarded and stderr into `stderr`; its exit code (a
+/// signal as -1), killed after [`HANG_GUARD`].
+fn exit_with_stderr(mut cmd: std::process::Command, stdin: &str, stderr: Stdio) -> i32 {
+    use std::io::Write;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    let mut child = cmd.spawn().expect("start tokenfile");
+    drop(cmd);
+    let mut pipe = child.stdin.take().unwrap();
+    let _ = pipe.write_all(stdin.as_bytes());
+    drop(pipe);
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tokenfile hung");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// An audit log pointed at the token file itself would append a JSON line there: one field,
+/// no whitespace, so a legacy record with every scope and a predictable "token".
+#[test]
+fn an_audit_log_that_is_the_token_file_is_refused() {
+    let env = Env::init();
+    let before = env.read();
+    for audit in [env.file_str(), format!("{}.lock", env.file_str())] {
+        let mut cmd = env.command(&["mint", "--scope", "x"]);
+        cmd.env("TOKENFILE_AUDIT_LOG", &audit);
+        let out = run(cmd, None).ok();
+        assert!(out.err().contains("audit log"), "{out:?}");
+    }
+    let after = env.read();
+    let added = String::from_utf8_lossy(&after[before.len()..]).into_owned();
+    assert_eq!(added.lines().count(), 2, "two minted records: {added}");
+    assert!(
+        added.lines().all(|l| l.starts_with("sha256:")),
+        "only records were added: {added}"
+    );
+    let last_line = added.lines().last().unwrap().to_string();
+    assert_eq!(env.check(&last_line, &["admin"]), 3);
+}
+
+/// A FIFO as the audit log must not hang a change after its lock was taken.
+#[test]
+fn a_fifo_as_the_audit_log_does_not_hang_a_change() {
+    let env = Env::init();
+    let fifo = env.path("audit.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut cmd = env.command(&["mint", "--scope", "x"]);
+    cmd.env("TOKENFILE_AUDIT_LOG", &fifo);
+    let started = Instant::now();
+    let out = run(cmd, None).ok();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(out.err().contains("audit log"), "{out:?}");
+    assert!(is_minted_shape(out.out().trim_end()));
+}
+
+/// An expiry the file cannot hold is a usage error: below a second it would be written as the
+/// creation time (dead at birth), and an offset can carry a year-9999 date into year 10000.
+#[test]
+fn expiries_the_file_cannot_hold_are_usage_errors() {
+    let env = Env::init();
+    let before = env.read();
+    for expires in ["1ms", "999ms", "9999-12-31T23:59:59-23:59"] {
+        env.tokenfile(&["mint", "--scope", "x", "--expires", expires])
+            .code(2);
+    }
+    assert_eq!(env.read(), before);
+}
