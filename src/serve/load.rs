@@ -64,6 +64,26 @@ impl Fingerprint {
             && self.mtime == before.mtime
             && self.ctime == before.ctime
     }
+
+    /// The same file (device and inode), whatever its content.
+    pub fn same_file(&self, other: &Fingerprint) -> bool {
+        self.dev == other.dev && self.ino == other.ino
+    }
+
+    /// A made-up fingerprint for the reload policy's timelines.
+    #[cfg(test)]
+    pub fn fake(ino: u64, size: u64, mtime: i64) -> Self {
+        Fingerprint {
+            dev: 1,
+            ino,
+            size,
+            mtime: (mtime, 0),
+            ctime: (mtime, 0),
+            mode: 0o100600,
+            uid: 0,
+            gid: 0,
+        }
+    }
 }
 
 /// The fingerprint of the file behind `path` (symlinks followed), `None` if it cannot be

@@ -15,6 +15,7 @@
 mod http;
 mod load;
 mod metrics;
+mod policy;
 mod socket;
 mod state;
 mod watch;
