@@ -49,15 +49,16 @@ pub fn run(options: ServeOptions) -> Result<Exit> {
         ));
     }
     init_logging();
+    raise_open_files_limit();
     early_signals()?;
     load::map_large_blocks();
-    let (snapshot, fingerprint) = load::initial(&options.file)?;
+    let (snapshot, fingerprint, recheck) = load::initial(&options.file)?;
     let shared = Arc::new(Shared::new(options.file.clone(), snapshot));
     // Bind before any thread exists; see the module comment.
     let socket = options.socket.as_deref().map(socket::bind).transpose()?;
     let http = options.http.map(http::bind).transpose()?;
 
-    let reloader = watch::Reloader::start(shared.clone(), fingerprint)
+    let reloader = watch::Reloader::start(shared.clone(), fingerprint, recheck)
         .map_err(|e| Error::File(format!("cannot start the reloader thread: {e}")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -171,6 +172,22 @@ where
     tokio::select! {
         accepted = accept() => Some((permit, accepted)),
         () = stopped(stop) => None,
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: each client connection holds a
+/// descriptor, and the reloader must still be able to open the file (it also keeps a few
+/// in reserve, see `watch.rs`).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!("cannot raise the open files limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!("cannot read the open files limit: {e}"),
     }
 }
 

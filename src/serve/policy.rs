@@ -34,6 +34,10 @@ pub const CONFIRM: Duration = Duration::from_millis(300);
 /// Every wait ends this long after the first change not yet in use, leaving time for the
 /// read itself within the promised second.
 pub const MAX_HOLD: Duration = Duration::from_millis(700);
+/// A read without a lease that looks like a truncate caught halfway (see
+/// [`Fingerprint::resized_without_times`]) is believed only this long after the last write
+/// (a file system clock coarse enough can make a finished rewrite look like that).
+pub const SUSPECT_LIMIT: Duration = Duration::from_secs(2);
 /// How often a read that failed for a passing reason is tried again.
 pub const PASSING_RETRY: Duration = Duration::from_millis(250);
 /// The periodic stat (network file systems, lost events).
@@ -51,6 +55,9 @@ pub enum Input {
     /// Any other change on the way to the file: renamed over, created, deleted, a mode or
     /// owner changed, a symlink on the way swapped, events lost.
     Renamed { at: Instant },
+    /// The file may have been written in place where no watch could see it (a directory
+    /// on the way was just swapped in and is watched only from now on).
+    Unseen { at: Instant },
     /// The periodic stat of the path.
     Tick {
         at: Instant,
@@ -117,6 +124,9 @@ pub struct Policy {
     /// The first fingerprint seen with the file's current identity and times: a later one
     /// with the same times but another size is a truncate caught halfway.
     observed: Option<Fingerprint>,
+    /// The file right after the last writer closed it: a finished write, whatever its
+    /// times say (a truncate and a write within one tick of a coarse clock).
+    closed: Option<Fingerprint>,
     /// Since when a change waits to be in use (the first one not yet in use).
     pending: Option<Instant>,
     /// The last change of any kind, for the quiet time.
@@ -144,11 +154,13 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The state in use came from a file with `fingerprint` (`None`: none).
-    pub fn new(fingerprint: Option<Fingerprint>) -> Self {
+    /// The state in use came from a file with `fingerprint` (`None`: none); `recheck`: read
+    /// it again then (its last line was held back).
+    pub fn new(fingerprint: Option<Fingerprint>, recheck: Option<Instant>) -> Self {
         Policy {
             seen: fingerprint,
             observed: fingerprint,
+            closed: None,
             pending: None,
             last_change: None,
             last_write: None,
@@ -156,12 +168,17 @@ impl Policy {
             writer_open: false,
             forced: false,
             not_before: None,
-            recheck: None,
+            recheck,
             reading: false,
             during: None,
             missing_since: None,
             failing: false,
         }
+    }
+
+    /// Whether the last read failed for a passing reason.
+    pub fn failing(&self) -> bool {
+        self.failing
     }
 
     /// After [`Action::Install`], [`Action::Keep`] or [`Action::FailClosed`], the driver
@@ -179,6 +196,7 @@ impl Policy {
                 self.writer_open = false;
                 self.last_write = Some(at);
                 self.in_place = true;
+                self.closed = fingerprint;
                 if let Some(fingerprint) = fingerprint {
                     self.observe(fingerprint);
                 }
@@ -187,6 +205,12 @@ impl Policy {
             }
             Input::Renamed { at } => {
                 self.writer_open = false;
+                self.changed(at);
+                at
+            }
+            Input::Unseen { at } => {
+                self.last_write = Some(at);
+                self.in_place = true;
                 self.changed(at);
                 at
             }
@@ -248,6 +272,19 @@ impl Policy {
         self.pending.is_some_and(|since| now >= since + MAX_HOLD)
     }
 
+    /// Where a wait for an in-place writer counts from: its last write (a writer that
+    /// cannot be leased past is waited for up to [`MAX_HOLD`] after it), or the change.
+    fn writer_since(&self) -> Option<Instant> {
+        match (self.pending, self.last_write) {
+            (Some(p), Some(w)) => Some(p.max(w)),
+            (p, _) => p,
+        }
+    }
+
+    fn writer_hold_ends(&self) -> Option<Instant> {
+        self.writer_since().map(|since| since + MAX_HOLD)
+    }
+
     /// What to do at `now` when no read result is in hand.
     fn next(&mut self, now: Instant) -> Action {
         if self.reading {
@@ -282,14 +319,19 @@ impl Policy {
         self.reading = true;
         self.during = None;
         Action::Read {
-            wait_for_writers: !self.past_hold(now),
+            wait_for_writers: self.writer_hold_ends().is_some_and(|end| now < end),
         }
     }
 
     /// Look again at `at`, or at the end of the hold if that is sooner.
     fn again(&mut self, now: Instant, at: Instant) -> Action {
-        let at = self.pending.map_or(at, |since| at.min(since + MAX_HOLD));
-        self.not_before = Some(at);
+        let end = self.pending.map(|since| since + MAX_HOLD);
+        self.again_until(now, at, end)
+    }
+
+    /// Look again at `at`, or at `end` if that is sooner.
+    fn again_until(&mut self, now: Instant, at: Instant, end: Option<Instant>) -> Action {
+        self.not_before = Some(end.map_or(at, |end| at.min(end)));
         self.next(now)
     }
 
@@ -323,7 +365,8 @@ impl Policy {
                     at: at + PASSING_RETRY,
                 }
             }
-            ReadResult::Unstable | ReadResult::Busy => self.again(at, at + RETRY),
+            ReadResult::Unstable => self.again(at, at + RETRY),
+            ReadResult::Busy => self.again_until(at, at + RETRY, self.writer_hold_ends()),
             ReadResult::Missing => {
                 // Bridges a delete and re-create: a vanished file is believed CONFIRM
                 // after it was first seen gone (or at the end of the hold).
@@ -347,14 +390,18 @@ impl Policy {
                 tail_held,
             } => {
                 self.missing_since = None;
-                if leased {
+                if leased || self.closed == Some(fingerprint) {
                     // Its size and times, whatever they are, are those of a finished write.
                     self.observed = Some(fingerprint);
-                } else if !self.observe(fingerprint) && !past_hold {
-                    return self.again(at, at + RETRY);
+                } else if !self.observe(fingerprint) {
+                    let end = self.writer_since().map(|since| since + SUSPECT_LIMIT);
+                    if end.is_some_and(|end| at < end) {
+                        return self.again_until(at, at + RETRY, end);
+                    }
                 }
-                if !leased && self.writer_open && !past_hold {
-                    return self.again(at, at + RETRY);
+                let writer_hold = self.writer_hold_ends();
+                if !leased && self.writer_open && writer_hold.is_some_and(|end| at < end) {
+                    return self.again_until(at, at + RETRY, writer_hold);
                 }
                 let forced = self.forced;
                 if !(unchanged && !forced) && withdraws && self.in_place && !past_hold {
@@ -461,7 +508,7 @@ mod tests {
             Sim {
                 base: Instant::now(),
                 leases,
-                policy: Policy::new(fp),
+                policy: Policy::new(fp, None),
                 files: vec![(0, Some(first))],
                 passing_until: 0,
                 in_use: Some((first.version, first.tokens)),
