@@ -473,3 +473,31 @@ fn running_out_of_descriptors_does_not_stop_reloads() {
     });
     assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
 }
+
+/// A Kubernetes `..data` swap is routine: it logs no warning (the old directory vanishing
+/// with its watch is expected).
+#[test]
+fn a_kubernetes_swap_logs_no_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("secret");
+    fs::create_dir(&volume).unwrap();
+    let version = |n: u32, content: &str| {
+        fs::create_dir(volume.join(format!("..v{n}"))).unwrap();
+        fs::write(volume.join(format!("..v{n}/tokens")), content).unwrap();
+    };
+    version(0, &record("alpha", "read", "a"));
+    symlink("..v0", volume.join("..data")).unwrap();
+    symlink("..data/tokens", volume.join("tokens")).unwrap();
+    let serve = started(&dir, &volume.join("tokens"));
+    for n in 1..=3 {
+        let token = format!("t{n}");
+        version(n, &record(&token, "read", "t"));
+        symlink(format!("..v{n}"), volume.join("..data_tmp")).unwrap();
+        fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+        fs::remove_dir_all(volume.join(format!("..v{}", n - 1))).unwrap();
+        serve.answers(&format!("CHECK read {token}"), &ok(&token), RELOAD);
+    }
+    thread::sleep(Duration::from_millis(300));
+    let log = serve.log();
+    assert!(!log.contains("WARN"), "a swap logged a warning:\n{log}");
+}

@@ -227,8 +227,19 @@ fn stop_signals() -> nix::sys::signal::SigSet {
 /// Structured logs on stderr; `RUST_LOG` filters (default `info`; `debug` shows every
 /// decision, by record ID). A token never reaches a log line.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let asked = std::env::var("RUST_LOG").ok();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // notify's inotify thread warns "Unable to remove the path from the watches:
+    // WatchNotFound" whenever a watched directory vanishes (it sees the parent's DELETE and
+    // the directory's own DELETE_SELF, and removes the watch twice): every Kubernetes
+    // `..data` swap deletes the old `..<timestamp>` directory we watch, and nothing is
+    // wrong then. Its real errors come to us as events; its own logs only when asked for.
+    if !asked.is_some_and(|a| a.contains("notify"))
+        && let Ok(quiet) = "notify=error".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     // Someone (a test, an embedding program) may have set a subscriber already: keep it.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

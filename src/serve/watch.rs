@@ -252,14 +252,17 @@ impl Reload {
 
     /// Feeds `input` to the policy and carries out its actions until it waits.
     fn step(&mut self, input: Input) {
+        trace!(?input, "reload policy input");
         let mut action = self.policy.step(input);
         loop {
+            trace!(?action, "reload policy action");
             let now = Instant::now();
             action = match action {
                 Action::Read { wait_for_writers } => {
                     let started = Instant::now();
                     let result = self.read(wait_for_writers);
                     self.settle();
+                    trace!(?result, "read");
                     self.policy.step(Input::Read {
                         started,
                         at: Instant::now(),
@@ -311,6 +314,7 @@ impl Reload {
                 Ok(Msg::Fs(at, event)) => {
                     if let Some(input) = self.classify(at, event) {
                         // A read is in hand: the policy only takes note.
+                        trace!(?input, "reload policy input while reading");
                         self.policy.step(input);
                     }
                 }
