@@ -390,5 +390,8 @@ fn no_log_line_holds_a_path_query_or_header_value() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     let log = serve.log();
     assert!(log.contains("http"), "no request was logged at all:\n{log}");
-    assert!(!log.contains("secretin"), "a request's token was logged:\n{log}");
+    assert!(
+        !log.contains("secretin"),
+        "a request's token was logged:\n{log}"
+    );
 }

@@ -469,7 +469,8 @@ fn running_out_of_descriptors_does_not_stop_reloads() {
     thread::sleep(Duration::from_millis(1500));
     drop(idle);
     eventually("the new token is granted", Duration::from_secs(3), || {
-        UnixStream::connect(&socket).is_ok() && serve.ask(&format!("CHECK read {token}")) == ok(&token)
+        UnixStream::connect(&socket).is_ok()
+            && serve.ask(&format!("CHECK read {token}")) == ok(&token)
     });
     assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
 }

@@ -17,11 +17,11 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -109,9 +109,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
             let response = route(&shared, &request);
             async move { Ok::<_, Infallible>(response) }
         });
-        let connection = graceful.watch(
-            builder.serve_connection(TokioIo::new(NoStoreErrors::new(stream)), service),
-        );
+        let connection = graceful
+            .watch(builder.serve_connection(TokioIo::new(NoStoreErrors::new(stream)), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!("HTTP connection ended: {e}");
@@ -435,7 +434,11 @@ fn with_no_store(bytes: &[u8]) -> Option<Vec<u8>> {
         }
         let head = &bytes[at..];
         let head = &head[..memchr::memmem::find(head, b"\r\n\r\n").map_or(head.len(), |e| e + 2)];
-        if head.to_ascii_lowercase().windows(14).any(|w| w == b"cache-control:") {
+        if head
+            .to_ascii_lowercase()
+            .windows(14)
+            .any(|w| w == b"cache-control:")
+        {
             continue;
         }
         let Some(line_end) = memchr::memmem::find(head, b"\r\n").map(|e| at + e + 2) else {

@@ -67,12 +67,9 @@ pub enum Input {
     Hangup { at: Instant },
     /// A time the machine asked to be woken at has come.
     Due { at: Instant },
-    /// What the read asked for by [`Action::Read`] found; `started` is when it began.
-    Read {
-        started: Instant,
-        at: Instant,
-        result: ReadResult,
-    },
+    /// What the read asked for by [`Action::Read`] found (a change stepped in while it was
+    /// going on makes it stale).
+    Read { at: Instant, result: ReadResult },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +94,9 @@ pub enum ReadResult {
     /// Out of descriptors or memory, interrupted: try again.
     Passing,
     /// Unsafe, or unreadable for a lasting reason: fail closed until the file changes.
-    Refused { fingerprint: Option<Fingerprint> },
+    Refused {
+        fingerprint: Option<Fingerprint>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,8 +142,8 @@ pub struct Policy {
     not_before: Option<Instant>,
     /// Read again at this time even without a change (a held-back last line then counts).
     recheck: Option<Instant>,
-    /// A read was asked for and its result is awaited.
-    reading: bool,
+    /// A read was asked for (at this instant) and its result is awaited.
+    reading: Option<Instant>,
     /// The first change that came while reading.
     during: Option<Instant>,
     /// Since when the file has been seen missing, while a change is pending.
@@ -169,7 +168,7 @@ impl Policy {
             forced: false,
             not_before: None,
             recheck,
-            reading: false,
+            reading: None,
             during: None,
             missing_since: None,
             failing: false,
@@ -237,13 +236,9 @@ impl Policy {
                 at
             }
             Input::Due { at } => at,
-            Input::Read {
-                started,
-                at,
-                result,
-            } => {
-                self.reading = false;
-                return self.judge(started, at, result);
+            Input::Read { at, result } => {
+                self.reading = None;
+                return self.judge(at, result);
             }
         };
         self.next(now)
@@ -251,7 +246,8 @@ impl Policy {
 
     fn changed(&mut self, at: Instant) {
         self.last_change = Some(at);
-        if self.reading {
+        // An event stamped before the read began (queued meanwhile) is in what is read.
+        if self.reading.is_some_and(|asked| at >= asked) {
             self.during.get_or_insert(at);
         }
         self.pending.get_or_insert(at);
@@ -287,7 +283,7 @@ impl Policy {
 
     /// What to do at `now` when no read result is in hand.
     fn next(&mut self, now: Instant) -> Action {
-        if self.reading {
+        if self.reading.is_some() {
             return Action::Wait { until: None };
         }
         if self.recheck.is_some_and(|at| now >= at) {
@@ -316,7 +312,7 @@ impl Policy {
                 Action::Wait { until: Some(until) }
             };
         }
-        self.reading = true;
+        self.reading = Some(now);
         self.during = None;
         Action::Read {
             wait_for_writers: self.writer_hold_ends().is_some_and(|end| now < end),
@@ -347,8 +343,7 @@ impl Policy {
         self.failing = false;
     }
 
-    fn judge(&mut self, started: Instant, at: Instant, result: ReadResult) -> Action {
-        debug_assert!(self.during.is_none_or(|d| d >= started));
+    fn judge(&mut self, at: Instant, result: ReadResult) -> Action {
         let past_hold = self.past_hold(at);
         // A change came while reading: what was read may be older than the file.
         if self.during.is_some() && !past_hold && result != ReadResult::Passing {
@@ -404,7 +399,8 @@ impl Policy {
                     return self.again_until(at, at + RETRY, writer_hold);
                 }
                 let forced = self.forced;
-                if !(unchanged && !forced) && withdraws && self.in_place && !past_hold {
+                let new = forced || !unchanged;
+                if new && withdraws && self.in_place && !past_hold {
                     let confirmed = self.last_write.map_or(at, |w| w + CONFIRM);
                     if at < confirmed {
                         return self.again(at, confirmed);
@@ -547,14 +543,16 @@ mod tests {
             }
             let leased = self.leases && !f.writer_open;
             let age = ms.saturating_sub(f.mtime as u64 * 10);
-            let tail_held = (f.tail != 0 && !leased && age < 1000)
-                .then(|| Duration::from_millis(1000 - age));
+            let tail_held =
+                (f.tail != 0 && !leased && age < 1000).then(|| Duration::from_millis(1000 - age));
             let tokens = f.tokens | if tail_held.is_some() { 0 } else { f.tail };
             let current = self.in_use.map_or(0, |(_, t)| t);
             let result = ReadResult::Loaded {
                 fingerprint: Self::fingerprint(&f),
                 leased,
-                unchanged: self.in_use.is_some_and(|(v, t)| v == f.version && t == tokens),
+                unchanged: self
+                    .in_use
+                    .is_some_and(|(v, t)| v == f.version && t == tokens),
                 withdraws: current & !tokens != 0,
                 tail_held,
             };
@@ -569,11 +567,7 @@ mod tests {
                     Action::Read { wait_for_writers } => {
                         let (result, state) = self.read(ms, wait_for_writers);
                         read = state;
-                        self.policy.step(Input::Read {
-                            started: now,
-                            at: now,
-                            result,
-                        })
+                        self.policy.step(Input::Read { at: now, result })
                     }
                     Action::Install => {
                         self.in_use = read;
@@ -623,7 +617,10 @@ mod tests {
                 }
                 if ms % 1000 == 999 {
                     let fingerprint = self.file(ms).map(|f| Self::fingerprint(&f));
-                    let action = self.policy.step(Input::Tick { at: now, fingerprint });
+                    let action = self.policy.step(Input::Tick {
+                        at: now,
+                        fingerprint,
+                    });
                     self.act(ms, action);
                 }
                 if self.wake.is_some_and(|w| w <= now) {
@@ -666,7 +663,10 @@ mod tests {
         fn assert_never_half(&self) {
             for (at, state) in &self.installs {
                 if let Some((v, tokens)) = state {
-                    assert!(tokens & STABLE != 0, "half-written version {v} installed at {at} ms");
+                    assert!(
+                        tokens & STABLE != 0,
+                        "half-written version {v} installed at {at} ms"
+                    );
                 }
             }
         }
@@ -714,7 +714,8 @@ mod tests {
             // between), and sends its event only at the end.
             let before = File::complete(1, 0, 7, 0);
             sim.files.push((60, Some(before.half())));
-            sim.files.push((90, Some(File::complete(2, 4, 7, 90).open())));
+            sim.files
+                .push((90, Some(File::complete(2, 4, 7, 90).open())));
             sim.files.push((95, Some(File::complete(2, 4, 7, 95))));
             // A change just before makes the policy read during the truncate.
             let events = [(0, Ev::Renamed), (90, Ev::Written), (95, Ev::Closed)];
@@ -735,7 +736,8 @@ mod tests {
             ..File::complete(2, 0, 7, 100)
         };
         sim.files.push((100, Some(empty)));
-        sim.files.push((250, Some(File::complete(2, 2 | 8, 7, 250))));
+        sim.files
+            .push((250, Some(File::complete(2, 2 | 8, 7, 250))));
         let events = [
             (100, Ev::Written),
             (100, Ev::Closed),
@@ -751,7 +753,8 @@ mod tests {
     fn delete_and_recreate() {
         let mut sim = Sim::new(true, File::complete(1, 2, 7, 0));
         sim.files.push((100, None));
-        sim.files.push((150, Some(File::complete(2, 4, 8, 150).open())));
+        sim.files
+            .push((150, Some(File::complete(2, 4, 8, 150).open())));
         sim.files.push((152, Some(File::complete(2, 4, 8, 152))));
         let events = [
             (100, Ev::Renamed),
@@ -761,7 +764,11 @@ mod tests {
         ];
         sim.run(&events, 2000);
         sim.assert_bound(&[100, 150, 152], 2000);
-        assert!(sim.installs.iter().all(|(_, s)| s.is_some()), "{:?}", sim.installs);
+        assert!(
+            sim.installs.iter().all(|(_, s)| s.is_some()),
+            "{:?}",
+            sim.installs
+        );
         // Deleted for good: fails closed within the second.
         let mut sim2 = Sim::new(true, File::complete(1, 2, 7, 0));
         sim2.files.push((100, None));
@@ -802,16 +809,26 @@ mod tests {
         for i in 1..25u32 {
             let at = u64::from(i) * 200;
             // Every third takes token 2 away, the others add one.
-            let tokens = if i % 3 == 0 { 1 << (i % 20 + 4) } else { 2 | 1 << (i % 20 + 4) };
-            sim.files
-                .push((at, Some(File::complete(i + 1, tokens, 100 + u64::from(i), at))));
+            let tokens = if i % 3 == 0 {
+                1 << (i % 20 + 4)
+            } else {
+                2 | 1 << (i % 20 + 4)
+            };
+            sim.files.push((
+                at,
+                Some(File::complete(i + 1, tokens, 100 + u64::from(i), at)),
+            ));
             events.push((at, Ev::Renamed));
             changes.push(at);
         }
         sim.run(&events, 6000);
         sim.assert_bound(&changes, 6000);
         // A rename is installed at once: no confirmation wait.
-        assert!(sim.installs.iter().all(|(at, _)| at % 200 < 100), "{:?}", sim.installs);
+        assert!(
+            sim.installs.iter().all(|(at, _)| at % 200 < 100),
+            "{:?}",
+            sim.installs
+        );
     }
 
     /// An in-place writer rewriting the file every 0.2 s (truncate, write, close), some
@@ -828,7 +845,11 @@ mod tests {
                 let done = File::complete(i + 1, tokens, 7, at + 5);
                 sim.files.push((at, Some(done.half())));
                 sim.files.push((at + 5, Some(done)));
-                events.extend([(at, Ev::Written), (at + 5, Ev::Written), (at + 5, Ev::Closed)]);
+                events.extend([
+                    (at, Ev::Written),
+                    (at + 5, Ev::Written),
+                    (at + 5, Ev::Closed),
+                ]);
                 changes.extend([at, at + 5]);
             }
             sim.run(&events, 6000);
@@ -843,8 +864,16 @@ mod tests {
         sim.passing_until = 3000;
         sim.run(&[(100, Ev::Renamed)], 4500);
         // The state in use stays meanwhile, and reads go on at least once a second.
-        assert!(sim.installs.iter().all(|(at, _)| *at >= 3000), "{:?}", sim.installs);
-        assert!(sim.reads.windows(2).all(|w| w[1] - w[0] <= 1000), "{:?}", sim.reads);
+        assert!(
+            sim.installs.iter().all(|(at, _)| *at >= 3000),
+            "{:?}",
+            sim.installs
+        );
+        assert!(
+            sim.reads.windows(2).all(|w| w[1] - w[0] <= 1000),
+            "{:?}",
+            sim.reads
+        );
         assert_eq!(sim.in_use, Some((2, 4 | STABLE)));
         assert!(sim.installs[0].0 < 3000 + 1000);
     }

@@ -194,7 +194,9 @@ struct Reload {
 impl Reload {
     fn run(mut self) {
         while !self.stopping {
-            let wake = self.deadline.map_or(self.next_tick, |d| d.min(self.next_tick));
+            let wake = self
+                .deadline
+                .map_or(self.next_tick, |d| d.min(self.next_tick));
             match self
                 .rx
                 .recv_timeout(wake.saturating_duration_since(Instant::now()))
@@ -222,9 +224,7 @@ impl Reload {
             }
             if self.deadline.is_some_and(|d| d <= Instant::now()) {
                 self.deadline = None;
-                self.step(Input::Due {
-                    at: Instant::now(),
-                });
+                self.step(Input::Due { at: Instant::now() });
             }
         }
     }
@@ -259,12 +259,10 @@ impl Reload {
             let now = Instant::now();
             action = match action {
                 Action::Read { wait_for_writers } => {
-                    let started = Instant::now();
                     let result = self.read(wait_for_writers);
                     self.settle();
                     trace!(?result, "read");
                     self.policy.step(Input::Read {
-                        started,
                         at: Instant::now(),
                         result,
                     })
@@ -406,8 +404,7 @@ impl Reload {
                 tail_held,
             } => {
                 let current = self.shared.snapshot();
-                let unchanged =
-                    current.status.is_loaded() && current.content == snapshot.content;
+                let unchanged = current.status.is_loaded() && current.content == snapshot.content;
                 let withdraws = snapshot.withdraws_from(&current);
                 drop(current);
                 // The path must still lead to the file read (a rename may not have shown).
@@ -572,7 +569,10 @@ impl Reload {
 fn passing(e: &io::Error) -> bool {
     use nix::libc;
     out_of_descriptors(e)
-        || matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::EINTR | libc::EAGAIN))
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENOMEM | libc::EINTR | libc::EAGAIN)
+        )
         || matches!(
             e.kind(),
             io::ErrorKind::Interrupted | io::ErrorKind::OutOfMemory
