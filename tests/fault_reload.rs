@@ -148,8 +148,8 @@ impl Model {
 }
 
 /// A pause of an in-place writer long enough for the reloader to look (it reads a file
-/// quiet for 50 ms), but shorter than the 0.3 s it waits before it believes a state that
-/// takes tokens away (see src/serve/watch.rs).
+/// quiet for 50 ms), but shorter than the 0.3 s after an in-place write that it waits
+/// before it believes a state that takes tokens away (`CONFIRM` in src/serve/policy.rs).
 fn long_pause(rng: &mut Rng) -> Duration {
     Duration::from_millis(50 + rng.below(100))
 }

@@ -162,7 +162,7 @@ impl Drop for Reloader {
 
 /// What the last read found, kept until the policy says what to do with it.
 enum Found {
-    Loaded(Box<Snapshot>, Vec<LoadProblem>),
+    Loaded(Box<Snapshot>, Vec<LoadProblem>, Fingerprint),
     Failed(FileStatus),
     /// A passing failure, and why.
     Passing(String),
@@ -268,14 +268,17 @@ impl Reload {
                     })
                 }
                 Action::Install => {
-                    if let Some(Found::Loaded(snapshot, problems)) = self.read.take() {
+                    if let Some(Found::Loaded(snapshot, problems, fingerprint)) = self.read.take() {
+                        self.seen = Some(fingerprint);
                         self.install_loaded(*snapshot, &problems);
                     }
                     self.policy.step(Input::Due { at: now })
                 }
                 Action::Keep => {
                     debug!("the file's content is unchanged");
-                    self.read = None;
+                    if let Some(Found::Loaded(_, _, fingerprint)) = self.read.take() {
+                        self.seen = Some(fingerprint);
+                    }
                     self.policy.step(Input::Due { at: now })
                 }
                 Action::FailClosed => {
@@ -421,7 +424,7 @@ impl Reload {
                         withdraws,
                         tail_held,
                     };
-                    (result, Some(Found::Loaded(snapshot, problems)))
+                    (result, Some(Found::Loaded(snapshot, problems, fingerprint)))
                 }
             }
             Reading::Missing => (
@@ -534,7 +537,6 @@ impl Reload {
         if !was_loaded {
             info!(file = %self.path.display(), "the token file is usable again");
         }
-        self.seen = load::fingerprint(&self.path);
         self.install(snapshot);
         self.shared.metrics.count_reload();
     }
