@@ -43,9 +43,9 @@ use crate::scope::RequiredScopes;
 use crate::token::Secret;
 use crate::when;
 
-use super::next_connection;
 use super::socket::log_decision;
 use super::state::Shared;
+use super::{AcceptFailures, next_connection};
 
 const MAX_CONNECTIONS: usize = 1024;
 /// Against slowloris: the whole request head must arrive within this.
@@ -89,6 +89,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     let mut stop = shutdown;
+    let mut failures = AcceptFailures::default();
     loop {
         let Some((permit, accepted)) =
             next_connection(&slots, &mut stop, || listener.accept()).await
@@ -96,10 +97,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
             break;
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                failures.ok();
+                stream
+            }
             Err(e) => {
-                warn!("HTTP accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                failures.failed("HTTP", &e).await;
                 continue;
             }
         };

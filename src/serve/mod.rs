@@ -191,6 +191,32 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Failed accepts in a row on one listener. Out of descriptors, the client waits in the
+/// backlog and the accept fails again until one is free: pause rather than spin, and say
+/// so once per streak rather than ten times a second.
+#[derive(Default)]
+struct AcceptFailures(u64);
+
+impl AcceptFailures {
+    async fn failed(&mut self, listener: &str, e: &std::io::Error) {
+        if self.0 == 0 {
+            warn!("{listener} accept failed: {e}; retrying every 100 ms");
+        }
+        self.0 += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    fn ok(&mut self) {
+        if self.0 > 0 {
+            info!(
+                "accepting connections again after {} failed attempts",
+                self.0
+            );
+            self.0 = 0;
+        }
+    }
+}
+
 /// Signal dispositions needed before any thread starts:
 /// - SIGIO ignored: the reloader holds a read lease on the file while reading it (see
 ///   `load.rs`), and a writer opening the file then makes the kernel send SIGIO, whose
