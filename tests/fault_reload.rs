@@ -6,7 +6,7 @@
 //! symlink swap. The file is that Secret layout throughout (`tokens -> ..data/tokens`), so
 //! every writer goes through the symlinks the way it would there.
 //!
-//! What a user relies on (SPEC §4), checked on every answer and after every rewrite:
+//! What a user relies on (docs/protocols.md), checked on every answer and after every rewrite:
 //! - a token valid in every version is never refused (`OK` / 204), and no answer is an
 //!   `ERROR` or a 5xx;
 //! - a token that is never valid is never granted — not even when the file is caught cut
@@ -147,7 +147,7 @@ impl Model {
     }
 }
 
-/// Writes a new token file 0600: it holds a plaintext record, which SPEC §1 refuses to
+/// Writes a new token file 0600: it holds a plaintext record, which docs/trust.md refuses to
 /// serve from a file others can read (a Secret volume's default 0644 included).
 fn write_private(path: &Path, content: &str) {
     fs::write(path, content).unwrap();
@@ -155,8 +155,8 @@ fn write_private(path: &Path, content: &str) {
 }
 
 /// A pause of an in-place writer long enough for the reloader to look (it reads a file
-/// quiet for 50 ms), but shorter than the 0.3 s it waits before it believes a state that
-/// takes tokens away (see src/serve/watch.rs).
+/// quiet for 50 ms), but shorter than the 0.3 s after an in-place write that it waits
+/// before it believes a state that takes tokens away (`CONFIRM` in src/serve/policy.rs).
 fn long_pause(rng: &mut Rng) -> Duration {
     Duration::from_millis(50 + rng.below(100))
 }

@@ -1,4 +1,4 @@
-//! A token valid before and after a change is never refused during it (SPEC §4), while the
+//! A token valid before and after a change is never refused during it (docs/protocols.md), while the
 //! file is rewritten many times — by rename, and in place (truncate, then write in two
 //! pieces so that a half-written file is really there to be seen).
 

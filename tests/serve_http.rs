@@ -1,4 +1,4 @@
-//! The HTTP listener of `serve` (SPEC §4): forward-auth answers and headers, `/healthz`,
+//! The HTTP listener of `serve` (docs/protocols.md): forward-auth answers and headers, `/healthz`,
 //! `/metrics`, hostile clients, start-up errors, graceful shutdown.
 
 mod serve_common;
@@ -289,4 +289,109 @@ fn busy_port_and_missing_file_fail_at_start() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "neither --socket nor --http");
+}
+
+/// While serve fails closed, `/healthz` says so with 503 (a readiness probe or a load
+/// balancer looks at the status code), with the same JSON.
+#[test]
+fn healthz_is_503_while_failing_closed() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, file) = setup();
+    let serve = Serve::start(&file, dir.path(), Listen::Http);
+    assert_eq!(check(&serve, "GET", "/healthz", &[]).status, 200);
+    let status = |r: &Response| {
+        let health: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        health["status"].as_str().unwrap_or_default().to_owned()
+    };
+    fs::remove_file(&file).unwrap();
+    eventually("healthz says missing", RELOAD, || {
+        status(&serve.get("/healthz", &[])) == "missing"
+    });
+    let r = check(&serve, "GET", "/healthz", &[]);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+    let (_keep, original) = setup();
+    fs::copy(&original, &file).unwrap();
+    eventually("healthz says ok again", RELOAD, || {
+        serve.get("/healthz", &[]).status == 200
+    });
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o666)).unwrap();
+    eventually("healthz says refused", RELOAD, || {
+        status(&serve.get("/healthz", &[])) == "refused"
+    });
+    assert_eq!(check(&serve, "GET", "/healthz", &[]).status, 503);
+}
+
+/// The answers hyper makes itself (an oversized head, garbage) carry `Cache-Control:
+/// no-store` like every other answer.
+#[test]
+fn errors_of_the_http_layer_carry_no_store() {
+    let (dir, file) = setup();
+    let serve = Serve::start(&file, dir.path(), Listen::Http);
+    let addr = serve.http.unwrap();
+    let r = raw_http(addr, b"\x00\x01\x02 nonsense\r\n\r\n");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("Cache-Control"), Some("no-store"), "{r:?}");
+
+    let huge = format!(
+        "GET /check?scope=read HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    // The server answers before it has read the whole request, then closes, which may
+    // reset the connection before the answer is read: a reader thread takes it at once,
+    // and a few attempts are allowed.
+    let mut answered = 0;
+    for _ in 0..5 {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut reader = stream.try_clone().unwrap();
+        let read = std::thread::spawn(move || {
+            let mut raw = Vec::new();
+            let _ = reader.read_to_end(&mut raw);
+            raw
+        });
+        let _ = stream.write_all(huge.as_bytes());
+        let raw = read.join().unwrap();
+        if raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            let r = parse_response(&raw);
+            assert_eq!(r.status, 431);
+            assert_eq!(r.header("Cache-Control"), Some("no-store"), "{r:?}");
+            answered += 1;
+        }
+    }
+    assert!(answered > 0, "no answer to an oversized request was read");
+}
+
+/// A token in the path, the query or any header never reaches the log, at any level.
+#[test]
+fn no_log_line_holds_a_path_query_or_header_value() {
+    let (dir, file) = setup();
+    let env = [("RUST_LOG", "trace,debug")];
+    let serve = Serve::start_with(&file, dir.path(), Listen::Http, &env);
+    let addr = serve.http.unwrap();
+    for target in [
+        "/tf_secretinpath",
+        "/check?scope=read&t=tf_secretinquery",
+        "/check/tf_secretinpath2?tf_secretinquery2",
+    ] {
+        http(
+            addr,
+            "GET",
+            target,
+            &[
+                ("Authorization", "Bearer tf_secretinheader"),
+                ("X-Api-Key", "tf_secretinapikey"),
+                ("X-Forwarded-Uri", "/x?token=tf_secretinforwarded"),
+            ],
+        );
+    }
+    let _ = try_raw_http(addr, b"GET /tf_secretingarbage\x00 HTTP/1.1\r\n\r\n");
+    let _ = try_raw_http(addr, b"GET / HTTP/1.1\r\nX-Bad: tf_secretinbad\x01\r\n\r\n");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = serve.log();
+    assert!(log.contains("http"), "no request was logged at all:\n{log}");
+    assert!(
+        !log.contains("secretin"),
+        "a request's token was logged:\n{log}"
+    );
 }

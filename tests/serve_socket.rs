@@ -1,4 +1,4 @@
-//! The Unix socket of `serve` (SPEC §4): protocol, pipelining, many clients, hostile
+//! The Unix socket of `serve` (docs/protocols.md): protocol, pipelining, many clients, hostile
 //! input, the socket file's mode and lifecycle, graceful shutdown.
 
 mod serve_common;

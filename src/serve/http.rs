@@ -16,9 +16,12 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -29,6 +32,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, warn};
@@ -39,9 +43,9 @@ use crate::scope::RequiredScopes;
 use crate::token::Secret;
 use crate::when;
 
-use super::next_connection;
 use super::socket::log_decision;
 use super::state::Shared;
+use super::{AcceptFailures, next_connection};
 
 const MAX_CONNECTIONS: usize = 1024;
 /// Against slowloris: the whole request head must arrive within this.
@@ -85,6 +89,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     let mut stop = shutdown;
+    let mut failures = AcceptFailures::default();
     loop {
         let Some((permit, accepted)) =
             next_connection(&slots, &mut stop, || listener.accept()).await
@@ -92,10 +97,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
             break;
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                failures.ok();
+                stream
+            }
             Err(e) => {
-                warn!("HTTP accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                failures.failed("HTTP", &e).await;
                 continue;
             }
         };
@@ -105,7 +112,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
             let response = route(&shared, &request);
             async move { Ok::<_, Infallible>(response) }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let connection = graceful
+            .watch(builder.serve_connection(TokioIo::new(NoStoreErrors::new(stream)), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!("HTTP connection ended: {e}");
@@ -132,9 +140,9 @@ fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Never the path, the query or a header value: a client may put a token in any.
     debug!(
         method = %request.method(),
-        path = request.uri().path(),
         status = response.status().as_u16(),
         "http"
     );
@@ -326,11 +334,127 @@ fn healthz(shared: &Shared) -> Response<Body> {
     let mut body = status.to_string();
     body.push('\n');
     let mut response = Response::new(Full::new(Bytes::from(body)));
+    if !snapshot.status.is_loaded() {
+        // Failing closed: a readiness probe or a load balancer must see it.
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The connection as hyper sees it, with `Cache-Control: no-store` added to the answers
+/// hyper makes itself (400 for a request it cannot parse, 414, 431 for an oversized head):
+/// hyper has no hook for those, and every answer must carry it (docs/protocols.md). Each buffer hyper
+/// writes is taken whole, so a response head is never split between two writes here.
+struct NoStoreErrors<T> {
+    inner: T,
+    /// A rewritten buffer still to be sent, and how much of it was.
+    pending: Vec<u8>,
+    sent: usize,
+}
+
+impl<T> NoStoreErrors<T> {
+    fn new(inner: T) -> Self {
+        NoStoreErrors {
+            inner,
+            pending: Vec::new(),
+            sent: 0,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> NoStoreErrors<T> {
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.pending.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.pending.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for NoStoreErrors<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for NoStoreErrors<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.drain(cx))?;
+        match with_no_store(buf) {
+            Some(fixed) => {
+                self.pending = fixed;
+                // Taken whole; what is left is sent before anything else.
+                if let Poll::Ready(Err(e)) = self.drain(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(buf.len()))
+            }
+            None => Pin::new(&mut self.inner).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.drain(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// `bytes` with `Cache-Control: no-store` added to every 4xx response head in it that lacks
+/// the header (only hyper's own answers do); `None` if there is none.
+fn with_no_store(bytes: &[u8]) -> Option<Vec<u8>> {
+    const STATUS: &[u8] = b"HTTP/1.1 4";
+    const HEADER: &[u8] = b"cache-control: no-store\r\n";
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(at) = memchr::memmem::find(&bytes[from..], STATUS).map(|i| from + i) {
+        from = at + STATUS.len();
+        if at > 0 && bytes[at - 1] != b'\n' {
+            continue;
+        }
+        let head = &bytes[at..];
+        let head = &head[..memchr::memmem::find(head, b"\r\n\r\n").map_or(head.len(), |e| e + 2)];
+        if head
+            .to_ascii_lowercase()
+            .windows(14)
+            .any(|w| w == b"cache-control:")
+        {
+            continue;
+        }
+        let Some(line_end) = memchr::memmem::find(head, b"\r\n").map(|e| at + e + 2) else {
+            continue;
+        };
+        let out = out.get_or_insert_with(|| Vec::with_capacity(bytes.len() + HEADER.len()));
+        out.extend_from_slice(&bytes[copied..line_end]);
+        out.extend_from_slice(HEADER);
+        copied = line_end;
+    }
+    let mut out = out?;
+    out.extend_from_slice(&bytes[copied..]);
+    Some(out)
 }
 
 fn metrics(shared: &Shared) -> Response<Body> {
@@ -346,6 +470,20 @@ fn metrics(shared: &Shared) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hypers_own_errors_get_no_store() {
+        let error = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n";
+        let fixed = with_no_store(error).unwrap();
+        assert!(fixed.starts_with(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncache-control: no-store\r\ncontent-length: 0\r\n\r\n"));
+        let ours = b"HTTP/1.1 401 Unauthorized\r\ncache-control: no-store\r\ncontent-length: 13\r\n\r\nunauthorized\n";
+        assert_eq!(with_no_store(ours), None);
+        let both = [&ours[..], &error[..]].concat();
+        let fixed = with_no_store(&both).unwrap();
+        assert_eq!(fixed.len(), both.len() + 25);
+        assert!(fixed.starts_with(ours));
+        assert_eq!(with_no_store(b"HTTP/1.1 204 No Content\r\n\r\n"), None);
+    }
 
     #[test]
     fn percent_decoding() {

@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
 
@@ -64,6 +64,26 @@ impl Fingerprint {
             && self.mtime == before.mtime
             && self.ctime == before.ctime
     }
+
+    /// The same file (device and inode), whatever its content.
+    pub fn same_file(&self, other: &Fingerprint) -> bool {
+        self.dev == other.dev && self.ino == other.ino
+    }
+
+    /// A made-up fingerprint for the reload policy's timelines.
+    #[cfg(test)]
+    pub fn fake(ino: u64, size: u64, mtime: i64) -> Self {
+        Fingerprint {
+            dev: 1,
+            ino,
+            size,
+            mtime: (mtime, 0),
+            ctime: (mtime, 0),
+            mode: 0o100600,
+            uid: 0,
+            gid: 0,
+        }
+    }
 }
 
 /// The fingerprint of the file behind `path` (symlinks followed), `None` if it cannot be
@@ -85,6 +105,10 @@ pub enum Reading {
         /// conflict with the lease), so this is a finished version of the file, whatever
         /// its times say.
         leased: bool,
+        /// Read without a lease, the last line had no line ending and the file changed
+        /// within [`TAIL_HOLD`]: that line was left out (it may be one still being
+        /// appended, and `sha` is not a token); it counts after this long.
+        tail_held: Option<Duration>,
     },
     Missing,
     /// The file changed while it was read; try again shortly.
@@ -130,7 +154,15 @@ pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
     if !before.is_file() {
         return Reading::Unreadable(io::Error::other("not a regular file"));
     }
-    let (index, problems, content, len) = match index_file(&file, before.len()) {
+    let (limit, tail_held) = match lease {
+        Some(_) => (before.len(), None),
+        None => match unfinished_tail(&file, &before) {
+            Ok(Some((limit, held))) => (limit, Some(held)),
+            Ok(None) => (before.len(), None),
+            Err(e) => return Reading::Unreadable(e),
+        },
+    };
+    let (index, problems, content, len) = match index_file(&file, limit) {
         Ok(indexed) => indexed,
         Err(e) => return Reading::Unreadable(e),
     };
@@ -139,7 +171,7 @@ pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
         Err(e) => return Reading::Unreadable(e),
     };
     let fingerprint = Fingerprint::of(&after);
-    if Fingerprint::of(&before) != fingerprint || len != after.len() {
+    if Fingerprint::of(&before) != fingerprint || len != limit {
         return Reading::Unstable;
     }
     match trust::exposed_reason(&real, &after, || index.plaintext > 0) {
@@ -148,9 +180,45 @@ pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
             problems,
             fingerprint,
             leased: lease.is_some(),
+            tail_held,
         },
         Some(reason) => Reading::Unsafe(reason),
     }
+}
+
+/// How long a last line without a line ending, read without a lease, grants nothing after
+/// the file last changed (docs/protocols.md).
+pub const TAIL_HOLD: Duration = Duration::from_secs(1);
+
+/// Where the file's complete lines end and how long until its last line counts, if it has
+/// no line ending and the file changed within [`TAIL_HOLD`]; `None` if every line counts.
+fn unfinished_tail(file: &File, meta: &Metadata) -> io::Result<Option<(u64, Duration)>> {
+    let size = meta.len();
+    // A time in the future counts as just now.
+    let age = meta
+        .modified()
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .unwrap_or(Duration::ZERO);
+    if size == 0 || age >= TAIL_HOLD {
+        return Ok(None);
+    }
+    let held = TAIL_HOLD - age;
+    let mut buf = vec![0u8; SPLIT_WINDOW];
+    let mut end = size;
+    while end > 0 {
+        let start = end.saturating_sub(SPLIT_WINDOW as u64);
+        let chunk = &mut buf[..usize::try_from(end - start).unwrap_or(SPLIT_WINDOW)];
+        file.read_exact_at(chunk, start)?;
+        if end == size && chunk.last() == Some(&b'\n') {
+            return Ok(None);
+        }
+        if let Some(at) = memchr::memrchr(b'\n', chunk) {
+            return Ok(Some((start + at as u64 + 1, held)));
+        }
+        end = start;
+    }
+    Ok(Some((0, held)))
 }
 
 /// From this size on (about 40 000 records) a file is read and indexed by two threads.
@@ -165,13 +233,13 @@ const SPLIT_WINDOW: usize = 64 * 1024;
 /// the bytes).
 fn index_file(file: &File, size: u64) -> io::Result<(TokenIndex, Vec<LoadProblem>, Digest, u64)> {
     let Some(split) = split_point(file, size)? else {
-        let mut part = Part::new(file, 0, None);
+        let mut part = Part::new(file, 0, Some(size));
         let (index, problems) = TokenIndex::read_from(&mut part)?;
         return Ok((index, problems, part.digest(), part.len));
     };
     let (mut first, mut second) = (
         Part::new(file, 0, Some(split)),
-        Part::new(file, split, None),
+        Part::new(file, split, Some(size)),
     );
     let (index, problems) = TokenIndex::read_from_parts(&mut first, &mut second)?;
     let mut both = Sha256::new();
@@ -343,7 +411,8 @@ const FIRST_READ_PAUSE: Duration = Duration::from_millis(20);
 /// often a wrong `--file` than an intent; once running, a vanished file means no tokens.
 /// An unsafe file starts in the refused state (no token accepted) so that fixing its mode
 /// is enough.
-pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>)> {
+/// The last element: read the file again after this long (its last line was held back).
+pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>, Option<Duration>)> {
     for attempt in 1..=FIRST_READ_TRIES {
         // In the end, a file held open for writing all along is read anyway.
         match read(path, attempt < FIRST_READ_TRIES) {
@@ -351,6 +420,7 @@ pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>)> {
                 snapshot,
                 problems,
                 fingerprint,
+                tail_held,
                 ..
             } => {
                 log_problems(path, &problems);
@@ -361,7 +431,7 @@ pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>)> {
                     invalid_lines = snapshot.invalid_lines,
                     "loaded the token file"
                 );
-                return Ok((*snapshot, Some(fingerprint)));
+                return Ok((*snapshot, Some(fingerprint), tail_held));
             }
             Reading::Missing => return Err(missing_file(path)),
             Reading::Unreadable(e) => return Err(Error::io("read", path, e)),
@@ -373,6 +443,7 @@ pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>)> {
                 return Ok((
                     Snapshot::empty(FileStatus::Refused(reason)),
                     fingerprint(path),
+                    None,
                 ));
             }
             Reading::Unstable | Reading::Busy => thread::sleep(FIRST_READ_PAUSE),

@@ -15,6 +15,7 @@
 mod http;
 mod load;
 mod metrics;
+mod policy;
 mod socket;
 mod state;
 mod watch;
@@ -48,15 +49,16 @@ pub fn run(options: ServeOptions) -> Result<Exit> {
         ));
     }
     init_logging();
+    raise_open_files_limit();
     early_signals()?;
     load::map_large_blocks();
-    let (snapshot, fingerprint) = load::initial(&options.file)?;
+    let (snapshot, fingerprint, recheck) = load::initial(&options.file)?;
     let shared = Arc::new(Shared::new(options.file.clone(), snapshot));
     // Bind before any thread exists; see the module comment.
     let socket = options.socket.as_deref().map(socket::bind).transpose()?;
     let http = options.http.map(http::bind).transpose()?;
 
-    let reloader = watch::Reloader::start(shared.clone(), fingerprint)
+    let reloader = watch::Reloader::start(shared.clone(), fingerprint, recheck)
         .map_err(|e| Error::File(format!("cannot start the reloader thread: {e}")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -173,6 +175,48 @@ where
     }
 }
 
+/// Raises the soft limit on open files to the hard one: each client connection holds a
+/// descriptor, and the reloader must still be able to open the file (it also keeps a few
+/// in reserve, see `watch.rs`).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!("cannot raise the open files limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!("cannot read the open files limit: {e}"),
+    }
+}
+
+/// Failed accepts in a row on one listener. Out of descriptors, the client waits in the
+/// backlog and the accept fails again until one is free: pause rather than spin, and say
+/// so once per streak rather than ten times a second.
+#[derive(Default)]
+struct AcceptFailures(u64);
+
+impl AcceptFailures {
+    async fn failed(&mut self, listener: &str, e: &std::io::Error) {
+        if self.0 == 0 {
+            warn!("{listener} accept failed: {e}; retrying every 100 ms");
+        }
+        self.0 += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    fn ok(&mut self) {
+        if self.0 > 0 {
+            info!(
+                "accepting connections again after {} failed attempts",
+                self.0
+            );
+            self.0 = 0;
+        }
+    }
+}
+
 /// Signal dispositions needed before any thread starts:
 /// - SIGIO ignored: the reloader holds a read lease on the file while reading it (see
 ///   `load.rs`), and a writer opening the file then makes the kernel send SIGIO, whose
@@ -209,8 +253,19 @@ fn stop_signals() -> nix::sys::signal::SigSet {
 /// Structured logs on stderr; `RUST_LOG` filters (default `info`; `debug` shows every
 /// decision, by record ID). A token never reaches a log line.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let asked = std::env::var("RUST_LOG").ok();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // notify's inotify thread warns "Unable to remove the path from the watches:
+    // WatchNotFound" whenever a watched directory vanishes (it sees the parent's DELETE and
+    // the directory's own DELETE_SELF, and removes the watch twice): every Kubernetes
+    // `..data` swap deletes the old `..<timestamp>` directory we watch, and nothing is
+    // wrong then. Its real errors come to us as events; its own logs only when asked for.
+    if !asked.is_some_and(|a| a.contains("notify"))
+        && let Ok(quiet) = "notify=error".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     // Someone (a test, an embedding program) may have set a subscriber already: keep it.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -33,7 +33,7 @@ use crate::scope::RequiredScopes;
 use crate::token::Secret;
 
 use super::state::Shared;
-use super::{next_connection, stopped};
+use super::{AcceptFailures, next_connection, stopped};
 
 /// Longest request line, without its newline. A token is at most 4 KiB.
 pub const MAX_LINE: usize = 8 * 1024;
@@ -125,6 +125,7 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: watch:
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     let mut stop = shutdown.clone();
+    let mut failures = AcceptFailures::default();
     loop {
         // Backpressure: at the connection limit, wait for one to end before accepting.
         let Some((permit, accepted)) =
@@ -134,6 +135,7 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: watch:
         };
         match accepted {
             Ok((stream, _)) => {
+                failures.ok();
                 let shared = shared.clone();
                 let shutdown = shutdown.clone();
                 connections.spawn(async move {
@@ -141,11 +143,7 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: watch:
                     drop(permit);
                 });
             }
-            Err(e) => {
-                // Out of file descriptors and the like: pause rather than spin.
-                warn!("socket accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(e) => failures.failed("socket", &e).await,
         }
         while connections.try_join_next().is_some() {}
     }

@@ -1,5 +1,7 @@
 //! The reloader: one thread that notices every way the token file changes and installs the
-//! new state whole.
+//! new state whole. It is the I/O driver of [`policy`](super::policy), which decides when
+//! to read and whether to install what was read; here the events are gathered, the file is
+//! read, and the policy's actions are carried out.
 //!
 //! How a change is noticed:
 //! - inotify (through `notify`) on the directory of every name leading to the file (see
@@ -9,29 +11,14 @@
 //!   inotify event, a directory that did not exist yet when we tried to watch it);
 //! - SIGHUP, which forces a reload.
 //!
-//! A token valid before and after a change must never be refused during it. A file replaced
-//! by rename or swapped through a symlink is read either old or new, so that is easy. An
-//! in-place rewrite (truncate, then write) really leaves a short or empty file for a while,
-//! and the kernel does not always say so: Linux sets the new size of a truncate before its
-//! times and emits its inotify event only at the end, and ext4 can spend a disk I/O in
-//! between. So a new state is installed only when
-//! - the file was quiet for [`QUIET`] (or, while a writer has it open — written but not
-//!   closed — for [`WRITER_HOLD`]);
-//! - it did not change while being read ([`load::read`]), no write to it showed up within
-//!   [`SETTLE`] after, and it still has the same fingerprint;
-//! - it is not the same file with the same times as last seen but another size (a truncate
-//!   caught halfway; trusted after [`MAX_STALE`], since coarse file system clocks can show
-//!   the same for a finished write — and at once when it was read under a read lease,
-//!   which no truncate can overlap);
-//! - if it takes anything away (a token, a scope, an expiry; see
-//!   [`Snapshot::withdraws_from`]) or the file vanished: the same file is seen again,
-//!   unchanged, [`CONFIRM`] after the first read. A state that only adds goes in at once.
-//!
-//! What remains: an in-place writer that leaves the file truncated, without a sign, for
-//! longer than [`CONFIRM`]. Writers that replace the file by rename (this tool, `sed -i`,
-//! vim, Kubernetes) are never seen halfway.
+//! A read is believed only if no change showed up during it or within [`SETTLE`] after, and
+//! the path still leads to the file read. A few descriptors are kept in reserve, so that
+//! clients holding every other one cannot stop a reload: a read that fails for want of a
+//! descriptor releases them and tries again at once.
 
 use std::collections::HashSet;
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,35 +31,21 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tracing::{debug, error, info, trace, warn};
 
 use super::load::{self, Fingerprint, Reading};
+use super::policy::{Action, Input, Policy, ReadResult, TICK};
 use super::state::{FileStatus, Shared, Snapshot, log_problems};
 use crate::check::LoadProblem;
 
-/// Quiet time after the last change before reading.
-const QUIET: Duration = Duration::from_millis(50);
-/// Quiet time required while an in-place writer has the file open (written, not closed).
-const WRITER_HOLD: Duration = Duration::from_millis(500);
-/// Pause after a read to let a write that started during it show up.
+/// Pause after a read to let a change that happened during it show up.
 const SETTLE: Duration = Duration::from_millis(20);
-/// Pause before retrying a read that raced with a writer.
-const RETRY: Duration = Duration::from_millis(30);
-/// How long a state that takes something away (or a vanished file) must stay the same
-/// before it is installed.
-const CONFIRM: Duration = Duration::from_millis(300);
-/// A file changed continuously is read anyway after this long (still only a stable read,
-/// never while a writer holds it).
-const MAX_STALE: Duration = Duration::from_secs(2);
-/// A file held open for writing longer than this is read anyway. Long, because a truncate
-/// can wait for disk I/O (ext4 flushes a file rewritten in place when it is closed, and the
-/// next truncate waits for that), and seconds were seen on a busy virtual disk.
-const WRITER_LIMIT: Duration = Duration::from_secs(30);
-/// Safety-net stat of the path.
-const TICK: Duration = Duration::from_secs(1);
 /// Events queued between the watcher thread and the reloader; beyond it they are dropped
 /// and a full re-check is forced instead.
 const QUEUE: usize = 4096;
+/// Descriptors held in reserve for reading the file (opening it, and the checks of its
+/// path) when every other one is taken.
+const RESERVE: usize = 4;
 
 enum Msg {
-    Fs(notify::Result<notify::Event>),
+    Fs(Instant, notify::Result<notify::Event>),
     Wake,
     Stop,
 }
@@ -105,8 +78,13 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Starts watching `shared.file()`, whose state in use was read with `fingerprint`.
-    pub fn start(shared: Arc<Shared>, fingerprint: Option<Fingerprint>) -> std::io::Result<Self> {
+    /// Starts watching `shared.file()`, whose state in use was read with `fingerprint`;
+    /// `recheck`: read it again after this long (its last line was held back).
+    pub fn start(
+        shared: Arc<Shared>,
+        fingerprint: Option<Fingerprint>,
+        recheck: Option<Duration>,
+    ) -> io::Result<Self> {
         let (tx, rx) = sync_channel(QUEUE);
         let flags = Arc::new(Flags::default());
         let watcher = {
@@ -114,7 +92,7 @@ impl Reloader {
             let flags = flags.clone();
             // Runs on notify's thread: never block it.
             let handler = move |event: notify::Result<notify::Event>| {
-                if tx.try_send(Msg::Fs(event)).is_err() {
+                if tx.try_send(Msg::Fs(Instant::now(), event)).is_err() {
                     flags.overflow.store(true, Ordering::SeqCst);
                     let _ = tx.try_send(Msg::Wake);
                 }
@@ -140,20 +118,15 @@ impl Reloader {
             watched: HashSet::new(),
             warned_watch: HashSet::new(),
             names: Vec::new(),
+            policy: Policy::new(fingerprint, recheck.map(|r| now + r)),
             seen: fingerprint,
-            observed: fingerprint,
-            dirty_since: None,
-            last_change: now,
-            last_write_to_file: None,
-            writer_open: false,
-            forced: false,
-            retry_at: None,
-            suspect_since: None,
-            busy_since: None,
-            confirming: None,
+            deadline: recheck.map(|r| now + r),
             next_tick: now + TICK,
             stopping: false,
+            read: None,
+            reserve: Vec::new(),
         };
+        state.refill_reserve();
         state.sync_watches();
         let thread = thread::Builder::new()
             .name("tokenfile-reload".into())
@@ -187,12 +160,12 @@ impl Drop for Reloader {
     }
 }
 
-/// What a state that takes something away waits for: the same file, unchanged, later.
-#[derive(Debug, Clone, Copy)]
-struct Confirming {
-    /// `None`: the file was missing.
-    fingerprint: Option<Fingerprint>,
-    since: Instant,
+/// What the last read found, kept until the policy says what to do with it.
+enum Found {
+    Loaded(Box<Snapshot>, Vec<LoadProblem>, Fingerprint),
+    Failed(FileStatus),
+    /// A passing failure, and why.
+    Passing(String),
 }
 
 struct Reload {
@@ -206,146 +179,204 @@ struct Reload {
     warned_watch: HashSet<PathBuf>,
     /// Every name that leads to the file (see `load::names`).
     names: Vec<PathBuf>,
-    /// The fingerprint of the file the state in use came from (also for a refused file, so
-    /// that it is retried only once it changes).
+    policy: Policy,
+    /// The fingerprint of the file the state in use came from.
     seen: Option<Fingerprint>,
-    /// The first fingerprint observed with the file's current identity and times: a later
-    /// one with the same times but another size is a truncate caught halfway.
-    observed: Option<Fingerprint>,
-    /// Since when a change waits to be looked at.
-    dirty_since: Option<Instant>,
-    last_change: Instant,
-    /// Last time a write to the file itself was seen: a read that overlaps it is discarded.
-    last_write_to_file: Option<Instant>,
-    /// An in-place writer wrote to the file and was not seen closing it yet.
-    writer_open: bool,
-    forced: bool,
-    retry_at: Option<Instant>,
-    suspect_since: Option<Instant>,
-    /// Since when another process keeps the file open for writing.
-    busy_since: Option<Instant>,
-    confirming: Option<Confirming>,
+    /// When the policy wants to be woken.
+    deadline: Option<Instant>,
     next_tick: Instant,
     /// Stop was received while draining events.
     stopping: bool,
+    read: Option<Found>,
+    reserve: Vec<File>,
 }
 
 impl Reload {
     fn run(mut self) {
         while !self.stopping {
-            let now = Instant::now();
-            let deadline = self
-                .due_at()
+            let wake = self
+                .deadline
                 .map_or(self.next_tick, |d| d.min(self.next_tick));
             match self
                 .rx
-                .recv_timeout(deadline.saturating_duration_since(now))
+                .recv_timeout(wake.saturating_duration_since(Instant::now()))
             {
-                Ok(Msg::Fs(event)) => self.on_event(event),
+                Ok(Msg::Fs(at, event)) => {
+                    if let Some(input) = self.classify(at, event) {
+                        self.step(input);
+                    }
+                }
                 Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {}
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             }
-            self.take_flags();
+            self.take_flags(true);
             let now = Instant::now();
             if now >= self.next_tick {
-                self.tick(now);
+                self.next_tick = now + TICK;
+                let fingerprint = load::fingerprint(&self.path);
+                if self.sync_watches() {
+                    self.step(Input::Unseen { at: now });
+                }
+                self.step(Input::Tick {
+                    at: now,
+                    fingerprint,
+                });
             }
-            if self.due_at().is_some_and(|at| at <= Instant::now()) {
-                self.attempt();
+            if self.deadline.is_some_and(|d| d <= Instant::now()) {
+                self.deadline = None;
+                self.step(Input::Due { at: Instant::now() });
             }
         }
     }
 
-    fn take_flags(&mut self) {
+    /// Hands SIGHUP and lost events to the policy; `act`: carry out what it says (not
+    /// while a read waits for its result).
+    fn take_flags(&mut self, act: bool) {
+        let mut inputs = Vec::new();
         if self.flags.forced.swap(false, Ordering::SeqCst) {
             info!(file = %self.path.display(), "reload requested (SIGHUP)");
-            self.forced = true;
-            self.retry_at = None;
-            self.mark_dirty();
+            inputs.push(Input::Hangup { at: Instant::now() });
         }
         if self.flags.overflow.swap(false, Ordering::SeqCst) {
             warn!("file events were dropped; re-checking the file");
-            self.mark_dirty();
+            inputs.push(Input::Renamed { at: Instant::now() });
+        }
+        for input in inputs {
+            if act {
+                self.step(input);
+            } else {
+                self.policy.step(input);
+            }
         }
     }
 
-    /// When the pending change (if any) should be looked at.
-    fn due_at(&self) -> Option<Instant> {
-        let since = self.dirty_since?;
-        let mut at = if self.forced {
-            since
-        } else if self.writer_open {
-            self.last_change + WRITER_HOLD
-        } else {
-            (self.last_change + QUIET).min(since + MAX_STALE)
-        };
-        if let Some(retry) = self.retry_at {
-            at = at.max(retry);
+    /// Feeds `input` to the policy and carries out its actions until it waits.
+    fn step(&mut self, input: Input) {
+        trace!(?input, "reload policy input");
+        let mut action = self.policy.step(input);
+        loop {
+            trace!(?action, "reload policy action");
+            let now = Instant::now();
+            action = match action {
+                Action::Read { wait_for_writers } => {
+                    let result = self.read(wait_for_writers);
+                    self.settle();
+                    trace!(?result, "read");
+                    self.policy.step(Input::Read {
+                        at: Instant::now(),
+                        result,
+                    })
+                }
+                Action::Install => {
+                    if let Some(Found::Loaded(snapshot, problems, fingerprint)) = self.read.take() {
+                        self.seen = Some(fingerprint);
+                        self.install_loaded(*snapshot, &problems);
+                    }
+                    self.policy.step(Input::Due { at: now })
+                }
+                Action::Keep => {
+                    debug!("the file's content is unchanged");
+                    if let Some(Found::Loaded(_, _, fingerprint)) = self.read.take() {
+                        self.seen = Some(fingerprint);
+                    }
+                    self.policy.step(Input::Due { at: now })
+                }
+                Action::FailClosed => {
+                    if let Some(Found::Failed(status)) = self.read.take() {
+                        self.fail_closed(status);
+                    }
+                    self.policy.step(Input::Due { at: now })
+                }
+                Action::Wait { until } => {
+                    self.deadline = until;
+                    break;
+                }
+                Action::Retry { at } => {
+                    if let Some(Found::Passing(why)) = self.read.take() {
+                        warn!(file = %self.path.display(), "cannot read the file now ({why}); retrying");
+                        self.shared.metrics.count_reload_failure();
+                    }
+                    self.deadline = Some(at);
+                    break;
+                }
+            };
         }
-        Some(at)
+        if self.sync_watches() {
+            self.step(Input::Unseen { at: Instant::now() });
+        }
     }
 
-    fn mark_dirty(&mut self) {
-        let now = Instant::now();
-        self.last_change = now;
-        self.dirty_since.get_or_insert(now);
+    /// Lets changes made during a read show up, and hands them to the policy (which then
+    /// knows the read may be stale).
+    fn settle(&mut self) {
+        thread::sleep(SETTLE);
+        loop {
+            match self.rx.try_recv() {
+                Ok(Msg::Fs(at, event)) => {
+                    if let Some(input) = self.classify(at, event) {
+                        // A read is in hand: the policy only takes note.
+                        trace!(?input, "reload policy input while reading");
+                        self.policy.step(input);
+                    }
+                }
+                Ok(Msg::Wake) => {}
+                Ok(Msg::Stop) => {
+                    self.stopping = true;
+                    break;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        self.take_flags(false);
     }
 
-    fn is_ours(&self, path: &Path) -> bool {
-        self.names.iter().any(|n| n == path)
-    }
-
-    fn on_event(&mut self, event: notify::Result<notify::Event>) {
+    /// What an event means for the file, if anything.
+    fn classify(&self, at: Instant, event: notify::Result<notify::Event>) -> Option<Input> {
         let event = match event {
             Ok(event) => event,
             Err(e) => {
                 debug!("file watch error: {e}");
-                self.mark_dirty();
-                return;
+                return Some(Input::Renamed { at });
             }
         };
         if event.need_rescan() {
-            self.mark_dirty();
-            return;
+            return Some(Input::Renamed { at });
         }
-        let ours = event.paths.iter().any(|p| self.is_ours(p));
+        let ours = event.paths.iter().any(|p| self.names.contains(p));
         let on_watched_dir = event.paths.iter().any(|p| self.watched.contains(p));
         trace!(kind = ?event.kind, ours, "file event");
         match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) if ours => {
-                self.writer_open = false;
                 // The state right after a complete write, before the next writer truncates.
-                if let Some(fingerprint) = load::fingerprint(&self.path) {
-                    self.observe(fingerprint);
-                }
-                self.mark_dirty();
+                Some(Input::Closed {
+                    at,
+                    fingerprint: load::fingerprint(&self.path),
+                })
             }
             // Opening and reading (ours included) change nothing.
-            EventKind::Access(_) => {}
+            EventKind::Access(_) => None,
             EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) if ours => {
-                self.writer_open = true;
-                self.last_write_to_file = Some(Instant::now());
-                self.mark_dirty();
+                Some(Input::Written { at })
             }
             // Writes to other files of the directory (the audit log, a temp file) do not
             // matter until they are renamed, which is a name event.
-            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {}
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => None,
             // chmod/chown of the file, or of its directory: safety may have changed.
             EventKind::Modify(ModifyKind::Metadata(_)) if ours || on_watched_dir => {
-                self.mark_dirty()
+                Some(Input::Renamed { at })
             }
-            EventKind::Modify(ModifyKind::Metadata(_)) => {}
+            EventKind::Modify(ModifyKind::Metadata(_)) => None,
             // Created, removed, renamed: the file itself.
-            _ if ours => {
-                self.writer_open = false;
-                self.mark_dirty();
-            }
+            _ if ours => Some(Input::Renamed { at }),
             // Another name in a directory on the way: it matters only if the path now leads
             // to another file (a `..data` swap, a directory replaced). Other files coming and
             // going beside it (an editor's swap file, a proxy's logs) must not cost a re-read
             // of what may be a million records.
-            _ if self.leads_elsewhere() => self.mark_dirty(),
-            _ => trace!("a name beside the file changed; the path leads to the same file"),
+            _ if self.leads_elsewhere() => Some(Input::Renamed { at }),
+            _ => {
+                trace!("a name beside the file changed; the path leads to the same file");
+                None
+            }
         }
     }
 
@@ -356,33 +387,98 @@ impl Reload {
         load::names(&self.path) != self.names || load::fingerprint(&self.path) != self.seen
     }
 
-    fn tick(&mut self, now: Instant) {
-        self.next_tick = now + TICK;
-        self.sync_watches();
-        let fingerprint = load::fingerprint(&self.path);
-        if let Some(fingerprint) = fingerprint {
-            self.observe(fingerprint);
+    /// Reads the file once (twice if it was short of descriptors) and says what was found;
+    /// the state itself waits in `self.read`.
+    fn read(&mut self, wait_for_writers: bool) -> ReadResult {
+        let mut reading = load::read(&self.path, wait_for_writers);
+        if matches!(&reading, Reading::Unreadable(e) if out_of_descriptors(e))
+            && !self.reserve.is_empty()
+        {
+            self.reserve.clear();
+            reading = load::read(&self.path, wait_for_writers);
         }
-        if self.dirty_since.is_none() && fingerprint != self.seen {
-            debug!("periodic check: the file changed");
-            self.mark_dirty();
-        }
+        self.refill_reserve();
+        let (result, found) = match reading {
+            Reading::Read {
+                snapshot,
+                problems,
+                fingerprint,
+                leased,
+                tail_held,
+            } => {
+                let current = self.shared.snapshot();
+                let unchanged = current.status.is_loaded() && current.content == snapshot.content;
+                let withdraws = snapshot.withdraws_from(&current);
+                drop(current);
+                // The path must still lead to the file read (a rename may not have shown).
+                if load::fingerprint(&self.path) != Some(fingerprint) {
+                    (ReadResult::Unstable, None)
+                } else {
+                    if tail_held.is_some() {
+                        debug!("the last line has no line ending yet; it counts in a second");
+                    }
+                    let result = ReadResult::Loaded {
+                        fingerprint,
+                        leased,
+                        unchanged,
+                        withdraws,
+                        tail_held,
+                    };
+                    (result, Some(Found::Loaded(snapshot, problems, fingerprint)))
+                }
+            }
+            Reading::Missing => (
+                ReadResult::Missing,
+                Some(Found::Failed(FileStatus::Missing)),
+            ),
+            Reading::Unstable => {
+                debug!("the file changed while being read");
+                (ReadResult::Unstable, None)
+            }
+            Reading::Busy => {
+                debug!("another process has the file open for writing");
+                (ReadResult::Busy, None)
+            }
+            Reading::Unreadable(e) if passing(&e) => {
+                (ReadResult::Passing, Some(Found::Passing(e.to_string())))
+            }
+            Reading::Unreadable(e) => {
+                let reason = format!("cannot read {}: {e}", self.path.display());
+                self.refused(reason)
+            }
+            Reading::Unsafe(reason) => self.refused(reason),
+        };
+        // A passing failure is reported once per streak, not at every retry.
+        self.read = match found {
+            Some(Found::Passing(_)) if self.policy.failing() => None,
+            found => found,
+        };
+        result
     }
 
-    /// Records a fingerprint; false if it is a truncate caught halfway (see `observed`).
-    fn observe(&mut self, fingerprint: Fingerprint) -> bool {
-        match self.observed {
-            Some(first) if fingerprint.resized_without_times(&first) => false,
-            _ => {
-                self.observed = Some(fingerprint);
-                true
+    fn refused(&self, reason: String) -> (ReadResult, Option<Found>) {
+        let fingerprint = load::fingerprint(&self.path);
+        (
+            ReadResult::Refused { fingerprint },
+            Some(Found::Failed(FileStatus::Refused(reason))),
+        )
+    }
+
+    fn refill_reserve(&mut self) {
+        while self.reserve.len() < RESERVE {
+            match File::open("/dev/null") {
+                Ok(file) => self.reserve.push(file),
+                Err(_) => break,
             }
         }
     }
 
     /// Watches the directory of every name leading to the file; drops watches no longer
-    /// on the way (an old Kubernetes `..<timestamp>` directory).
-    fn sync_watches(&mut self) {
+    /// on the way (an old Kubernetes `..<timestamp>` directory). True if a directory is
+    /// watched from now on that was on the way before (writes there were not seen).
+    fn sync_watches(&mut self) -> bool {
+        let had_names = !self.names.is_empty();
+        let mut added = false;
         self.names = load::names(&self.path);
         let wanted: HashSet<PathBuf> = self
             .names
@@ -390,7 +486,7 @@ impl Reload {
             .filter_map(|n| n.parent().map(Path::to_path_buf))
             .collect();
         let Some(watcher) = self.watcher.as_mut() else {
-            return;
+            return false;
         };
         for dir in self
             .watched
@@ -398,8 +494,10 @@ impl Reload {
             .cloned()
             .collect::<Vec<_>>()
         {
-            // Fails if the directory is gone, which removed the watch already.
-            let _ = watcher.unwatch(&dir);
+            // A directory that is gone took its watch with it (notify drops it itself).
+            if dir.exists() {
+                let _ = watcher.unwatch(&dir);
+            }
             self.watched.remove(&dir);
         }
         for dir in wanted {
@@ -410,6 +508,7 @@ impl Reload {
                 Ok(()) => {
                     debug!(dir = %dir.display(), "watching");
                     self.watched.insert(dir);
+                    added = had_names;
                 }
                 Err(e) => {
                     if self.warned_watch.insert(dir.clone()) {
@@ -422,159 +521,11 @@ impl Reload {
                 }
             }
         }
+        added
     }
 
-    /// The pending change is dealt with.
-    fn done(&mut self, seen: Option<Fingerprint>) {
-        self.seen = seen;
-        self.dirty_since = None;
-        self.forced = false;
-        self.retry_at = None;
-        self.suspect_since = None;
-        self.busy_since = None;
-        self.confirming = None;
-    }
-
-    fn retry(&mut self, why: &str) {
-        debug!("{why}; retrying");
-        self.retry_at = Some(Instant::now() + RETRY);
-    }
-
-    /// Looks at the file and installs its state if it changed.
-    fn attempt(&mut self) {
-        let started = Instant::now();
-        match load::read(&self.path, !self.writer_too_long()) {
-            Reading::Unstable => self.retry("the file changed while being read"),
-            Reading::Busy => {
-                self.busy_since.get_or_insert(started);
-                self.retry("another process has the file open for writing");
-            }
-            Reading::Missing => {
-                // Bridges the gap of a writer that removes the file, then writes a new one.
-                let grants = !self.shared.snapshot().index.is_empty();
-                if !grants || self.confirmed(None, started) {
-                    self.install_missing();
-                }
-            }
-            Reading::Unreadable(e) => {
-                let reason = format!("cannot read {}: {e}", self.path.display());
-                self.refuse(reason);
-            }
-            Reading::Unsafe(reason) => self.refuse(reason),
-            Reading::Read {
-                snapshot,
-                problems,
-                fingerprint,
-                leased,
-            } => {
-                if leased {
-                    // Its size and times, whatever they are, are those of a finished write.
-                    self.observed = Some(fingerprint);
-                    self.suspect_since = None;
-                }
-                if !leased && self.mid_truncate(fingerprint) {
-                    self.retry("the file's size changed but not its times: a truncate in progress");
-                } else if !self.settled(started, fingerprint) {
-                    self.retry("the file was written again while being read");
-                } else {
-                    self.consider(*snapshot, &problems, fingerprint, started);
-                }
-            }
-        }
-        self.sync_watches();
-    }
-
-    /// A file held open for writing this long is read anyway (a shell's `exec 3>>file`
-    /// would otherwise stop every reload).
-    fn writer_too_long(&self) -> bool {
-        let too_long = self
-            .busy_since
-            .is_some_and(|since| since.elapsed() >= WRITER_LIMIT);
-        if too_long {
-            warn!(
-                file = %self.path.display(),
-                "the token file has been open for writing for {}s; reading it anyway",
-                WRITER_LIMIT.as_secs()
-            );
-        }
-        too_long
-    }
-
-    /// See `observed`; the suspicion lasts at most [`MAX_STALE`].
-    fn mid_truncate(&mut self, fingerprint: Fingerprint) -> bool {
-        if self.observe(fingerprint) {
-            return false;
-        }
-        let now = Instant::now();
-        if now < *self.suspect_since.get_or_insert(now) + MAX_STALE {
-            return true;
-        }
-        self.observed = Some(fingerprint);
-        false
-    }
-
-    /// Whether a read that started at `started` is still the file's content: no write to
-    /// the file was seen since, and the path still leads to the same unchanged file.
-    fn settled(&mut self, started: Instant, fingerprint: Fingerprint) -> bool {
-        thread::sleep(SETTLE);
-        loop {
-            match self.rx.try_recv() {
-                Ok(Msg::Fs(event)) => self.on_event(event),
-                Ok(Msg::Wake) => {}
-                Ok(Msg::Stop) => {
-                    self.stopping = true;
-                    break;
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
-        self.take_flags();
-        let written = self.last_write_to_file.is_some_and(|t| t >= started);
-        !written && load::fingerprint(&self.path) == Some(fingerprint)
-    }
-
-    /// Whether a state that takes something away may be installed: the file (or its
-    /// absence, `None`) was seen the same [`CONFIRM`] ago, with no write to it since.
-    fn confirmed(&mut self, fingerprint: Option<Fingerprint>, read_at: Instant) -> bool {
-        let written_since = |since: Instant| self.last_write_to_file.is_some_and(|t| t >= since);
-        match self.confirming {
-            Some(c) if c.fingerprint == fingerprint && !written_since(c.since) => {
-                if read_at >= c.since + CONFIRM {
-                    return true;
-                }
-                self.retry_at = Some(c.since + CONFIRM);
-            }
-            _ => {
-                self.confirming = Some(Confirming {
-                    fingerprint,
-                    since: read_at,
-                });
-                self.retry_at = Some(read_at + CONFIRM);
-            }
-        }
-        false
-    }
-
-    fn consider(
-        &mut self,
-        snapshot: Snapshot,
-        problems: &[LoadProblem],
-        fingerprint: Fingerprint,
-        read_at: Instant,
-    ) {
-        let current = self.shared.snapshot();
-        if !self.forced && current.status.is_loaded() && current.content == snapshot.content {
-            debug!("the file's content is unchanged");
-            self.done(Some(fingerprint));
-            return;
-        }
-        if snapshot.withdraws_from(&current) && !self.confirmed(Some(fingerprint), read_at) {
-            debug!("the new state takes tokens or scopes away; confirming it");
-            return;
-        }
-        let was_loaded = current.status.is_loaded();
-        // Our reference must not outlive the swap: the old state is freed in `install`.
-        drop(current);
+    fn install_loaded(&mut self, snapshot: Snapshot, problems: &[LoadProblem]) {
+        let was_loaded = self.shared.snapshot().status.is_loaded();
         log_problems(&self.path, problems);
         info!(
             file = %self.path.display(),
@@ -588,29 +539,25 @@ impl Reload {
         }
         self.install(snapshot);
         self.shared.metrics.count_reload();
-        self.done(Some(fingerprint));
     }
 
-    fn install_missing(&mut self) {
-        if self.shared.snapshot().status != FileStatus::Missing {
-            error!(
+    fn fail_closed(&mut self, status: FileStatus) {
+        self.seen = load::fingerprint(&self.path);
+        if self.shared.snapshot().status == status {
+            return;
+        }
+        match &status {
+            FileStatus::Missing => error!(
                 file = %self.path.display(),
                 "the token file is gone: every token is refused until it is back"
-            );
-            self.install(Snapshot::empty(FileStatus::Missing));
-            self.shared.metrics.count_reload_failure();
+            ),
+            FileStatus::Refused(reason) => {
+                error!(file = %self.path.display(), "every token is refused: {reason}")
+            }
+            FileStatus::Loaded => {}
         }
-        self.done(None);
-    }
-
-    fn refuse(&mut self, reason: String) {
-        let seen = load::fingerprint(&self.path);
-        if self.shared.snapshot().status != FileStatus::Refused(reason.clone()) {
-            error!(file = %self.path.display(), "every token is refused: {reason}");
-            self.install(Snapshot::empty(FileStatus::Refused(reason)));
-            self.shared.metrics.count_reload_failure();
-        }
-        self.done(seen);
+        self.install(Snapshot::empty(status));
+        self.shared.metrics.count_reload_failure();
     }
 
     /// Puts `snapshot` in use and frees the state it replaces here, off the request path.
@@ -618,4 +565,23 @@ impl Reload {
         drop(self.shared.install(snapshot));
         load::release_freed_memory();
     }
+}
+
+/// A reason to fail that passes by itself: retried, never taken for the file's state.
+fn passing(e: &io::Error) -> bool {
+    use nix::libc;
+    out_of_descriptors(e)
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENOMEM | libc::EINTR | libc::EAGAIN)
+        )
+        || matches!(
+            e.kind(),
+            io::ErrorKind::Interrupted | io::ErrorKind::OutOfMemory
+        )
+}
+
+fn out_of_descriptors(e: &io::Error) -> bool {
+    use nix::libc;
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }

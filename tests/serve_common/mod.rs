@@ -17,7 +17,7 @@ use tokenfile::token::Digest;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tokenfile");
 
-/// SPEC §4 / the issue: a change is answered within one second.
+/// docs/protocols.md / the issue: a change is answered within one second.
 pub const RELOAD: Duration = Duration::from_secs(1);
 /// Generous bound for things that are not about speed (start-up, shutdown).
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -75,6 +75,21 @@ impl Serve {
     }
 
     pub fn start_with(file: &Path, dir: &Path, listen: Listen, env: &[(&str, &str)]) -> Serve {
+        Self::start_configured(file, dir, listen, &|cmd| {
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+        })
+    }
+
+    /// Like [`Serve::start`], with `configure` applied to the command last (environment,
+    /// user, limits).
+    pub fn start_configured(
+        file: &Path,
+        dir: &Path,
+        listen: Listen,
+        configure: &dyn Fn(&mut Command),
+    ) -> Serve {
         let socket =
             matches!(listen, Listen::Socket | Listen::Both).then(|| dir.join("serve.sock"));
         // A free port can be taken between our probe and the server's bind: retry.
@@ -82,7 +97,7 @@ impl Serve {
             let http = matches!(listen, Listen::Http | Listen::Both).then(free_port);
             let log = dir.join("serve.log");
             let mut serve = Serve {
-                child: Some(spawn(file, socket.as_deref(), http, &log, env)),
+                child: Some(spawn(file, socket.as_deref(), http, &log, configure)),
                 socket: socket.clone(),
                 http,
                 log,
@@ -101,7 +116,7 @@ impl Serve {
         let socket = dir.join("serve.sock");
         let log = dir.join("serve.log");
         Serve {
-            child: Some(spawn(file, Some(&socket), None, &log, &[])),
+            child: Some(spawn(file, Some(&socket), None, &log, &|_| {})),
             socket: Some(socket),
             http: None,
             log,
@@ -212,7 +227,7 @@ fn spawn(
     socket: Option<&Path>,
     http: Option<SocketAddr>,
     log: &Path,
-    env: &[(&str, &str)],
+    configure: &dyn Fn(&mut Command),
 ) -> Child {
     let mut cmd = Command::new(BIN);
     cmd.arg("--file").arg(file).arg("serve");
@@ -225,9 +240,7 @@ fn spawn(
     // TOKENFILE_TEST_LOG=tokenfile=trace shows what the server saw, when debugging a test.
     let level = std::env::var("TOKENFILE_TEST_LOG").unwrap_or_else(|_| "info".into());
     cmd.env("RUST_LOG", level);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    configure(&mut cmd);
     let log = fs::File::create(log).expect("log file");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -430,7 +443,7 @@ pub fn parse_response(raw: &[u8]) -> Response {
 }
 
 /// Replaces `path` atomically the way careful writers do: a temp file, created 0600 (a
-/// token file with plaintext must not be readable by others, SPEC §1), then rename.
+/// token file with plaintext must not be readable by others, docs/trust.md), then rename.
 pub fn replace_by_rename(path: &Path, content: &str) {
     use std::os::unix::fs::OpenOptionsExt;
     let temp = path.with_extension("tmp-test");
