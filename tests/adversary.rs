@@ -116,12 +116,13 @@ fn a_fifo_as_the_audit_log_does_not_hang_a_change() {
 }
 
 /// An expiry the file cannot hold is a usage error: below a second it would be written as the
-/// creation time (dead at birth), and an offset can carry a year-9999 date into year 10000.
+/// creation time (dead at birth). (A date written within year 9999 whose offset carries it
+/// into year 10000 in UTC is valid RFC 3339 and handled everywhere: tests/cli_errors.rs.)
 #[test]
 fn expiries_the_file_cannot_hold_are_usage_errors() {
     let env = Env::init();
     let before = env.read();
-    for expires in ["1ms", "999ms", "9999-12-31T23:59:59-23:59"] {
+    for expires in ["1ms", "999ms", "0s"] {
         env.tokenfile(&["mint", "--scope", "x", "--expires", expires])
             .code(2);
     }
