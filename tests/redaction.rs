@@ -15,8 +15,8 @@ use common::{Env, OK, USAGE, assert_no_secret, hashed, id_of, is_minted_shape, w
 /// What must never show of a secret: its first and its last 12 characters.
 fn parts(secret: &str) -> [&[u8]; 2] {
     [
-        secret[..12].as_bytes(),
-        secret[secret.len() - 12..].as_bytes(),
+        &secret.as_bytes()[..12],
+        &secret.as_bytes()[secret.len() - 12..],
     ]
 }
 
