@@ -303,9 +303,10 @@ const REDACT_FROM: usize = 12;
 /// characters of the token alphabet with upper case, lower case and digits. 32 random
 /// base64url characters lack one of the three with a probability below 1%, and a run like
 /// that in a name or scope is in practice always a pasted secret (an API key, a token),
-/// while words, IDs (lower-case hex), dates and paths never are one. Shorter tails are
-/// left alone: with 17 of 43 random characters or more still hidden, what shows does not
-/// bring a guess within reach, and mixed-case words of 20-odd characters are real names.
+/// while words, IDs (lower-case hex), dates and paths never are one. Shorter fragments are
+/// left alone: one leaves at least 12 of the 43 random characters hidden (72 bits; a tail,
+/// which holds the 6 checksum characters, at least 18), beyond any guessing, whereas
+/// mixed-case words of 20-odd characters are real names.
 const SHAPELESS_FROM: usize = 32;
 
 /// A minted token without its prefix: the random part and the checksum.
