@@ -339,9 +339,9 @@ fn looks_random(run: &[u8]) -> bool {
         && run.iter().any(u8::is_ascii_digit)
 }
 
-/// The end of a cut or mistyped minted token that starts at `piece[start..]` with `tf_`:
-/// the rest of the piece, when it is a minted token's length or at least [`REDACT_FROM`]
-/// characters of both cases.
+/// Whether the `tf_` at `piece[start..]` starts a cut or mistyped minted token that runs to
+/// the end of the piece: it is a minted token's length, or at least [`REDACT_FROM`]
+/// characters of both cases follow the prefix.
 fn cut_minted_at(piece: &[u8], start: usize) -> bool {
     let run = &piece[start + PREFIX.len()..];
     let mixed_case =
