@@ -73,6 +73,9 @@ fn actor() -> Map<String, Value> {
     actor
 }
 
+/// One audit line. Every string in it is redacted (`crate::token::redact`): names, scopes,
+/// the file's path and error messages come from the file or the command line, and a token
+/// pasted into any of them must not reach the log.
 pub fn render(event: &Event, file: &Path) -> String {
     let mut line = Map::new();
     line.insert("time".into(), format_timestamp(when::now()).into());
@@ -92,7 +95,7 @@ pub fn render(event: &Event, file: &Path) -> String {
     );
     line.extend(event.details.clone());
     line.extend(actor());
-    Value::Object(line).to_string()
+    crate::cli::output::redact_json(&Value::Object(line).to_string(), None)
 }
 
 #[derive(Debug, Clone)]

@@ -293,60 +293,141 @@ pub fn refuse_token_in(flag: &str, value: &str) -> Result<()> {
 /// What stands in for a token in a message.
 pub const REDACTED: &str = "[token redacted]";
 
-/// The shortest run after `tf_` that [`redact`] takes for a (possibly cut) token.
+/// The shortest run after `tf_` that [`redact`] takes for a (possibly cut) token. Below it a
+/// `tf_` word is taken for a name (`tf_deployBot`): the start of a token that short leaks at
+/// most 66 of its 256 random bits, and a lower bound would refuse ordinary names.
 const REDACT_FROM: usize = 12;
+
+/// The shortest run without a prefix that [`redact`] takes for a secret when no checksum
+/// can confirm it (a token cut from the front, or a shapeless one): [`SHAPELESS_FROM`]
+/// characters of the token alphabet with upper case, lower case and digits. 32 random
+/// base64url characters lack one of the three with a probability below 1%, and a run like
+/// that in a name or scope is in practice always a pasted secret (an API key, a token),
+/// while words, IDs (lower-case hex), dates and paths never are one. Shorter fragments are
+/// left alone: one leaves at least 12 of the 43 random characters hidden (72 bits; a tail,
+/// which holds the 6 checksum characters, at least 18), beyond any guessing, whereas
+/// mixed-case words of 20-odd characters are real names.
+const SHAPELESS_FROM: usize = 32;
+
+/// A minted token without its prefix: the random part and the checksum.
+const BARE_LEN: usize = RANDOM_CHARS + CHECKSUM_CHARS;
 
 fn url_safe(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
-/// `text` with every run that looks like a minted token, whole or cut, replaced by
+/// Whether `bare` (exactly [`BARE_LEN`] bytes) is a minted token's random part and
+/// checksum, `tf_` cut off: the checksum is over the prefix and the random part.
+fn is_bare_minted(bare: &[u8]) -> bool {
+    let (random, sum) = bare.split_at(RANDOM_CHARS);
+    let digest = Sha256::new()
+        .chain_update(PREFIX)
+        .chain_update(random)
+        .finalize();
+    // On the stack: this runs at every offset of a long run.
+    let mut encoded = [0u8; 8];
+    URL_SAFE_NO_PAD
+        .encode_slice(&digest[..4], &mut encoded)
+        .is_ok_and(|n| &encoded[..n] == sum)
+}
+
+/// Whether a run of the token alphabet looks like random base64url ([`SHAPELESS_FROM`]).
+fn looks_random(run: &[u8]) -> bool {
+    run.len() >= SHAPELESS_FROM
+        && run.iter().any(u8::is_ascii_uppercase)
+        && run.iter().any(u8::is_ascii_lowercase)
+        && run.iter().any(u8::is_ascii_digit)
+}
+
+/// Whether the `tf_` at `piece[start..]` starts a cut or mistyped minted token that runs to
+/// the end of the piece: it is a minted token's length, or at least [`REDACT_FROM`]
+/// characters of both cases follow the prefix.
+fn cut_minted_at(piece: &[u8], start: usize) -> bool {
+    let run = &piece[start + PREFIX.len()..];
+    let mixed_case =
+        run.iter().any(u8::is_ascii_uppercase) && run.iter().any(u8::is_ascii_lowercase);
+    piece.len() - start == MINTED_LEN || (run.len() >= REDACT_FROM && mixed_case)
+}
+
+/// Byte ranges of `bytes` to replace, in order and apart.
+///
+/// Tokens are made of URL-safe characters only, so each maximal run of them is searched
+/// alone. First for what a checksum confirms, replaced exactly so that `${T}-prod` keeps
+/// its `-prod`: a whole minted token, and its random part and checksum without the prefix
+/// (`${T#tf_}`, `${T#t}`), at any offset in the run. What is left of the run between those
+/// (a piece) is replaced whole when it [`looks_random`], or from a `tf_` on that starts a
+/// cut or mistyped token ([`cut_minted_at`]).
+fn secret_ranges(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut ranges = Vec::new();
+    let piece = |from: usize, to: usize, ranges: &mut Vec<(usize, usize)>| {
+        let text = &bytes[from..to];
+        if looks_random(text) {
+            ranges.push((from, to));
+        } else if let Some(start) = (0..text.len())
+            .find(|&i| text[i..].starts_with(PREFIX.as_bytes()) && cut_minted_at(text, i))
+        {
+            ranges.push((from + start, to));
+        }
+    };
+    let mut at = 0;
+    while at < bytes.len() {
+        if !url_safe(bytes[at]) {
+            at += 1;
+            continue;
+        }
+        let end = at + bytes[at..].iter().take_while(|&&b| url_safe(b)).count();
+        let (mut from, mut i) = (at, at);
+        // Under BARE_LEN characters left, no checksum can be whole: nothing to hash.
+        while i + BARE_LEN <= end {
+            let whole = bytes[i..end].starts_with(PREFIX.as_bytes())
+                && i + MINTED_LEN <= end
+                && shape(&bytes[i..i + MINTED_LEN]) == Shape::Minted;
+            let len = match whole {
+                true => MINTED_LEN,
+                false if is_bare_minted(&bytes[i..i + BARE_LEN]) => BARE_LEN,
+                false => {
+                    i += 1;
+                    continue;
+                }
+            };
+            piece(from, i, &mut ranges);
+            ranges.push((i, i + len));
+            i += len;
+            from = i;
+        }
+        piece(from, end, &mut ranges);
+        at = end;
+    }
+    ranges
+}
+
+/// `text` with every run that looks like a minted token or another secret replaced by
 /// [`REDACTED`], wherever it stands: glued after any character (`ci-$T`, `x$T`, `a:$T`,
-/// `/srv/$T`) or before one. Taken for a token:
-/// - `tf_` and a minted token's length of URL-safe characters whose checksum holds (only
-///   that much is replaced, so `${T}-prod` keeps its `-prod`): a whole token, whatever is
-///   glued to it;
+/// `/srv/$T`) or before one, with or without its `tf_` prefix. Taken for a token (see
+/// [`secret_ranges`]):
+/// - a minted token whose checksum holds, with or without `tf_` (only that much is
+///   replaced);
 /// - `tf_` and the URL-safe run after it, when it is exactly a minted token's length (a
 ///   whole token with a typo) or at least [`REDACT_FROM`] characters of both cases, as
 ///   random base64url almost always is (a token cut short; a name such as
-///   `tf_deploy_bot` stays).
+///   `tf_deploy_bot` stays);
+/// - a run of [`SHAPELESS_FROM`] or more URL-safe characters with upper and lower case and
+///   digits (a token cut from the front, a pasted API key).
 ///
-/// Every message for a person goes through it, so a token pasted where a flag value or an
-/// ID belongs is never echoed; [`refuse_token_in`] uses it to keep one out of the file.
-/// What it cannot know of: a legacy plaintext token, which has no shape; the CLI never puts
-/// a presented token into a message, so this is a second line of defence only.
+/// Every message for a person, every `--json` document and every audit line goes through
+/// it, so a token pasted where a flag value or an ID belongs, or already in the file, is
+/// never echoed; [`refuse_token_in`] uses it to keep one out of the file. What it cannot
+/// know of: a short legacy plaintext token, which has no shape (`mint` checks a name and
+/// scopes against the file's own plaintext credentials).
 pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
-    let bytes = text.as_bytes();
-    // Byte ranges to replace, in order and apart: the search goes on after each one.
-    let mut ranges: Vec<(usize, usize)> = Vec::new();
-    let mut at = 0;
-    while let Some(found) = text[at..].find(PREFIX) {
-        let start = at + found;
-        at = start + PREFIX.len();
-        let run_end = at + bytes[at..].iter().take_while(|&&b| url_safe(b)).count();
-        let end = if run_end - start >= MINTED_LEN
-            && shape(&bytes[start..start + MINTED_LEN]) == Shape::Minted
-        {
-            start + MINTED_LEN
-        } else {
-            let run = &bytes[at..run_end];
-            let mixed_case =
-                run.iter().any(u8::is_ascii_uppercase) && run.iter().any(u8::is_ascii_lowercase);
-            if run_end - start == MINTED_LEN || (run.len() >= REDACT_FROM && mixed_case) {
-                run_end
-            } else {
-                continue;
-            }
-        };
-        ranges.push((start, end));
-        at = end;
-    }
+    let ranges = secret_ranges(text.as_bytes());
     if ranges.is_empty() {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
     for (start, end) in ranges {
+        // Ranges are runs of ASCII bounded by ASCII or by the text's ends: char boundaries.
         out.push_str(&text[copied..start]);
         out.push_str(REDACTED);
         copied = end;
@@ -414,6 +495,42 @@ mod tests {
         let other = String::from_utf8(mint().unwrap().expose().to_vec()).unwrap();
         let both = format!("{token}{other}");
         assert_eq!(redact(&both), format!("{REDACTED}{REDACTED}"));
+    }
+
+    #[test]
+    fn a_token_without_its_prefix_or_cut_from_the_front_is_redacted() {
+        for _ in 0..20 {
+            let token = String::from_utf8(mint().unwrap().expose().to_vec()).unwrap();
+            // Confirmed by its checksum: replaced exactly, whatever its characters.
+            for bare in [&token[3..], &token[2..], &token[1..]] {
+                let start = &token[3..10];
+                for glue in ["", "x", "deploy_", "a:", "/", "é"] {
+                    for after in ["", "-prod", "_1"] {
+                        let text = format!("name {glue}{bare}{after}");
+                        let shown = redact(&text);
+                        assert!(!shown.contains(start), "{text}: {shown}");
+                        assert!(shown.ends_with(&format!("{REDACTED}{after}")), "{shown}");
+                        assert!(refuse_token_in("--name", &text).is_err());
+                    }
+                }
+            }
+        }
+        // No checksum to confirm a tail: 32 characters with upper, lower and digits are a
+        // secret, whatever is glued to them.
+        let tail = "Xk3vQ9pLm2Rt7WzAb8Nc4Yd1Ue6Vf0Gh";
+        assert_eq!(tail.len(), SHAPELESS_FROM);
+        assert_eq!(redact(&format!("ci {tail}")), format!("ci {REDACTED}"));
+        assert_eq!(redact(&format!("/{tail}-x/")), format!("/{REDACTED}/"));
+        let kept = [
+            &tail[1..],                                 // too short
+            "deploy-production-cluster-eu-west-1",      // no upper case
+            "DeployProductionClusterEuWestOneBot",      // no digit
+            "0123456789abcdef0123456789abcdef01234567", // hex: no upper case
+            "ci deploy bot Xk3vQ9pLm2Rt7WzAb8Nc",
+        ];
+        for kept in kept {
+            assert_eq!(redact(kept), kept);
+        }
     }
 
     #[test]

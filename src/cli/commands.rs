@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::Context;
 use super::args::{CheckArgs, Cli, Command, LintArgs, MintArgs, RotateArgs, ServeArgs};
-use super::output::{self, Stdout, note, printable, shown_name};
+use super::output::{self, Stdout, note, printable};
 use crate::audit::{AuditRecord, Commit, Event};
 use crate::check::{self, Decision, Unauthorized};
 use crate::error::{Error, Exit, Result};
@@ -81,6 +81,43 @@ fn check_name(name: &str) -> Result<()> {
     token::refuse_token_in("--name", name)
 }
 
+/// The shortest plaintext credential of the file that `mint` looks for in a new name or
+/// scope. Shorter ones are not checked: a legacy `vm` or `ci` would block every name that
+/// holds those letters, and a credential that short is guessed sooner than found in a name.
+const PLAINTEXT_CHECKED_FROM: usize = 16;
+
+/// Refuses a name or scopes that hold a plaintext credential of the file (a legacy token
+/// pasted in the wrong place): it has no shape that [`token::redact`] could recognize, and
+/// would be stored, audited and shown by `list`. Only the credential field of each line is
+/// looked at, with no record built: this runs under the lock.
+fn refuse_plaintext_in(doc: &Document, name: &str, scopes: &str, file: &Path) -> Result<()> {
+    for (index, line) in doc.lines.iter().enumerate() {
+        if !format::is_record_line(&line.content) {
+            continue;
+        }
+        let credential = line
+            .content
+            .split(|&b| b == b'\t')
+            .next()
+            .unwrap_or_default();
+        if credential.len() < PLAINTEXT_CHECKED_FROM || credential.starts_with(b"sha256:") {
+            continue;
+        }
+        for (flag, value) in [("--name", name), ("--scope", scopes)] {
+            if memchr::memmem::find(value.as_bytes(), credential).is_some() {
+                return Err(Error::usage(format!(
+                    "{flag}: the value holds the plaintext credential of line {} of {} (not \
+                     shown); a token never goes into a {}",
+                    index + 1,
+                    file.display(),
+                    flag.trim_start_matches('-')
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn future_expiry(text: Option<&str>, now: Timestamp) -> Result<Option<Timestamp>> {
     let Some(text) = text else { return Ok(None) };
     let expires = parse_when(text, now).map_err(|e| Error::usage(format!("--expires: {e}")))?;
@@ -97,7 +134,9 @@ fn future_expiry(text: Option<&str>, now: Timestamp) -> Result<Option<Timestamp>
 /// What `mint` and `rotate` print about a new token.
 #[derive(Serialize)]
 struct Issued<'a> {
-    token: &'a str,
+    /// Shown by [`reveal`] alone: every other string of the document is redacted.
+    #[serde(serialize_with = "serialize_secret")]
+    token: &'a Secret,
     id: String,
     name: String,
     scopes: Vec<String>,
@@ -114,8 +153,8 @@ struct Issued<'a> {
 /// rename: when it fails, the change is cancelled, so no token is stored that nobody saw.
 fn reveal(issued: &Issued, json: bool) -> Result<()> {
     let shown = match json {
-        true => output::print_json(issued),
-        false => output::print(&format!("{}\n", issued.token)),
+        true => output::print_json_revealing(issued, issued.token),
+        false => output::print_token(issued.token),
     };
     // Not an `Error::Io`: a closed pipe here is a failed change, never a quiet success.
     shown.map_err(|e| match e {
@@ -173,9 +212,9 @@ fn stored_form(plaintext: bool) -> &'static str {
     if plaintext { "plaintext" } else { "hashed" }
 }
 
-fn token_text(token: &Secret) -> &str {
+fn serialize_secret<S: serde::Serializer>(token: &&Secret, s: S) -> Result<S::Ok, S::Error> {
     // Minted tokens are URL-safe ASCII.
-    std::str::from_utf8(token.expose()).unwrap_or("")
+    s.serialize_str(std::str::from_utf8(token.expose()).unwrap_or(""))
 }
 
 fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
@@ -200,9 +239,9 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
     };
     let event = Event::new("mint", vec![record]).with("stored", stored_form(args.plaintext));
     let issued = Issued {
-        token: token_text(&token),
+        token: &token,
         id: id.to_string(),
-        name: args.name,
+        name: args.name.clone(),
         scopes: scopes.items().iter().map(ToString::to_string).collect(),
         created: format_timestamp(now),
         expires: expires.map(format_timestamp),
@@ -213,6 +252,7 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
     let audit = ctx.audit()?;
     let ((), invalid) = ctx.store.update_and(
         |doc| {
+            refuse_plaintext_in(doc, &args.name, &scopes.to_field(), ctx.store.path())?;
             doc.push_line(line);
             Ok(())
         },
@@ -425,7 +465,7 @@ fn rotated<'a>(
     grace_until: Option<Timestamp>,
 ) -> Issued<'a> {
     Issued {
-        token: token_text(token),
+        token,
         id: new.id().to_string(),
         name: new.name_lossy(),
         scopes: new.scopes.items().iter().map(ToString::to_string).collect(),
@@ -571,7 +611,7 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
         output::print_json(&CheckReport {
             result: report.0,
             id: report.1.map(ToString::to_string),
-            name: report.2.map(|name| shown_name(name)),
+            name: report.2.map(|name| name.to_string()),
             reason: report.3,
             hint,
             required: required.iter().collect(),
@@ -765,7 +805,7 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
                     },
                     stored: stored_form(r.credential.is_plaintext()),
                     scopes: r.scopes.items().iter().map(ToString::to_string).collect(),
-                    name: shown_name(&r.name_lossy()),
+                    name: r.name_lossy(),
                     created: r.created.map(format_timestamp),
                     expires: r.expires.map(format_timestamp),
                     duplicate_of_line,

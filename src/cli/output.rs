@@ -7,24 +7,104 @@ use serde::Serialize;
 
 use crate::error::{Error, Exit, Result};
 pub use crate::token::redact;
+use crate::token::{REDACTED, Secret};
 
 fn stdout_error(e: io::Error) -> Error {
     Error::io("write to", Path::new("standard output"), e)
 }
 
-/// Writes `text` to stdout as is.
+/// Writes `text` to stdout, redacted: what a command prints comes from the file and the
+/// command line, either of which may hold a pasted token (a name, a scope, a path).
 pub fn print(text: &str) -> Result<()> {
+    write_stdout(redact(text).as_bytes())
+}
+
+/// Writes the token that `mint` or `rotate` hands out, alone on a line: the one output that
+/// is not redacted, and it takes a [`Secret`] so that nothing else can pass for it.
+pub fn print_token(token: &Secret) -> Result<()> {
+    let mut line = token.expose().to_vec();
+    line.push(b'\n');
+    let written = write_stdout(&line);
+    line.fill(0);
+    written
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<()> {
     let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())
+    out.write_all(bytes)
         .and_then(|()| out.flush())
         .map_err(stdout_error)
 }
 
-/// Writes one JSON document and a newline to stdout.
+/// Writes one JSON document and a newline to stdout, every string in it redacted.
 pub fn print_json(value: &impl Serialize) -> Result<()> {
+    write_json(value, None)
+}
+
+/// [`print_json`] of the document of `mint`/`rotate`, which carries `token`: a string equal
+/// to that very secret is shown, every other string is redacted as always.
+pub fn print_json_revealing(value: &impl Serialize, token: &Secret) -> Result<()> {
+    write_json(value, Some(token))
+}
+
+fn write_json(value: &impl Serialize, revealed: Option<&Secret>) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::File(format!("cannot encode JSON: {e}")))?;
-    print(&format!("{text}\n"))
+    let mut text = redact_json(&text, revealed);
+    text.push('\n');
+    write_stdout(text.as_bytes())
+}
+
+/// `json` (a document serde_json wrote) with every string literal, keys too, redacted —
+/// except one equal to `revealed`. Done on the text, not on a `Value`, so the fields keep
+/// their order; a string that does not decode (it cannot happen) is replaced whole.
+pub fn redact_json(json: &str, revealed: Option<&Secret>) -> String {
+    let bytes = json.as_bytes();
+    let mut out = String::with_capacity(json.len());
+    let mut copied = 0;
+    let mut at = 0;
+    while let Some(open) = bytes[at..].iter().position(|&b| b == b'"').map(|i| at + i) {
+        let mut close = open + 1;
+        while close < bytes.len() && bytes[close] != b'"' {
+            close += if bytes[close] == b'\\' { 2 } else { 1 };
+        }
+        if close >= bytes.len() {
+            // Not from serde_json: fail closed.
+            out.push_str(&json[copied..open]);
+            out.push_str(&format!("\"{REDACTED}\""));
+            return out;
+        }
+        let literal = &json[open..=close];
+        at = close + 1;
+        let inner = &literal[1..literal.len() - 1];
+        let replaced = if inner.contains('\\') {
+            match serde_json::from_str::<String>(literal) {
+                Ok(decoded) if revealed.is_some_and(|t| t.expose() == decoded.as_bytes()) => None,
+                Ok(decoded) => match redact(&decoded) {
+                    std::borrow::Cow::Borrowed(_) => None,
+                    std::borrow::Cow::Owned(shown) => {
+                        Some(serde_json::Value::from(shown).to_string())
+                    }
+                },
+                Err(_) => Some(format!("\"{REDACTED}\"")),
+            }
+        } else if revealed.is_some_and(|t| t.expose() == inner.as_bytes()) {
+            None
+        } else {
+            // No escapes: the literal is the string itself, and a redacted one needs none.
+            match redact(inner) {
+                std::borrow::Cow::Borrowed(_) => None,
+                std::borrow::Cow::Owned(shown) => Some(format!("\"{shown}\"")),
+            }
+        };
+        if let Some(replaced) = replaced {
+            out.push_str(&json[copied..open]);
+            out.push_str(&replaced);
+            copied = close + 1;
+        }
+    }
+    out.push_str(&json[copied..]);
+    out
 }
 
 /// What a command's stdout is to it, for [`conclude`].
@@ -55,12 +135,6 @@ pub fn conclude(decision: Exit, printed: Result<()>, stdout: Stdout) -> Result<E
     }
     note(&format!("warning: {e}"));
     Ok(decision)
-}
-
-/// A record's name for output that is shown to someone (`list`, `check --json`): a token
-/// pasted into a name by an older version, or by hand, is not shown.
-pub fn shown_name(name: &str) -> String {
-    redact(name).into_owned()
 }
 
 /// Human context on stderr (a token pasted into an argument is redacted).
@@ -121,4 +195,35 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         line(&mut row.iter().map(String::as_str));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_redacted_in_place_except_the_revealed_token() {
+        let token = crate::token::mint().unwrap();
+        let text = std::str::from_utf8(token.expose()).unwrap().to_string();
+        let bare = &text[3..];
+        let doc = serde_json::json!({
+            "token": text,
+            "name": format!("ci \"{text}\"\n"),
+            "scopes": ["read", format!("x{bare}")],
+            "n": 3,
+        });
+        let json = serde_json::to_string_pretty(&doc).unwrap();
+        for revealed in [None, Some(&token)] {
+            let shown = redact_json(&json, revealed);
+            let value: serde_json::Value = serde_json::from_str(&shown).unwrap();
+            assert_eq!(value["name"], format!("ci \"{REDACTED}\"\n"));
+            assert_eq!(value["scopes"][1], format!("x{REDACTED}"));
+            assert_eq!(value["n"], 3);
+            let expected = if revealed.is_some() { &text } else { REDACTED };
+            assert_eq!(value["token"], *expected);
+            assert!(!shown.contains(&bare[..12]) || revealed.is_some());
+            // Order and layout are kept: only the strings change.
+            assert_eq!(shown.lines().count(), json.lines().count());
+        }
+    }
 }
