@@ -185,6 +185,21 @@ pub fn lint_file(trusted: &Trusted, doc: &Document) -> Vec<Finding> {
             ),
         ));
     }
+    // A full copy of the file left by a killed `edit` holds every credential, revoked ones
+    // included, for as long as nobody notices it: an error, so that a cron `lint` does.
+    for copy in crate::store::stale_edit_copies(path) {
+        findings.push(Finding::new(
+            Severity::Error,
+            "stale-edit-copy",
+            None,
+            format!(
+                "{} is a full copy of the token file left by an `edit` that was killed; \
+                 remove it with `rm -- {}` (the next `tokenfile` change removes it too)",
+                copy.display(),
+                copy.display()
+            ),
+        ));
+    }
     if let Some(fs_name) = network_fs_name(path) {
         findings.push(Finding::new(
             Severity::Warning,

@@ -381,6 +381,19 @@ fn a_copy_left_by_kill_9_is_removed_by_the_next_writer() {
     live.signal(libc::SIGTERM, true);
     live.wait();
 
+    // `lint` reports it (an error: a cron job sees it), and removes nothing.
+    let out = env.tokenfile(&["lint", "--json"]).code(5);
+    let findings = out.json();
+    let stale: Vec<_> = findings["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["kind"] == "stale-edit-copy")
+        .collect();
+    assert_eq!(stale.len(), 1, "{findings}");
+    assert!(stale[0]["message"].as_str().unwrap().contains(&copy));
+    assert!(env.path(&copy).exists(), "lint only reports");
+
     let out = env.tokenfile(&["mint", "--scope", "read"]).ok();
     assert!(!env.path(&copy).exists(), "the stale copy is still there");
     assert!(out.err().contains(&copy), "stderr should name it: {out:?}");
