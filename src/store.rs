@@ -175,6 +175,32 @@ impl Store {
         Ok(locked)
     }
 
+    /// Waits, at most `limit`, for a change in progress to land: a writer holds the lock
+    /// from before it reads until after its rename, and `mint`/`rotate` print the new token
+    /// before that rename — so `tokenfile mint | tokenfile check` must wait to see it. A
+    /// shared `flock`, so readers never wait for each other; the lock file is never created
+    /// here (no writer ever ran), opened without blocking (a FIFO planted there), and any
+    /// failure just means reading the file as it is: it is always whole, old or new.
+    pub fn wait_for_writer(&self, limit: Duration) {
+        let Ok(lock_path) = self.lock_path() else {
+            return;
+        };
+        let Ok(lock) = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+            .open(&lock_path)
+        else {
+            return;
+        };
+        let deadline = Instant::now() + limit;
+        while let Err(fs::TryLockError::WouldBlock) = lock.try_lock_shared() {
+            if Instant::now() >= deadline {
+                return;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Locked read-modify-write of an existing file. `change` edits the document and says
     /// what it did; the file is rewritten only if its bytes changed, and then `landing`
     /// (made from what `change` said) runs around the rename.

@@ -69,6 +69,13 @@ fn init(ctx: &Context) -> Result<Exit> {
         &mut Commit::new(&audit, Event::new("init", Vec::new())),
     )?;
     note(&format!("created {}", ctx.store.path().display()));
+    // The new file is there either way; an unsafe place is said now rather than by the
+    // first command that refuses it.
+    if let Err(crate::trust::Refusal::Unsafe(why)) = crate::trust::open(ctx.store.path()) {
+        note(&format!(
+            "warning: every command will refuse it until this is fixed: {why}"
+        ));
+    }
     Ok(Exit::Success)
 }
 
@@ -561,6 +568,10 @@ const DAMAGED_HINT: &str = "mistyped or truncated: its checksum does not match";
 const WHITESPACE_HINT: &str =
     "it begins or ends with whitespace (pasted with a space or TAB?); tokens have none";
 
+/// How long `check` waits for a change in progress to land before it reads the file anyway
+/// (an admin's `flock tokens.lock …` must not stall every check for long).
+const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     // Scopes first: a malformed scope is a usage error before anything else happens.
     for scope in &args.scopes {
@@ -568,6 +579,9 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     }
     let required = RequiredScopes::parse(&args.scopes)?;
     let token = presented_token(args.token_env.as_deref())?;
+    // `mint … | check`: the token arrives before mint's rename (docs/writing.md), so wait
+    // for that writer to finish.
+    ctx.store.wait_for_writer(WRITER_WAIT);
     // Scanned in chunks, not read whole: a large file costs no more memory than a small one.
     let mut trusted = ctx.store.open()?;
     trusted.ensure_content_safe()?;
