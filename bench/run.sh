@@ -181,7 +181,7 @@ for form in hashed plaintext; do
   flag=""
   [ "$form" = plaintext ] && flag="--plaintext"
   read -r m s < <(measure "mint-$form" "cp '$f' '$w' && sync '$w'" \
-    "'$bin' --file '$w' mint --scope deploy --name bench $flag" shell)
+    "'$bin' --file '$w' mint --scope deploy --name bench $flag >'$dir/minted.token'" shell)
   read -r bm bs < <(measure "cp-$form" "rm -f '$c' && sync" "cp '$f' '$c' && sync '$c'" shell)
   row "mint" "$n" "$form" 3 - "$m" "$s" "cp + sync" "$bm" "$bs"
 done

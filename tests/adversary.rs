@@ -187,3 +187,33 @@ fn init_in_an_unsafe_directory_says_every_command_will_refuse_it() {
     );
     assert!(out.err().contains("chmod o-w"), "{out:?}");
 }
+
+/// A new token that goes nowhere is never stored: stdout closed (`>&-`, which Rust's start-up
+/// turns into /dev/null), open read-only (`1<FILE`, EBADF that `io::stdout` takes for
+/// success) or /dev/null itself. Each used to exit 0 with the record stored and, for rotate,
+/// the old token gone.
+#[test]
+fn a_token_shown_to_nobody_is_never_stored() {
+    let env = Env::init();
+    let id = env.id(&env.mint(&["--scope", "keep"]));
+    let before = env.read();
+    for redirect in [">&-", "1<\"$TOKENFILE\"", ">/dev/null"] {
+        for command in [
+            "mint --scope x",
+            "mint --scope x --json",
+            &format!("rotate {id}"),
+        ] {
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("exec \"$0\" {command} {redirect}"))
+                .arg(BIN)
+                .env("TOKENFILE", &env.file)
+                .env_remove("TOKENFILE_AUDIT_LOG")
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert_eq!(status.code(), Some(10), "{command} {redirect}");
+            assert_eq!(env.read(), before, "{command} {redirect} changed the file");
+        }
+    }
+}

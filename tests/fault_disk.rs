@@ -205,7 +205,7 @@ ROUNDS=$3
 D=$W/ro
 mkdir -p "$D"
 cp "$W/orig" "$D/tokens"; chmod 600 "$D/tokens"
-"$BIN" --file "$D/tokens" mint --scope setup >/dev/null 2>&1 || echo "setup mint failed"
+"$BIN" --file "$D/tokens" mint --scope setup >"$D/setup.token" 2>/dev/null || echo "setup mint failed"
 cp "$D/tokens" "$W/before"
 mount --bind "$D" "$D"
 mount -o remount,bind,ro "$D"

@@ -24,9 +24,41 @@ pub fn print(text: &str) -> Result<()> {
 pub fn print_token(token: &Secret) -> Result<()> {
     let mut line = token.expose().to_vec();
     line.push(b'\n');
-    let written = write_stdout(&line);
+    let written = write_secret(&line);
     line.fill(0);
     written
+}
+
+/// The write of a secret, which must fail loudly whenever nobody can see it (docs/writing.md:
+/// a token is never stored that nobody was shown): to the descriptor itself, because
+/// `io::stdout()` takes EBADF (stdout open read-only, `1</dev/null`) for success; and never
+/// to /dev/null, where Rust's start-up puts a closed stdout (`>&-`), so that `mint >&-` is
+/// not a token nobody saw. `mint >/dev/null` is refused too: it shows the token to nobody.
+fn write_secret(bytes: &[u8]) -> Result<()> {
+    use std::os::fd::AsFd;
+    let stdout = io::stdout();
+    let mut buffered = stdout.lock();
+    buffered.flush().map_err(stdout_error)?;
+    let fd = stdout.as_fd();
+    let to_nobody = nix::sys::stat::fstat(fd).is_ok_and(|st| {
+        st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFCHR
+            && st.st_rdev == nix::sys::stat::makedev(1, 3)
+    });
+    if to_nobody {
+        return Err(stdout_error(io::Error::other(
+            "it is /dev/null or closed: the token would be shown to nobody",
+        )));
+    }
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match nix::unistd::write(fd, rest) {
+            Ok(0) => return Err(stdout_error(io::ErrorKind::WriteZero.into())),
+            Ok(n) => rest = &rest[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(errno) => return Err(stdout_error(io::Error::from(errno))),
+        }
+    }
+    Ok(())
 }
 
 fn write_stdout(bytes: &[u8]) -> Result<()> {
@@ -52,7 +84,10 @@ fn write_json(value: &impl Serialize, revealed: Option<&Secret>) -> Result<()> {
         .map_err(|e| Error::File(format!("cannot encode JSON: {e}")))?;
     let mut text = redact_json(&text, revealed);
     text.push('\n');
-    write_stdout(text.as_bytes())
+    match revealed {
+        Some(_) => write_secret(text.as_bytes()),
+        None => write_stdout(text.as_bytes()),
+    }
 }
 
 /// `json` (a document serde_json wrote) with every string literal, keys too, redacted —
