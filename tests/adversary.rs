@@ -217,3 +217,20 @@ fn a_token_shown_to_nobody_is_never_stored() {
         }
     }
 }
+
+/// A token pasted as an argument clap rejects is redacted, and the message says what to do
+/// now that it is in the shell's history.
+#[test]
+fn a_token_as_an_argument_is_redacted_and_the_way_out_named() {
+    let env = Env::init();
+    let token = env.mint(&["--scope", "deploy"]);
+    for args in [
+        vec!["check", "--scope", "deploy", &token],
+        vec!["id", &token],
+    ] {
+        let out = env.tokenfile(&args).code(2);
+        assert!(!out.err().contains(&token), "{out:?}");
+        assert!(out.err().contains("[token redacted]"), "{out:?}");
+        assert!(out.err().contains("rotate it"), "{out:?}");
+    }
+}

@@ -15,8 +15,12 @@ Exit codes:
   2   usage error (bad flag, malformed or empty required scope)
   3   check: no token, unknown token or expired token
   4   no record has that ID, or the ID prefix is ambiguous
-  5   lint/edit: the file has problems; or the file is unsafe to use (world-writable)
-  10  I/O failure: cannot read or write the file, lock timeout, `init` on an existing file
+  5   lint/edit: the file has problems; or the file is unsafe to use: writable by others
+      (itself or a directory on the way), owned by another user, a plaintext credential
+      readable by others, or not a regular file
+  10  I/O failure: cannot read or write the file, lock timeout, `init` on an existing file;
+      mint/rotate: the new token could not be shown (nothing was changed); edit: the file
+      changed while you edited (your copy is kept)
 
 Tokens are never taken from the command line: `check` and `id` read the first line of
 stdin (or `check --token-env VAR`). A minted token is printed once, alone, on stdout.";
@@ -47,7 +51,8 @@ HTTP endpoints (--http):
                400  no valid required scope was asked for
   /healthz   GET: 200 and a JSON status while a loaded file is in use; 503 with the same
              JSON (status missing, refused, ...) while serve fails closed
-  /metrics   GET: Prometheus text format (checks by outcome, reloads, records, expiries)
+  /metrics   GET: Prometheus text format (checks by outcome, reloads, reload failures, records
+             loaded, last reload time)
 Unix socket (--socket, mode 0660), one request per line, answers in order:
   CHECK <scope>[,<scope>...] <token>   ->  OK <id> | FORBIDDEN <id> | UNAUTHORIZED | ERROR <reason>
   PING                                 ->  PONG

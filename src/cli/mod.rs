@@ -39,7 +39,16 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             // clap quotes the argument it rejects: a token pasted as one must not show.
-            let text = output::redact(&e.render().to_string()).into_owned();
+            let rendered = e.render().to_string();
+            let mut text = output::redact(&rendered).into_owned();
+            if text != rendered {
+                // A token in an argument is a token in `ps` and the shell's history.
+                text.push_str(
+                    "tokenfile: a token never goes on the command line: pipe it on stdin \
+                     (`printf '%s\\n' \"$T\" | tokenfile check ...`); it is now in your shell \
+                     history, so rotate it (`tokenfile rotate ID`)\n",
+                );
+            }
             // As clap's own printing: a closed stream (`--help >&-`) is no reason to panic.
             let _ = if e.use_stderr() {
                 io::stderr().write_all(text.as_bytes())
