@@ -112,7 +112,12 @@ impl fmt::Display for Error {
                 f,
                 "cannot {action} {}: {source}{}",
                 path.display(),
-                next_step(source.kind())
+                // Output that failed changed nothing by itself; the file's fate is told by
+                // whoever printed it (mint/rotate say so).
+                match path.as_os_str() == "standard output" {
+                    true => "",
+                    false => next_step(source.kind()),
+                }
             ),
             Error::LockTimeout { lock, waited } => write!(
                 f,

@@ -83,7 +83,11 @@ pub fn lint_document(doc: &Document, now: Timestamp) -> Vec<Finding> {
                     Severity::Error,
                     "duplicate",
                     Some(line),
-                    format!("same token as line {first} (ID {id}); only line {first} counts"),
+                    format!(
+                        "same token as line {first} (ID {id}); only line {first} counts: remove \
+                         this line with `tokenfile edit` (`revoke {id}` removes every line with \
+                         that token)"
+                    ),
                 )
                 .with_id(id),
             );

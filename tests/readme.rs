@@ -716,10 +716,9 @@ fn real_json(kind: &str) -> Value {
                 .arg(&fx.file)
                 .args(["mint", "--scope", "deploy", "--expires", "90d"])
                 .env("SUDO_USER", "bob")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .unwrap();
+                .output()
+                .unwrap()
+                .status;
             assert!(status.success());
             let log = fs::read_to_string(format!("{}.audit.jsonl", fx.file.display())).unwrap();
             serde_json::from_str(log.lines().last().unwrap()).unwrap()

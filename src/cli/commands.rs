@@ -373,7 +373,10 @@ fn revoke(ctx: &Context, given: &[String]) -> Result<Exit> {
         |records| Commit::new(&audit, Event::new("revoke", records.clone())),
     )?;
     for r in &records {
-        note(&format!("revoked {} ({})", r.id, printable(&r.name)));
+        match r.name.as_str() {
+            "" => note(&format!("revoked {}", r.id)),
+            name => note(&format!("revoked {} ({})", r.id, printable(name))),
+        }
     }
     Ok(Exit::Success)
 }
@@ -737,7 +740,10 @@ fn id(ctx: &Context) -> Result<Exit> {
     let printed = output::print(&format!("{id}\n"));
     let file = path.display();
     let exit = match found {
-        None => Exit::Success,
+        None => {
+            note(&format!("(no file at {file}; not looked up)"));
+            Exit::Success
+        }
         Some(None) => {
             note(&format!(
                 "no record in {file} has this token (`tokenfile list` shows the records; \
