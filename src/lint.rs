@@ -155,7 +155,8 @@ fn network_fs_name(path: &Path) -> Option<&'static str> {
 
 /// Problems of a file that [`trust::open`] accepted: group-writable components (warnings:
 /// an admin's choice), its plaintext if others can read it (an error: every reader refuses
-/// it, docs/trust.md), digests others can read, and a network file system.
+/// it, docs/trust.md), digests others can read, a lock file or audit log that a change would
+/// refuse, and a network file system.
 pub fn lint_file(trusted: &Trusted, doc: &Document) -> Vec<Finding> {
     let mut findings: Vec<Finding> = trusted
         .warnings
@@ -199,6 +200,19 @@ pub fn lint_file(trusted: &Trusted, doc: &Document) -> Vec<Finding> {
                 copy.display()
             ),
         ));
+    }
+    // A lock file or audit log planted by another user (docs/writing.md) is refused by the
+    // next change; opened read-only, never created or followed.
+    for suffix in [".lock", ".audit.jsonl"] {
+        let sidecar = crate::store::sibling(path, suffix);
+        if let Err(crate::store::SidecarError::Untrusted(why)) = crate::store::open_sidecar(
+            &sidecar,
+            std::fs::OpenOptions::new().read(true),
+            false,
+            Some(trusted.meta.uid()),
+        ) {
+            findings.push(Finding::new(Severity::Error, "unsafe-sidecar", None, why));
+        }
     }
     if let Some(fs_name) = network_fs_name(path) {
         findings.push(Finding::new(
