@@ -5,6 +5,7 @@
 //! Run as root (as CI does); each test that needs root or `setfacl` says so and returns.
 
 mod common;
+mod serve_common;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
@@ -373,4 +374,34 @@ fn a_credential_on_an_invalid_line_is_plaintext_for_the_exposure_rule() {
     env.write(b"# tf_in_a_comment\n\n");
     env.chmod(0o644);
     env.tokenfile(&["list"]).ok();
+}
+
+/// `serve` applies the same rule: a readable-by-others file with a credential on an invalid
+/// line fails closed (valid hashed records and all), and a named-user read ACL counts.
+#[test]
+fn serve_counts_invalid_lines_and_acls_as_exposure() {
+    use serve_common::*;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let hashed = format!("sha256:{}\tread\n", sha256_hex(b"alpha"));
+    fs::write(&file, format!("{hashed}tf_pasted_secret\tbad scope!\n")).unwrap();
+    chmod(&file, 0o644);
+    let serve = Serve::start(&file, dir.path(), Listen::Socket);
+    assert_eq!(serve.ask("CHECK read alpha"), "UNAUTHORIZED");
+    assert!(serve.log().contains("chmod o-r"), "{}", serve.log());
+    assert!(!serve.log().contains("tf_pasted_secret"));
+    drop(serve);
+    if !is_root() || !has_setfacl() {
+        return;
+    }
+    fs::write(&file, "alpha\tread\n").unwrap();
+    chmod(&file, 0o600);
+    setfacl(&["-m", &format!("u:{NOBODY}:r")], &file);
+    let serve = Serve::start(&file, dir.path(), Listen::Socket);
+    assert_eq!(serve.ask("CHECK read alpha"), "UNAUTHORIZED");
+    assert!(
+        serve.log().contains(&format!("setfacl -x u:{NOBODY}")),
+        "{}",
+        serve.log()
+    );
 }
