@@ -471,15 +471,18 @@ pub fn ensure_not_exposed(
 }
 
 /// Whether a line may hold a plaintext credential: a record line (not a comment, not blank)
-/// whose first field is not a well-formed `sha256:` digest. An invalid line grants nothing,
-/// but its first field may well be a token (a typo in its scopes does not make it less of
-/// one), so it counts too.
+/// whose first field, less the spaces around it, is a run of non-whitespace bytes (what a
+/// credential is) and not a well-formed `sha256:` digest. An invalid line grants nothing, but
+/// its first field may well be a token (a typo in its scopes, a space pasted after it, does
+/// not make it less of one), so it counts too; a first field of several words is no token.
 pub fn line_holds_plaintext(content: &[u8]) -> bool {
     if !format::is_record_line(content) {
         return false;
     }
     let first = content.split(|&b| b == b'\t').next().unwrap_or_default();
+    let first = first.trim_ascii();
     !first.is_empty()
+        && !first.iter().any(u8::is_ascii_whitespace)
         && first
             .strip_prefix(HASH_PREFIX)
             .and_then(crate::token::Digest::from_hex)
@@ -906,6 +909,8 @@ mod tests {
         // An invalid line grants nothing, but its first field may be a token all the same.
         assert!(plaintext_in(&b"tok\t\n"[..]).unwrap());
         assert!(plaintext_in(&b"sha256:abc\t*\n"[..]).unwrap());
+        assert!(plaintext_in(&b" tok \tbad scope!\n"[..]).unwrap());
+        assert!(!plaintext_in(&b"broken line\twith bad scope!\n"[..]).unwrap());
         assert!(plaintext_in(format!("{hashed}tok").as_bytes()).unwrap());
         assert!(plaintext_in(&b"\xEF\xBB\xBFtok\tread\r\n"[..]).unwrap());
         let bytes = format!("{hashed}tok\n");

@@ -271,6 +271,10 @@ fn an_explicit_audit_log_that_is_a_symlink_is_not_followed() {
     let err = mint_warns(&env, &["--audit-log", &link_arg]);
     assert!(err.contains(&link_arg), "{err}");
     assert_eq!(fs::read(&target).unwrap(), b"precious\n");
+    let out = env
+        .tokenfile(&["--audit-log", &link_arg, "lint"])
+        .code(PROBLEMS);
+    assert!(out.out().contains(&format!("rm -- {link_arg}")), "{out:?}");
 }
 
 #[test]
