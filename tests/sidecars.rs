@@ -27,7 +27,7 @@ fn chmod(path: &Path, mode: u32) {
 }
 
 /// Root's token file (0600, one hashed record) in a sticky world-writable directory, as
-/// SPEC §1 allows; `None` when not run as root.
+/// docs/trust.md allows; `None` when not run as root.
 fn sticky() -> Option<(Env, String)> {
     if !is_root() {
         eprintln!("skipped: needs root to plant files owned by uid {NOBODY}");
