@@ -3,7 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -116,17 +116,19 @@ impl AuditLog {
     pub fn append(&self, event: &Event, file: &Path) -> std::io::Result<()> {
         let mut line = render(event, file);
         line.push('\n');
-        // Never blocking: a FIFO at the path would hang the change after its lock was taken.
-        let mut log = store::open_private(
+        // Judged as the lock is: never blocking (a FIFO at the path would hang the change
+        // after its lock was taken), never through a symlink or into another user's file.
+        let mut log = store::open_sidecar(
             &self.path,
-            OpenOptions::new()
-                .append(true)
-                .custom_flags(nix::libc::O_NONBLOCK),
-        )?;
+            OpenOptions::new().append(true),
+            true,
+            store::owner_of(file),
+        )
+        .map_err(|e| match e {
+            store::SidecarError::Io(e) => e,
+            store::SidecarError::Untrusted(why) => std::io::Error::other(why),
+        })?;
         let meta = log.metadata()?;
-        if !meta.is_file() {
-            return Err(std::io::Error::other("it is not a regular file"));
-        }
         // An audit line appended to the token file itself (or its lock) would be read back
         // as a one-field record: a predictable token with every scope.
         let same = |path: &Path| {

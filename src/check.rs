@@ -171,8 +171,9 @@ pub struct TokenIndex {
     slots: Vec<Slot>,
     /// Lines with a valid record, including shadowed duplicates.
     pub records: usize,
-    /// How many of those store the token itself rather than its digest (docs/trust.md: such a
-    /// file must not be readable by others).
+    /// How many lines may hold a plaintext credential (`trust::line_holds_plaintext`): valid
+    /// records that store the token itself rather than its digest, and invalid lines whose
+    /// first field is not a digest (docs/trust.md: such a file must not be readable by others).
     pub plaintext: usize,
 }
 
@@ -582,6 +583,8 @@ impl Loader {
         let fields = match format::check_fields(fields, |field| self.scopes_of(field)) {
             Ok(fields) => fields,
             Err(why) => {
+                // An invalid line grants nothing, but its first field may be a token.
+                self.index.plaintext += usize::from(crate::trust::line_holds_plaintext(content));
                 self.problems.push(LoadProblem::Invalid {
                     line: self.number,
                     why,

@@ -159,8 +159,9 @@ fn network_fs_name(path: &Path) -> Option<&'static str> {
 
 /// Problems of a file that [`trust::open`] accepted: group-writable components (warnings:
 /// an admin's choice), its plaintext if others can read it (an error: every reader refuses
-/// it, docs/trust.md), digests others can read, and a network file system.
-pub fn lint_file(trusted: &Trusted, doc: &Document) -> Vec<Finding> {
+/// it, docs/trust.md), digests others can read, a lock file or audit log that a change would
+/// refuse (`audit_log`: where the audit log is), and a network file system.
+pub fn lint_file(trusted: &Trusted, doc: &Document, audit_log: &Path) -> Vec<Finding> {
     let mut findings: Vec<Finding> = trusted
         .warnings
         .iter()
@@ -203,6 +204,18 @@ pub fn lint_file(trusted: &Trusted, doc: &Document) -> Vec<Finding> {
                 copy.display()
             ),
         ));
+    }
+    // A lock file or audit log planted by another user (docs/writing.md) is refused by the
+    // next change; opened read-only, never created or followed.
+    for sidecar in [&crate::store::sibling(path, ".lock"), audit_log] {
+        if let Err(crate::store::SidecarError::Untrusted(why)) = crate::store::open_sidecar(
+            sidecar,
+            std::fs::OpenOptions::new().read(true),
+            false,
+            Some(trusted.meta.uid()),
+        ) {
+            findings.push(Finding::new(Severity::Error, "unsafe-sidecar", None, why));
+        }
     }
     if let Some(fs_name) = network_fs_name(path) {
         findings.push(Finding::new(

@@ -142,9 +142,7 @@ impl Store {
     /// Takes the exclusive lock, waiting up to the lock timeout.
     pub fn lock(&self) -> Result<Locked> {
         let target = self.target()?;
-        let lock_path = sibling(&target, ".lock");
-        let lock = open_private(&lock_path, OpenOptions::new().read(true).write(true))
-            .map_err(|e| Error::io("open the lock file", &lock_path, e))?;
+        let (lock_path, lock) = open_lock(&target, true)?;
         let started = Instant::now();
         let mut pause = Duration::from_millis(5);
         loop {
@@ -179,17 +177,11 @@ impl Store {
     /// from before it reads until after its rename, and `mint`/`rotate` print the new token
     /// before that rename — so `tokenfile mint | tokenfile check` must wait to see it. A
     /// shared `flock`, so readers never wait for each other; the lock file is never created
-    /// here (no writer ever ran), opened without blocking (a FIFO planted there), and any
-    /// failure just means reading the file as it is: it is always whole, old or new.
+    /// here (no writer ever ran), opened and judged as a writer does (a FIFO, a symlink or
+    /// another user's file planted there is not waited on), and any failure just means
+    /// reading the file as it is: it is always whole, old or new.
     pub fn wait_for_writer(&self, limit: Duration) {
-        let Ok(lock_path) = self.lock_path() else {
-            return;
-        };
-        let Ok(lock) = OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-            .open(&lock_path)
-        else {
+        let Ok((_, lock)) = self.target().and_then(|target| open_lock(&target, false)) else {
             return;
         };
         let deadline = Instant::now() + limit;
@@ -578,15 +570,64 @@ pub fn set_mode(file: &File, mode: u32) -> io::Result<()> {
     file.set_permissions(fs::Permissions::from_mode(mode))
 }
 
-/// Opens `path` with `options`, creating it 0600 if missing. A file this call creates is
+/// Why a sidecar could not be opened: an error, or a file planted where it is looked for
+/// that must not be used (see [`trust::sidecar_refusal`]).
+#[derive(Debug)]
+pub enum SidecarError {
+    Io(io::Error),
+    Untrusted(String),
+}
+
+impl std::fmt::Display for SidecarError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SidecarError::Io(e) => e.fmt(f),
+            SidecarError::Untrusted(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Opens a sidecar of the token file (its lock file, its audit log) with `options`, creating
+/// it when missing and `create` says so, and judges what was opened: in a sticky directory
+/// another user may have planted a symlink (to a file of root's, or dangling), a FIFO, a
+/// hard link or a file of their own there (docs/writing.md). The last component is never
+/// followed, nothing blocks, and a file this call creates is made with `O_EXCL` and
 /// fchmod'ed to exactly 0600 before anything is written to it, so the umask (0277 would
 /// leave it 0400, unwritable) never decides its mode; an existing file keeps its mode.
-pub fn open_private(path: &Path, options: &OpenOptions) -> io::Result<File> {
+/// `file_owner` is the token file's owner, if it exists.
+pub fn open_sidecar(
+    path: &Path,
+    options: &OpenOptions,
+    create: bool,
+    file_owner: Option<u32>,
+) -> std::result::Result<File, SidecarError> {
+    let mut options = options.clone();
+    options.custom_flags(
+        nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY | nix::libc::O_CLOEXEC,
+    );
+    let file = open_private(path, &options, create).map_err(|e| match e.raw_os_error() {
+        Some(nix::libc::ELOOP) => SidecarError::Untrusted(format!(
+            "{} is a symlink, which is never followed for a file tokenfile writes or locks; \
+             remove it: `rm -- {}` (tokenfile creates a new one, mode 0600)",
+            path.display(),
+            path.display()
+        )),
+        _ => SidecarError::Io(e),
+    })?;
+    let meta = file.metadata().map_err(SidecarError::Io)?;
+    match trust::sidecar_refusal(path, &file, &meta, file_owner) {
+        Some(why) => Err(SidecarError::Untrusted(why)),
+        None => Ok(file),
+    }
+}
+
+/// [`open_sidecar`]'s open: `options` as given, creating the file 0600 when missing.
+fn open_private(path: &Path, options: &OpenOptions, create: bool) -> io::Result<File> {
     // Twice at most: a file that vanishes again after being created by someone else is
     // not worth a loop.
     for _ in 0..2 {
-        match options.clone().open(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        match options.open(path) {
+            Err(e) if create && e.kind() == io::ErrorKind::NotFound => {}
             other => return other,
         }
         match options
@@ -599,67 +640,52 @@ pub fn open_private(path: &Path, options: &OpenOptions) -> io::Result<File> {
                 set_mode(&file, NEW_FILE_MODE)?;
                 return Ok(file);
             }
-            // Created by someone else meanwhile: open theirs.
+            // Created by someone else meanwhile (or a dangling symlink, which `O_EXCL`
+            // does not follow): open what is there, and judge it.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
     }
-    options.clone().open(path)
+    options.open(path)
+}
+
+/// The owner of the token file `target` (its real path), if it exists.
+pub fn owner_of(target: &Path) -> Option<u32> {
+    fs::metadata(target).ok().map(|meta| meta.uid())
+}
+
+/// Opens the lock file of `target` for [`Store::lock`] or [`Store::wait_for_writer`].
+fn open_lock(target: &Path, create: bool) -> Result<(PathBuf, File)> {
+    let lock_path = sibling(target, ".lock");
+    let mut options = OpenOptions::new();
+    options.read(true).write(create);
+    match open_sidecar(&lock_path, &options, create, owner_of(target)) {
+        Ok(lock) => Ok((lock_path, lock)),
+        Err(SidecarError::Io(e)) => Err(Error::io("open the lock file", &lock_path, e)),
+        Err(SidecarError::Untrusted(why)) => Err(Error::Unsafe(format!(
+            "refusing to use the lock file: {why}"
+        ))),
+    }
 }
 
 /// The POSIX ACL of the file being replaced, carried over to its replacement (docs/writing.md).
 mod acl {
-    use std::ffi::CString;
     use std::fs::File;
     use std::io;
     use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
     use std::path::Path;
 
     use nix::libc;
 
     use crate::error::{Error, Result};
-
-    const NAME: &[u8] = b"system.posix_acl_access\0";
-
-    /// The raw `system.posix_acl_access` value of `path`, or `None` when it has none.
-    fn get(path: &Path) -> io::Result<Option<Vec<u8>>> {
-        let path = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let name = NAME.as_ptr().cast();
-        loop {
-            // SAFETY: both strings are NUL-terminated; a null buffer of size 0 asks the size.
-            let size = unsafe { libc::getxattr(path.as_ptr(), name, std::ptr::null_mut(), 0) };
-            if size < 0 {
-                let e = io::Error::last_os_error();
-                return match e.raw_os_error() {
-                    Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => Ok(None),
-                    _ => Err(e),
-                };
-            }
-            let mut value = vec![0u8; size as usize];
-            // SAFETY: the buffer is valid for `value.len()` bytes.
-            let got = unsafe {
-                libc::getxattr(path.as_ptr(), name, value.as_mut_ptr().cast(), value.len())
-            };
-            if got >= 0 {
-                value.truncate(got as usize);
-                return Ok(Some(value));
-            }
-            let e = io::Error::last_os_error();
-            // ERANGE: the ACL grew between the two calls; ask again.
-            if e.raw_os_error() != Some(libc::ERANGE) {
-                return Err(e);
-            }
-        }
-    }
+    use crate::trust::acl::{self as reader, Of};
 
     fn set(file: &File, value: &[u8]) -> io::Result<()> {
         // SAFETY: the name is NUL-terminated and the value valid for its length.
         let rc = unsafe {
             libc::fsetxattr(
                 file.as_raw_fd(),
-                NAME.as_ptr().cast(),
+                c"system.posix_acl_access".as_ptr(),
                 value.as_ptr().cast(),
                 value.len(),
                 0,
@@ -675,7 +701,9 @@ mod acl {
     /// Gives `temp` the ACL of `target`. Set after the mode: a chmod rewrites an ACL's
     /// mask entry, while this sets the mode bits the ACL carries.
     pub fn copy(target: &Path, temp: &File) -> Result<()> {
-        let acl = get(target).map_err(|e| Error::io("read the ACL of", target, e))?;
+        // `target` is the real file, never a symlink.
+        let acl =
+            reader::raw(Of::Path(target)).map_err(|e| Error::io("read the ACL of", target, e))?;
         match acl {
             None => Ok(()),
             Some(acl) => set(temp, &acl).map_err(|e| {

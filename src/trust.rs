@@ -27,7 +27,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::format::{self, Document, Entry, HASH_PREFIX};
+use crate::format::{self, Document, HASH_PREFIX};
 
 /// As the kernel's limit on symlinks followed in one lookup (ELOOP).
 const MAX_SYMLINKS: usize = 40;
@@ -416,8 +416,12 @@ fn open_once(path: &Path) -> Result<Trusted, Refusal> {
     if !meta.is_file() {
         return Err(Refusal::Unsafe(not_regular(&walk.real, &meta)));
     }
-    // The mode, judged again on what was opened: a chmod since the walk counts.
-    let verdict = judge(&walk, &meta);
+    // The mode, judged again on what was opened: a chmod since the walk counts; and the
+    // ACLs, which the walk does not read.
+    let mut verdict = judge(&walk, &meta);
+    let acls = judge_acls(&walk, &file, meta.uid());
+    verdict.reasons.extend(acls.reasons);
+    verdict.warnings.extend(acls.warnings);
     if !verdict.reasons.is_empty() {
         return Err(Refusal::Unsafe(verdict));
     }
@@ -436,22 +440,21 @@ pub fn readable_by_others(meta: &Metadata) -> bool {
 }
 
 /// The content half of the rule: why the file at `path` (with `meta`) is unsafe, if others
-/// can read it and `holds_plaintext` says it holds a plaintext credential — asked only then,
+/// can read it (`o+r`, or a named user of its ACL) and `holds_plaintext` says it holds a plaintext credential — asked only then,
 /// so that the common case (not readable by others) costs no look at the content.
 pub fn exposed_reason(
     path: &Path,
     meta: &Metadata,
     holds_plaintext: impl FnOnce() -> bool,
 ) -> Option<String> {
-    if !readable_by_others(meta) || !holds_plaintext() {
+    let (who, fix) = outside_readers(path, meta)?;
+    if !holds_plaintext() {
         return None;
     }
-    let file = path.display();
     Some(format!(
-        "{file} holds plaintext tokens and is readable by every user (mode {:o}): anyone on \
-         this host can read them; fix with `chmod o-r {file}`, or store only digests with \
-         `tokenfile hash`",
-        meta.mode() & 0o7777
+        "{} holds plaintext tokens and is readable by {who}: they can read them; fix with \
+         `{fix}`, or store only digests with `tokenfile hash`",
+        path.display()
     ))
 }
 
@@ -467,14 +470,33 @@ pub fn ensure_not_exposed(
     }
 }
 
-/// Whether a parsed file holds a plaintext credential (a valid record whose credential is the
-/// token itself; an invalid line grants nothing).
-pub fn document_holds_plaintext(doc: &Document) -> bool {
-    doc.records().any(|(_, r)| r.credential.is_plaintext())
+/// Whether a line may hold a plaintext credential: a record line (not a comment, not blank)
+/// whose first field, less the spaces around it, is a run of non-whitespace bytes (what a
+/// credential is) and not a well-formed `sha256:` digest. An invalid line grants nothing, but
+/// its first field may well be a token (a typo in its scopes, a space pasted after it, does
+/// not make it less of one), so it counts too; a first field of several words is no token.
+pub fn line_holds_plaintext(content: &[u8]) -> bool {
+    if !format::is_record_line(content) {
+        return false;
+    }
+    let first = content.split(|&b| b == b'\t').next().unwrap_or_default();
+    let first = first.trim_ascii();
+    !first.is_empty()
+        && !first.iter().any(u8::is_ascii_whitespace)
+        && first
+            .strip_prefix(HASH_PREFIX)
+            .and_then(crate::token::Digest::from_hex)
+            .is_none()
 }
 
-/// [`document_holds_plaintext`] of everything `reader` yields, read line by line: only lines
-/// that do not start with `sha256:` are parsed.
+/// Whether a parsed file holds a plaintext credential ([`line_holds_plaintext`]).
+pub fn document_holds_plaintext(doc: &Document) -> bool {
+    doc.lines
+        .iter()
+        .any(|line| line_holds_plaintext(&line.content))
+}
+
+/// [`document_holds_plaintext`] of everything `reader` yields, read line by line.
 pub fn plaintext_in(reader: impl Read) -> io::Result<bool> {
     let mut reader = io::BufReader::with_capacity(256 * 1024, reader);
     let mut line = Vec::new();
@@ -489,12 +511,7 @@ pub fn plaintext_in(reader: impl Read) -> io::Result<bool> {
         if std::mem::take(&mut first) {
             content = content.strip_prefix(format::BOM).unwrap_or(content);
         }
-        if content.starts_with(HASH_PREFIX) || !format::is_record_line(content) {
-            continue;
-        }
-        if let Entry::Record(record) = format::parse_line(content)
-            && record.credential.is_plaintext()
-        {
+        if line_holds_plaintext(content) {
             return Ok(true);
         }
     }
@@ -505,7 +522,7 @@ impl Trusted {
     /// through the whole descriptor only in that case (a one-shot `check` may otherwise stop
     /// at the first match); the descriptor is left at the start.
     pub fn ensure_content_safe(&mut self) -> Result<()> {
-        if !readable_by_others(&self.meta) {
+        if outside_readers(&self.real, &self.meta).is_none() {
             return Ok(());
         }
         let read_error = |e| Error::io("read", &self.real, e);
@@ -522,6 +539,227 @@ impl Trusted {
             .map_err(|e| Error::io("read", &self.real, e))?;
         Ok(bytes)
     }
+}
+
+/// POSIX ACLs (`system.posix_acl_access`): an entry for a named user or group grants what
+/// the mode bits do not show (they show the ACL's mask in the group bits), so the rule of
+/// docs/trust.md is applied to them too. Read here for the walk and, by `store`, to copy a
+/// file's ACL to its replacement.
+pub mod acl {
+    use std::ffi::CString;
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    use nix::libc;
+
+    const NAME: &[u8] = b"system.posix_acl_access\0";
+    const VERSION: u32 = 2;
+    const USER: u16 = 0x02;
+    const GROUP: u16 = 0x08;
+    const MASK: u16 = 0x10;
+    pub const READ: u16 = 4;
+    pub const WRITE: u16 = 2;
+
+    /// Whose ACL: a path, not followed if it is a symlink (`lgetxattr`), or an open file.
+    #[derive(Clone, Copy)]
+    pub enum Of<'a> {
+        Path(&'a Path),
+        File(&'a File),
+    }
+
+    /// The raw value, or `None` when there is none (or the file system has no xattrs).
+    pub fn raw(of: Of) -> io::Result<Option<Vec<u8>>> {
+        let path = match of {
+            Of::Path(path) => Some(
+                CString::new(path.as_os_str().as_bytes())
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+            ),
+            Of::File(_) => None,
+        };
+        let name = NAME.as_ptr().cast();
+        let get = |buf: *mut libc::c_void, size: usize| -> isize {
+            match (&path, of) {
+                // SAFETY: NUL-terminated strings; `buf` is valid for `size` bytes (or null
+                // with size 0, which asks the size).
+                (Some(path), _) => unsafe { libc::lgetxattr(path.as_ptr(), name, buf, size) },
+                (None, Of::File(file)) => unsafe {
+                    libc::fgetxattr(file.as_raw_fd(), name, buf, size)
+                },
+                (None, Of::Path(_)) => -1,
+            }
+        };
+        loop {
+            let size = get(std::ptr::null_mut(), 0);
+            if size < 0 {
+                let e = io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => Ok(None),
+                    _ => Err(e),
+                };
+            }
+            let mut value = vec![0u8; size as usize];
+            let got = get(value.as_mut_ptr().cast(), value.len());
+            if got >= 0 {
+                value.truncate(got as usize);
+                return Ok(Some(value));
+            }
+            let e = io::Error::last_os_error();
+            // ERANGE: the ACL grew between the two calls; ask again.
+            if e.raw_os_error() != Some(libc::ERANGE) {
+                return Err(e);
+            }
+        }
+    }
+
+    /// The named users and named groups whose *effective* permission (masked by the ACL's
+    /// mask entry) includes `perm`: `(users, groups)`.
+    pub fn named_with(raw: &[u8], perm: u16) -> (Vec<u32>, Vec<u32>) {
+        let mut entries = Vec::new();
+        if raw.len() >= 4 && u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) == VERSION {
+            for e in raw[4..].chunks_exact(8) {
+                let tag = u16::from_le_bytes([e[0], e[1]]);
+                let granted = u16::from_le_bytes([e[2], e[3]]);
+                let id = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+                entries.push((tag, granted, id));
+            }
+        }
+        let mask = entries
+            .iter()
+            .find(|(tag, ..)| *tag == MASK)
+            .map_or(0o7, |&(_, granted, _)| granted);
+        let with = |wanted: u16| {
+            entries
+                .iter()
+                .filter(|&&(tag, granted, _)| tag == wanted && granted & mask & perm != 0)
+                .map(|&(_, _, id)| id)
+                .collect::<Vec<_>>()
+        };
+        (with(USER), with(GROUP))
+    }
+
+    /// [`named_with`] of what `of` has, with no ACL (or none readable) granting nothing.
+    pub fn named(of: Of, perm: u16) -> (Vec<u32>, Vec<u32>) {
+        match raw(of) {
+            Ok(Some(raw)) => named_with(&raw, perm),
+            _ => (Vec::new(), Vec::new()),
+        }
+    }
+}
+
+/// The ACL half of the path rule, on a finished walk and the opened file: a named user other
+/// than root and the file's owner who may write the file or a directory on the way is as
+/// "others may write" (a sticky directory as for `o+w`); a named group, as group-writable.
+fn judge_acls(walk: &Walk, file: &File, owner: u32) -> Unsafe {
+    let trusted_uid = |uid: u32| uid == 0 || uid == owner;
+    let mut reasons = Vec::new();
+    let mut warnings = Vec::new();
+    let mut seen = HashSet::new();
+    // `entry_owner`: for a sticky directory, the owner of our entry in it.
+    let mut judge_one = |of: acl::Of, path: &Path, is_dir: bool, entry_owner: Option<u32>| {
+        let (users, groups) = acl::named(of, acl::WRITE);
+        let shown = path.display();
+        let (subject, can) = match is_dir {
+            true => (format!("the directory {shown}"), "replace the file"),
+            false => (shown.to_string(), "add a token"),
+        };
+        // In a sticky directory only an entry's owner may rename or remove it.
+        if !entry_owner.is_some_and(trusted_uid) {
+            for uid in users.into_iter().filter(|&uid| !trusted_uid(uid)) {
+                reasons.push(format!(
+                    "{subject} may be written by {} through its ACL, who can {can}; fix with \
+                     `setfacl -x u:{uid} {shown}`",
+                    user(uid)
+                ));
+            }
+        }
+        for gid in groups {
+            warnings.push(format!(
+                "{subject} may be written by group {gid} through its ACL: every member of \
+                 that group can {can}"
+            ));
+        }
+    };
+    for step in &walk.steps {
+        if !seen.insert((step.dir_meta.dev(), step.dir_meta.ino())) {
+            continue;
+        }
+        let sticky_entry = (step.dir_meta.mode() & STICKY != 0).then(|| step.entry_meta.uid());
+        judge_one(acl::Of::Path(&step.dir), &step.dir, true, sticky_entry);
+    }
+    judge_one(acl::Of::File(file), &walk.real, false, None);
+    Unsafe { reasons, warnings }
+}
+
+/// Why an opened sidecar of the token file (its lock file, its audit log: docs/writing.md)
+/// must not be used, if it must not: it is not a regular file of its own (a hard link could
+/// be a file of root's anywhere), is owned by someone other than root, the effective user or
+/// the token file's owner (`file_owner`), or others may write it (mode or ACL). In a sticky
+/// directory another user can plant any of these; `path` had no symlink at its end (it was
+/// opened with `O_NOFOLLOW`).
+pub fn sidecar_refusal(
+    path: &Path,
+    file: &File,
+    meta: &Metadata,
+    file_owner: Option<u32>,
+) -> Option<String> {
+    let uid = meta.uid();
+    let euid = nix::unistd::geteuid().as_raw();
+    let trusted_uid = |id: u32| id == 0 || id == euid || Some(id) == file_owner;
+    let shown = path.display();
+    let why = if !meta.is_file() {
+        format!("it is {}", kind_of(meta))
+    } else if !trusted_uid(uid) {
+        format!("it is owned by {}, who may change or hold it", user(uid))
+    } else if meta.mode() & OTHERS_WRITE != 0 {
+        format!(
+            "it is world-writable (mode {:o}); or fix with `chmod o-w {shown}`",
+            meta.mode() & 0o7777
+        )
+    } else if meta.nlink() != 1 {
+        format!(
+            "it has {} hard links: it may be another file too",
+            meta.nlink()
+        )
+    } else if let Some(&other) = acl::named(acl::Of::File(file), acl::WRITE)
+        .0
+        .iter()
+        .find(|&&id| !trusted_uid(id))
+    {
+        format!(
+            "{} may write it through its ACL; or fix with `setfacl -x u:{other} {shown}`",
+            user(other)
+        )
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{shown} is not safe to use ({why}); remove it: `rm -- {shown}` (tokenfile creates \
+         a new one, mode 0600)"
+    ))
+}
+
+/// Who, besides the owner, root and the file's group, may read the file at `path`: every
+/// user (`o+r`), or named users of its ACL; with the fix.
+fn outside_readers(path: &Path, meta: &Metadata) -> Option<(String, String)> {
+    let file = path.display();
+    if readable_by_others(meta) {
+        return Some((
+            format!("every user (mode {:o})", meta.mode() & 0o7777),
+            format!("chmod o-r {file}"),
+        ));
+    }
+    let owner = meta.uid();
+    let uid = acl::named(acl::Of::Path(path), acl::READ)
+        .0
+        .into_iter()
+        .find(|&uid| uid != 0 && uid != owner)?;
+    Some((
+        format!("{} through its ACL", user(uid)),
+        format!("setfacl -x u:{uid} {file}"),
+    ))
 }
 
 #[cfg(test)]
@@ -667,12 +905,39 @@ mod tests {
     fn plaintext_is_found_wherever_it_is() {
         let hashed = format!("sha256:{}\t*\n", "a".repeat(64));
         assert!(!plaintext_in(hashed.as_bytes()).unwrap());
-        assert!(!plaintext_in(&b"# tok\n\n  \t\nbad\t\n"[..]).unwrap());
+        assert!(!plaintext_in(&b"# tok\n\n  \t\n\t*\n"[..]).unwrap());
+        // An invalid line grants nothing, but its first field may be a token all the same.
+        assert!(plaintext_in(&b"tok\t\n"[..]).unwrap());
+        assert!(plaintext_in(&b"sha256:abc\t*\n"[..]).unwrap());
+        assert!(plaintext_in(&b" tok \tbad scope!\n"[..]).unwrap());
+        assert!(!plaintext_in(&b"broken line\twith bad scope!\n"[..]).unwrap());
         assert!(plaintext_in(format!("{hashed}tok").as_bytes()).unwrap());
         assert!(plaintext_in(&b"\xEF\xBB\xBFtok\tread\r\n"[..]).unwrap());
         let bytes = format!("{hashed}tok\n");
         let doc = Document::parse(bytes.as_bytes());
         assert!(document_holds_plaintext(&doc));
+    }
+
+    #[test]
+    fn acl_entries_count_as_the_mask_lets_them() {
+        let entry = |tag: u16, perm: u16, id: u32| {
+            let mut e = tag.to_le_bytes().to_vec();
+            e.extend(perm.to_le_bytes());
+            e.extend(id.to_le_bytes());
+            e
+        };
+        let mut raw = 2u32.to_le_bytes().to_vec();
+        raw.extend(entry(0x01, 6, u32::MAX));
+        raw.extend(entry(0x02, 6, 7));
+        raw.extend(entry(0x02, 4, 8));
+        raw.extend(entry(0x04, 4, u32::MAX));
+        raw.extend(entry(0x08, 2, 9));
+        raw.extend(entry(0x20, 0, u32::MAX));
+        assert_eq!(acl::named_with(&raw, acl::WRITE), (vec![7], vec![9]));
+        assert_eq!(acl::named_with(&raw, acl::READ), (vec![7, 8], vec![]));
+        raw.extend(entry(0x10, 4, u32::MAX));
+        assert_eq!(acl::named_with(&raw, acl::WRITE), (vec![], vec![]));
+        assert_eq!(acl::named_with(&[1, 0, 0, 0], acl::WRITE), (vec![], vec![]));
     }
 
     #[test]

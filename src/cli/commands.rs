@@ -915,7 +915,7 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
         Ok(mut trusted) => {
             let bytes = trusted.read_all()?;
             let doc = Document::parse(&bytes);
-            let mut findings = lint::lint_file(&trusted, &doc);
+            let mut findings = lint::lint_file(&trusted, &doc, ctx.audit()?.path());
             findings.extend(lint::lint_document(&doc, when::now()));
             findings
         }
