@@ -440,6 +440,25 @@ mod serve {
         serve.answers("CHECK read alpha", &ok("alpha"), PATIENCE);
     }
 
+    /// A chmod of a directory on the way while serve runs is no event on the file: serve
+    /// judges the path every tick and fails closed within a few seconds, and takes the fix
+    /// the same way, without SIGHUP (an adversarial run saw it keep granting for 7 s and more).
+    #[test]
+    fn a_directory_made_unsafe_while_serving_is_noticed_without_an_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let grand = dir.path().join("srv");
+        fs::create_dir_all(grand.join("sub")).unwrap();
+        let file = grand.join("sub/tokens");
+        fs::write(&file, record("alpha", "read", "a")).unwrap();
+        let serve = Serve::start(&file, dir.path(), Listen::Both);
+        assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+        chmod(&grand, 0o777);
+        serve.answers("CHECK read alpha", "UNAUTHORIZED", PATIENCE);
+        assert_eq!(healthz_status(&serve), "refused");
+        chmod(&grand, 0o755);
+        serve.answers("CHECK read alpha", &ok("alpha"), PATIENCE);
+    }
+
     /// A world-readable plaintext file is refused; hashed records may be world-readable.
     #[test]
     fn a_world_readable_plaintext_file_makes_serve_fail_closed() {

@@ -34,6 +34,7 @@ use super::load::{self, Fingerprint, Reading};
 use super::policy::{Action, Input, Policy, ReadResult, TICK};
 use super::state::{FileStatus, Shared, Snapshot, log_problems};
 use crate::check::LoadProblem;
+use crate::trust::{self, Refusal};
 
 /// Pause after a read to let a change that happened during it show up.
 const SETTLE: Duration = Duration::from_millis(20);
@@ -109,6 +110,13 @@ impl Reloader {
             }
         };
         let now = Instant::now();
+        // The first load judged the path: a refused one may be unsafe (if it was refused for
+        // its content instead, the first tick costs one needless reload).
+        let path_unsafe = match shared.snapshot().status {
+            FileStatus::Loaded => Some(false),
+            FileStatus::Refused(_) => Some(true),
+            FileStatus::Missing => None,
+        };
         let mut state = Reload {
             path: shared.file().to_path_buf(),
             shared,
@@ -125,6 +133,7 @@ impl Reloader {
             stopping: false,
             read: None,
             reserve: Vec::new(),
+            path_unsafe,
         };
         state.refill_reserve();
         state.sync_watches();
@@ -189,6 +198,8 @@ struct Reload {
     stopping: bool,
     read: Option<Found>,
     reserve: Vec<File>,
+    /// Whether the path was unsafe at the last tick (`None` before the first).
+    path_unsafe: Option<bool>,
 }
 
 impl Reload {
@@ -221,6 +232,14 @@ impl Reload {
                     at: now,
                     fingerprint,
                 });
+                // A chmod or chown of a directory on the way is no event on the file's
+                // names: the path is judged again every tick, and a verdict that changed
+                // (unsafe now, or fixed) forces a reload, as SIGHUP does.
+                let unsafe_now = matches!(trust::open(&self.path), Err(Refusal::Unsafe(_)));
+                if self.path_unsafe.replace(unsafe_now) == Some(!unsafe_now) {
+                    info!(file = %self.path.display(), "the path's safety changed; reloading");
+                    self.step(Input::Hangup { at: now });
+                }
             }
             if self.deadline.is_some_and(|d| d <= Instant::now()) {
                 self.deadline = None;
