@@ -141,11 +141,18 @@ fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // Never the path, the query or a header value: a client may put a token in any.
-    debug!(
-        method = %request.method(),
-        status = response.status().as_u16(),
-        "http"
-    );
+    // An extension method is the client's text too: only the standard ones are named.
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    debug!(method, status = response.status().as_u16(), "http");
     response
 }
 
