@@ -363,7 +363,11 @@ impl Reload {
         }
         let ours = event.paths.iter().any(|p| self.names.contains(p));
         let on_watched_dir = event.paths.iter().any(|p| self.watched.contains(p));
-        trace!(kind = ?event.kind, ours, "file event");
+        // Only events on the file's own names are traced: a log written beside the file
+        // (`serve 2>>/srv/x/serve.log`) would otherwise trace its own writes forever.
+        if ours || on_watched_dir {
+            trace!(kind = ?event.kind, ours, "file event");
+        }
         match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) if ours => {
                 // The state right after a complete write, before the next writer truncates.
