@@ -332,16 +332,21 @@ fn signals_while_the_editor_runs_leave_no_copy() {
         let (signal, err, env) = editing.wait();
         assert_eq!(signal, Some(sig), "edit should end by the signal: {err}");
         assert_eq!(env.read(), before);
-        let copies: Vec<String> = env
-            .leftovers()
-            .into_iter()
-            .filter(|n| n.contains(".edit-"))
-            .collect();
-        assert!(
-            copies.is_empty(),
-            "signal {sig}: a copy is left: {copies:?}"
-        );
+        assert_no_edit_copy(&env, sig);
     }
+}
+
+/// No `.tokens.edit-*` copy is left after `edit` ended by `sig`.
+fn assert_no_edit_copy(env: &Env, sig: i32) {
+    let copies: Vec<String> = env
+        .leftovers()
+        .into_iter()
+        .filter(|n| n.contains(".edit-"))
+        .collect();
+    assert!(
+        copies.is_empty(),
+        "signal {sig}: a copy is left: {copies:?}"
+    );
 }
 
 #[test]
@@ -354,15 +359,7 @@ fn signals_at_the_prompt_leave_no_copy() {
         editing.signal(sig, sig == libc::SIGINT);
         let (signal, err, env) = editing.wait();
         assert_eq!(signal, Some(sig), "{err}");
-        let copies: Vec<String> = env
-            .leftovers()
-            .into_iter()
-            .filter(|n| n.contains(".edit-"))
-            .collect();
-        assert!(
-            copies.is_empty(),
-            "signal {sig}: a copy is left: {copies:?}"
-        );
+        assert_no_edit_copy(&env, sig);
     }
 }
 
