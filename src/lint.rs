@@ -217,6 +217,20 @@ pub fn lint_file(trusted: &Trusted, doc: &Document, audit_log: &Path) -> Vec<Fin
             findings.push(Finding::new(Severity::Error, "unsafe-sidecar", None, why));
         }
     }
+    for copy in crate::store::saved_edit_copies(path) {
+        findings.push(Finding::new(
+            Severity::Warning,
+            "saved-edit-copy",
+            None,
+            format!(
+                "{} holds an edit that could not be installed (the file changed meanwhile) \
+                 and every credential: re-apply it with `tokenfile edit`, then remove it with \
+                 `rm -- {}`",
+                copy.display(),
+                copy.display()
+            ),
+        ));
+    }
     if let Some(fs_name) = network_fs_name(path) {
         findings.push(Finding::new(
             Severity::Warning,

@@ -533,6 +533,28 @@ pub fn edit_copy_prefix(target: &Path) -> String {
 /// process still runs is being edited and is not listed; neither are copies an `edit`
 /// kept on purpose after a failed install (`.edit-saved-…`, named in its message).
 pub fn stale_edit_copies(target: &Path) -> Vec<PathBuf> {
+    edit_copies(target, |rest| {
+        let Some(pid) = rest
+            .split_once('-')
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            return false;
+        };
+        // ESRCH: no such process. EPERM means it exists (another user's): not stale.
+        pid > 0
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                == Err(nix::errno::Errno::ESRCH)
+    })
+}
+
+/// The copies an `edit` kept on purpose (`.…edit-saved-…`) when it could not install them:
+/// each holds every credential until its admin re-applies it and deletes it.
+pub fn saved_edit_copies(target: &Path) -> Vec<PathBuf> {
+    edit_copies(target, |rest| rest.starts_with("saved-"))
+}
+
+/// The entries beside `target` named [`edit_copy_prefix`] + a rest that `keep` accepts.
+fn edit_copies(target: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let prefix = edit_copy_prefix(target);
     let Some(dir) = target.parent() else {
         return Vec::new();
@@ -540,29 +562,17 @@ pub fn stale_edit_copies(target: &Path) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut stale: Vec<PathBuf> = entries
+    let mut found: Vec<PathBuf> = entries
         .flatten()
         .filter(|entry| {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let Some(rest) = name.strip_prefix(&prefix) else {
-                return false;
-            };
-            let Some(pid) = rest
-                .split_once('-')
-                .and_then(|(pid, _)| pid.parse::<i32>().ok())
-            else {
-                return false;
-            };
-            // ESRCH: no such process. EPERM means it exists (another user's): not stale.
-            pid > 0
-                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-                    == Err(nix::errno::Errno::ESRCH)
+            name.strip_prefix(&prefix).is_some_and(&keep)
         })
         .map(|entry| entry.path())
         .collect();
-    stale.sort();
-    stale
+    found.sort();
+    found
 }
 
 /// Sets a descriptor's mode exactly: the umask applies at open(2), not to fchmod(2).

@@ -48,6 +48,17 @@ fn assert_saved_copy(env: &Env, out: &Out, expected: &[u8]) {
         0o600,
         "the saved copy stays private"
     );
+    // It holds every credential: `lint` keeps reminding the admin until it is gone.
+    let lint = env.tokenfile(&["lint", "--json"]).json();
+    assert!(
+        lint["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "saved-edit-copy"
+                && f["message"].as_str().unwrap().contains(&saved)),
+        "{lint}"
+    );
 }
 
 #[test]
