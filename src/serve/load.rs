@@ -167,6 +167,8 @@ pub fn read(path: &Path, wait_for_writers: bool, hold_tail: bool) -> Reading {
         None => match unfinished_tail(&file, &before) {
             Ok(Some((limit, held))) => (limit, Some(held)),
             Ok(None) => (before.len(), None),
+            // Shorter than it was a moment ago: truncated meanwhile, not unreadable.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Reading::Unstable,
             Err(e) => return Reading::Unreadable(e),
         },
     };
@@ -510,6 +512,26 @@ mod tests {
         assert!(matches!(read(&path, false, true), Reading::Read { .. }));
         drop(writer);
         assert!(matches!(read(&path, true, true), Reading::Read { .. }));
+    }
+
+    /// A file truncated between its stat and the look at its last line is shorter than
+    /// the stat says: that must be an end of file that `read` takes for a change under
+    /// way, not a lasting failure (before, it failed closed: every token refused).
+    #[test]
+    fn a_tail_truncated_meanwhile_is_an_end_of_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        fs::write(&path, b"tok\tread\nsha").unwrap();
+        let file = File::open(&path).unwrap();
+        let before = file.metadata().unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let e = unfinished_tail(&file, &before).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

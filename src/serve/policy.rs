@@ -20,9 +20,9 @@
 //!   except a state that takes something away, read without a lease while in-place writes
 //!   were still coming: that may be a rewrite caught between its truncate and its write, or
 //!   halfway through writing a large file, so it is believed only when a second read
-//!   [`RETRY`] later finds the very same content (and, if the file was written in between,
-//!   the content is not empty and ends with a complete line: the states a rewrite passes
-//!   through again and again are those);
+//!   [`RETRY`] later finds the very same content — and, if that content is empty or ends
+//!   within a line (the states a rewrite passes through at every turn), only once the data
+//!   has not been written for [`CONFIRM`];
 //! - a read that fails for a passing reason (out of descriptors or memory) keeps the state
 //!   in use and is retried every [`PASSING_RETRY`] until it succeeds.
 
@@ -169,12 +169,13 @@ pub struct Policy {
     /// The last read failed for a passing reason.
     failing: bool,
     /// A state that takes something away, read while in-place writes were coming and
-    /// awaiting a second read that agrees (see the module's doc).
-    unconfirmed: Option<Digest>,
-    /// The file's data was written since the read of `unconfirmed` began.
-    written_since_unconfirmed: bool,
-    /// The file's data was written since the last read began.
-    written_since_asked: bool,
+    /// awaiting a second read that agrees (see the module's doc); whether it was settled
+    /// (complete lines, not empty, or the data unwritten for [`CONFIRM`]).
+    unconfirmed: Option<(Digest, bool)>,
+    /// The last sign of the file's data written in place (not a close alone: `touch`
+    /// opens the file for writing and closes it, and a truncated file it closes may still
+    /// be open in the writer that truncated it).
+    last_data_write: Option<Instant>,
 }
 
 impl Policy {
@@ -199,8 +200,7 @@ impl Policy {
             missing_since: None,
             failing: false,
             unconfirmed: None,
-            written_since_unconfirmed: false,
-            written_since_asked: false,
+            last_data_write: None,
         }
     }
 
@@ -215,8 +215,7 @@ impl Policy {
         let now = match input {
             Input::Written { at } => {
                 self.writer_open = true;
-                self.written_since_unconfirmed = true;
-                self.written_since_asked = true;
+                self.last_data_write = Some(at);
                 self.last_write = Some(at);
                 self.in_place = true;
                 self.changed(at);
@@ -240,8 +239,7 @@ impl Policy {
                 at
             }
             Input::Unseen { at } => {
-                self.written_since_unconfirmed = true;
-                self.written_since_asked = true;
+                self.last_data_write = Some(at);
                 self.last_write = Some(at);
                 self.in_place = true;
                 self.changed(at);
@@ -258,6 +256,7 @@ impl Policy {
                     {
                         self.in_place = true;
                         self.last_write = Some(at);
+                        self.last_data_write = Some(at);
                     } else {
                         self.renamed = true;
                     }
@@ -350,7 +349,6 @@ impl Policy {
         }
         self.reading = Some(now);
         self.during = None;
-        self.written_since_asked = false;
         Action::Read {
             wait_for_writers: self.writer_hold_ends().is_some_and(|end| now < end),
             // Only a change that is nothing but a rename is known to be complete.
@@ -442,20 +440,29 @@ impl Policy {
                 }
                 let forced = self.forced;
                 let new = forced || !unchanged;
-                if new && withdraws && self.in_place {
+                // The file the state in use came from is written in place, whatever the
+                // events said so far (the truncate's own event comes only at its end).
+                let in_place =
+                    self.in_place || self.seen.is_some_and(|seen| seen.same_file(&fingerprint));
+                if new && withdraws && in_place {
                     let confirmed = self.last_write.map_or(at, |w| w + CONFIRM);
                     if at < confirmed && !past_hold {
                         return self.again(at, confirmed);
                     }
-                    // Past the hold, writes still coming: believed only when read twice.
+                    // Past the hold, writes still coming: believed only when read twice; an
+                    // empty state, or one that ends within a line, only once the data has
+                    // not been written for CONFIRM (a rewrite passes through those states
+                    // at every turn, and its writer may stall in them).
                     if at < confirmed && !leased {
-                        let settled = tail_held.is_none() && fingerprint.size() > 0;
-                        let agrees = self.unconfirmed.is_some()
-                            && self.unconfirmed == content
-                            && (settled || !self.written_since_unconfirmed);
-                        if !agrees {
-                            self.unconfirmed = content;
-                            self.written_since_unconfirmed = self.written_since_asked;
+                        let settled = (tail_held.is_none() && fingerprint.size() > 0)
+                            || self.last_data_write.is_none_or(|w| at >= w + CONFIRM);
+                        let agrees = self.unconfirmed.is_some_and(|(c, _)| Some(c) == content);
+                        if !(agrees && settled) {
+                            // A rewrite's passing state does not displace a settled one:
+                            // the file is back to it as soon as the rewrite is done.
+                            if !self.unconfirmed.is_some_and(|(_, s)| s && !settled) {
+                                self.unconfirmed = content.map(|c| (c, settled));
+                            }
                             return self.again_until(at, at + RETRY, None);
                         }
                     }
