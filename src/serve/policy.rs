@@ -62,10 +62,10 @@ pub enum Input {
         fingerprint: Option<Fingerprint>,
     },
     /// Any other change on the way to the file: renamed over, created, deleted, a mode or
-    /// owner changed, a symlink on the way swapped, events lost.
+    /// owner changed, a symlink on the way swapped.
     Renamed { at: Instant },
     /// The file may have been written in place where no watch could see it (a directory
-    /// on the way was just swapped in and is watched only from now on).
+    /// on the way was just swapped in and is watched only from now on; events were lost).
     Unseen { at: Instant },
     /// The periodic stat of the path.
     Tick {
