@@ -65,6 +65,11 @@ impl Fingerprint {
             && self.ctime == before.ctime
     }
 
+    /// The file's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// The same file (device and inode), whatever its content.
     pub fn same_file(&self, other: &Fingerprint) -> bool {
         self.dev == other.dev && self.ino == other.ino
@@ -124,14 +129,16 @@ pub enum Reading {
 
 /// Reads the whole file behind `path` once and builds its state. With `wait_for_writers`, a
 /// file that another process has open for writing is [`Reading::Busy`] (when the kernel lets
-/// us know; see [`ReadLease`]).
+/// us know; see [`ReadLease`]). With `hold_tail`, a last line without a line ending read
+/// without a lease waits (see [`unfinished_tail`]); without, the file is known to be
+/// complete (renamed in).
 ///
 /// The file is indexed as it is read, in chunks (a large one as two halves at once, see
 /// [`index_file`]), and hashed on the way for [`Snapshot::content`]: holding a copy of a 100 MB file next to the index it
 /// becomes, while the previous index is still in use, is what made a reload's peak memory
 /// three times the file. The price is a longer lease (a writer opening the file meanwhile
 /// waits for the index to be built, a fraction of a second for a million records).
-pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
+pub fn read(path: &Path, wait_for_writers: bool, hold_tail: bool) -> Reading {
     // Judged (docs/trust.md) and opened without blocking: a FIFO at the path is refused, not
     // waited on.
     let Trusted { file, real, .. } = match trust::open(path) {
@@ -156,9 +163,12 @@ pub fn read(path: &Path, wait_for_writers: bool) -> Reading {
     }
     let (limit, tail_held) = match lease {
         Some(_) => (before.len(), None),
+        None if !hold_tail => (before.len(), None),
         None => match unfinished_tail(&file, &before) {
             Ok(Some((limit, held))) => (limit, Some(held)),
             Ok(None) => (before.len(), None),
+            // Shorter than it was a moment ago: truncated meanwhile, not unreadable.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Reading::Unstable,
             Err(e) => return Reading::Unreadable(e),
         },
     };
@@ -415,7 +425,7 @@ const FIRST_READ_PAUSE: Duration = Duration::from_millis(20);
 pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>, Option<Duration>)> {
     for attempt in 1..=FIRST_READ_TRIES {
         // In the end, a file held open for writing all along is read anyway.
-        match read(path, attempt < FIRST_READ_TRIES) {
+        match read(path, attempt < FIRST_READ_TRIES, true) {
             Reading::Read {
                 snapshot,
                 problems,
@@ -463,7 +473,7 @@ mod tests {
     fn reads_and_fingerprints() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
-        assert!(matches!(read(&path, true), Reading::Missing));
+        assert!(matches!(read(&path, true, true), Reading::Missing));
         fs::write(&path, b"tok\tread\n").unwrap();
         // A plaintext record: not for others to read (docs/trust.md).
         fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -471,7 +481,7 @@ mod tests {
             snapshot,
             fingerprint,
             ..
-        } = read(&path, true)
+        } = read(&path, true, true)
         else {
             panic!("not read");
         };
@@ -481,7 +491,7 @@ mod tests {
         assert_eq!(Some(fingerprint), super::fingerprint(&path));
         fs::create_dir(dir.path().join("d")).unwrap();
         assert!(matches!(
-            read(&dir.path().join("d"), true),
+            read(&dir.path().join("d"), true, true),
             Reading::Unsafe(_)
         ));
     }
@@ -495,13 +505,33 @@ mod tests {
         // Leases need the owner (we are) and a file system that has them.
         let leases = matches!(ReadLease::take(&File::open(&path).unwrap()), Ok(Some(_)));
         let writer = fs::OpenOptions::new().append(true).open(&path).unwrap();
-        let reading = read(&path, true);
+        let reading = read(&path, true, true);
         if leases {
             assert!(matches!(reading, Reading::Busy), "{reading:?}");
         }
-        assert!(matches!(read(&path, false), Reading::Read { .. }));
+        assert!(matches!(read(&path, false, true), Reading::Read { .. }));
         drop(writer);
-        assert!(matches!(read(&path, true), Reading::Read { .. }));
+        assert!(matches!(read(&path, true, true), Reading::Read { .. }));
+    }
+
+    /// A file truncated between its stat and the look at its last line is shorter than
+    /// the stat says: that must be an end of file that `read` takes for a change under
+    /// way, not a lasting failure (before, it failed closed: every token refused).
+    #[test]
+    fn a_tail_truncated_meanwhile_is_an_end_of_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        fs::write(&path, b"tok\tread\nsha").unwrap();
+        let file = File::open(&path).unwrap();
+        let before = file.metadata().unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let e = unfinished_tail(&file, &before).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
@@ -511,7 +541,7 @@ mod tests {
         let path = dir.path().join("tokens");
         fs::write(&path, b"tok\n").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
-        assert!(matches!(read(&path, true), Reading::Unsafe(_)));
+        assert!(matches!(read(&path, true, true), Reading::Unsafe(_)));
     }
 
     #[test]

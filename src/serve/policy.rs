@@ -16,13 +16,20 @@
 //!   within [`CONFIRM`] of the last write (the gap of `: > f; cat new >> f`), a vanished file
 //!   (the gap of a delete and re-create) — but every wait ends [`MAX_HOLD`] after the first
 //!   change not yet in use, however many writes follow it: then the newest stable read is
-//!   installed (without a lease, `load` leaves out a last line still being appended).
+//!   installed (without a lease, `load` leaves out a last line still being appended) —
+//!   except a state that takes something away, read without a lease while in-place writes
+//!   were still coming: that may be a rewrite caught between its truncate and its write, or
+//!   halfway through writing a large file, so it is believed only when a second read
+//!   [`RETRY`] later finds the very same content — and, if that content is empty or ends
+//!   within a line (the states a rewrite passes through at every turn), only once the data
+//!   has not been written for [`CONFIRM`];
 //! - a read that fails for a passing reason (out of descriptors or memory) keeps the state
 //!   in use and is retried every [`PASSING_RETRY`] until it succeeds.
 
 use std::time::{Duration, Instant};
 
 use super::load::Fingerprint;
+use crate::token::Digest;
 
 /// Quiet time after the last change before reading (a burst of writes is read once).
 pub const QUIET: Duration = Duration::from_millis(50);
@@ -55,10 +62,10 @@ pub enum Input {
         fingerprint: Option<Fingerprint>,
     },
     /// Any other change on the way to the file: renamed over, created, deleted, a mode or
-    /// owner changed, a symlink on the way swapped, events lost.
+    /// owner changed, a symlink on the way swapped.
     Renamed { at: Instant },
     /// The file may have been written in place where no watch could see it (a directory
-    /// on the way was just swapped in and is watched only from now on).
+    /// on the way was just swapped in and is watched only from now on; events were lost).
     Unseen { at: Instant },
     /// The periodic stat of the path.
     Tick {
@@ -82,6 +89,8 @@ pub enum ReadResult {
         leased: bool,
         /// The same content as the state in use.
         unchanged: bool,
+        /// The digest of what was read.
+        content: Option<Digest>,
         /// It takes a token, a scope or an expiry away from the state in use.
         withdraws: bool,
         /// A last line without a line ending was left out (no lease, changed within the
@@ -103,8 +112,13 @@ pub enum ReadResult {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Read the file now; with `wait_for_writers`, a file open for writing is `Busy`.
-    Read { wait_for_writers: bool },
+    /// Read the file now; with `wait_for_writers`, a file open for writing is `Busy`; with
+    /// `hold_tail`, a last line without a line ending that changed within the last second
+    /// is left out (the change may be an in-place append; a file renamed in is complete).
+    Read {
+        wait_for_writers: bool,
+        hold_tail: bool,
+    },
     /// Put the state just read in use.
     Install,
     /// The state just read is the one in use: nothing to swap.
@@ -136,6 +150,8 @@ pub struct Policy {
     last_write: Option<Instant>,
     /// The pending change includes an in-place write.
     in_place: bool,
+    /// The pending change includes a rename (or another file behind the path).
+    renamed: bool,
     /// A writer wrote in place and was not seen closing the file.
     writer_open: bool,
     forced: bool,
@@ -152,6 +168,14 @@ pub struct Policy {
     missing_since: Option<Instant>,
     /// The last read failed for a passing reason.
     failing: bool,
+    /// A state that takes something away, read while in-place writes were coming and
+    /// awaiting a second read that agrees (see the module's doc); whether it was settled
+    /// (complete lines, not empty, or the data unwritten for [`CONFIRM`]).
+    unconfirmed: Option<(Digest, bool)>,
+    /// The last sign of the file's data written in place (not a close alone: `touch`
+    /// opens the file for writing and closes it, and a truncated file it closes may still
+    /// be open in the writer that truncated it).
+    last_data_write: Option<Instant>,
 }
 
 impl Policy {
@@ -166,6 +190,7 @@ impl Policy {
             last_change: None,
             last_write: None,
             in_place: false,
+            renamed: false,
             writer_open: false,
             forced: false,
             not_before: None,
@@ -174,6 +199,8 @@ impl Policy {
             during: None,
             missing_since: None,
             failing: false,
+            unconfirmed: None,
+            last_data_write: None,
         }
     }
 
@@ -188,6 +215,7 @@ impl Policy {
         let now = match input {
             Input::Written { at } => {
                 self.writer_open = true;
+                self.last_data_write = Some(at);
                 self.last_write = Some(at);
                 self.in_place = true;
                 self.changed(at);
@@ -206,10 +234,12 @@ impl Policy {
             }
             Input::Renamed { at } => {
                 self.writer_open = false;
+                self.renamed = true;
                 self.changed(at);
                 at
             }
             Input::Unseen { at } => {
+                self.last_data_write = Some(at);
                 self.last_write = Some(at);
                 self.in_place = true;
                 self.changed(at);
@@ -226,6 +256,9 @@ impl Policy {
                     {
                         self.in_place = true;
                         self.last_write = Some(at);
+                        self.last_data_write = Some(at);
+                    } else {
+                        self.renamed = true;
                     }
                     self.changed(at);
                 }
@@ -318,6 +351,8 @@ impl Policy {
         self.during = None;
         Action::Read {
             wait_for_writers: self.writer_hold_ends().is_some_and(|end| now < end),
+            // Only a change that is nothing but a rename is known to be complete.
+            hold_tail: self.in_place || !self.renamed,
         }
     }
 
@@ -339,10 +374,12 @@ impl Policy {
         self.seen = seen;
         self.pending = self.during.take();
         self.in_place = self.pending.is_some() && self.in_place;
+        self.renamed = self.pending.is_some() && self.renamed;
         self.forced = false;
         self.not_before = None;
         self.missing_since = None;
         self.failing = false;
+        self.unconfirmed = None;
     }
 
     fn judge(&mut self, at: Instant, result: ReadResult) -> Action {
@@ -383,6 +420,7 @@ impl Policy {
                 fingerprint,
                 leased,
                 unchanged,
+                content,
                 withdraws,
                 tail_held,
             } => {
@@ -402,10 +440,31 @@ impl Policy {
                 }
                 let forced = self.forced;
                 let new = forced || !unchanged;
-                if new && withdraws && self.in_place && !past_hold {
+                // The file the state in use came from is written in place, whatever the
+                // events said so far (the truncate's own event comes only at its end).
+                let in_place =
+                    self.in_place || self.seen.is_some_and(|seen| seen.same_file(&fingerprint));
+                if new && withdraws && in_place {
                     let confirmed = self.last_write.map_or(at, |w| w + CONFIRM);
-                    if at < confirmed {
+                    if at < confirmed && !past_hold {
                         return self.again(at, confirmed);
+                    }
+                    // Past the hold, writes still coming: believed only when read twice; an
+                    // empty state, or one that ends within a line, only once the data has
+                    // not been written for CONFIRM (a rewrite passes through those states
+                    // at every turn, and its writer may stall in them).
+                    if at < confirmed && !leased {
+                        let settled = (tail_held.is_none() && fingerprint.size() > 0)
+                            || self.last_data_write.is_none_or(|w| at >= w + CONFIRM);
+                        let agrees = self.unconfirmed.is_some_and(|(c, _)| Some(c) == content);
+                        if !(agrees && settled) {
+                            // A rewrite's passing state does not displace a settled one:
+                            // the file is back to it as soon as the rewrite is done.
+                            if !self.unconfirmed.is_some_and(|(_, s)| s && !settled) {
+                                self.unconfirmed = content.map(|c| (c, settled));
+                            }
+                            return self.again_until(at, at + RETRY, None);
+                        }
                     }
                 }
                 self.done(Some(fingerprint));
@@ -532,7 +591,12 @@ mod tests {
                 .and_then(|(_, f)| *f)
         }
 
-        fn read(&mut self, ms: u64, wait_for_writers: bool) -> (ReadResult, Option<(u32, u32)>) {
+        fn read(
+            &mut self,
+            ms: u64,
+            wait_for_writers: bool,
+            hold_tail: bool,
+        ) -> (ReadResult, Option<(u32, u32)>) {
             self.reads.push(ms);
             if ms < self.passing_until {
                 return (ReadResult::Passing, None);
@@ -545,8 +609,8 @@ mod tests {
             }
             let leased = self.leases && !f.writer_open;
             let age = ms.saturating_sub(f.mtime as u64 * 10);
-            let tail_held =
-                (f.tail != 0 && !leased && age < 1000).then(|| Duration::from_millis(1000 - age));
+            let tail_held = (f.tail != 0 && !leased && hold_tail && age < 1000)
+                .then(|| Duration::from_millis(1000 - age));
             let tokens = f.tokens | if tail_held.is_some() { 0 } else { f.tail };
             let current = self.in_use.map_or(0, |(_, t)| t);
             let result = ReadResult::Loaded {
@@ -555,6 +619,9 @@ mod tests {
                 unchanged: self
                     .in_use
                     .is_some_and(|(v, t)| v == f.version && t == tokens),
+                content: Some(Digest::of(
+                    format!("{} {tokens} {}", f.version, f.size).as_bytes(),
+                )),
                 withdraws: current & !tokens != 0,
                 tail_held,
             };
@@ -566,8 +633,11 @@ mod tests {
             for _ in 0..100 {
                 let now = self.at(ms);
                 action = match action {
-                    Action::Read { wait_for_writers } => {
-                        let (result, state) = self.read(ms, wait_for_writers);
+                    Action::Read {
+                        wait_for_writers,
+                        hold_tail,
+                    } => {
+                        let (result, state) = self.read(ms, wait_for_writers, hold_tail);
                         read = state;
                         self.policy.step(Input::Read { at: now, result })
                     }
@@ -857,6 +927,88 @@ mod tests {
             sim.run(&events, 6000);
             sim.assert_bound(&changes, 6000);
         }
+    }
+
+    /// A script rewriting a large file in place in a loop (`c=$(cat f); printf … > f`: for
+    /// 5 ms empty, for 5 ms cut in the middle of a line, then complete), and `touch f` every
+    /// 10 ms so that it is never quiet; no leases. At 3 s a rewrite takes token 2 away and the
+    /// loop goes on with that content.
+    #[test]
+    fn a_large_file_rewritten_in_place_in_a_loop_while_touched() {
+        let mut sim = Sim::new(false, File::complete(1, 2, 7, 0));
+        let content = |ms: u64| {
+            if ms < 3000 {
+                File::complete(1, 2, 7, 0)
+            } else {
+                File::complete(2, 4, 7, 0)
+            }
+        };
+        let mut events = Vec::new();
+        let mut last = None;
+        let (mut start, mut mtime) = (0, 0);
+        for ms in 1..6000u64 {
+            // A new rewrite every 37 ms (out of step with the touches and the retries).
+            if ms % 37 == 0 {
+                start = ms;
+                events.extend([(ms, Ev::Written), (ms + 5, Ev::Written)]);
+                events.extend([(ms + 10, Ev::Written), (ms + 10, Ev::Closed)]);
+            }
+            if ms % 10 == 3 {
+                events.extend([(ms, Ev::Closed), (ms, Ev::Renamed)]);
+            }
+            if ms % 10 == 3 || ms % 37 == 0 || (ms - start) % 5 == 0 && ms - start <= 10 {
+                mtime = (ms / 10) as i64;
+            }
+            let done = content(start);
+            let state = match ms - start {
+                0..5 if start > 0 => done.half(),
+                5..10 if start > 0 => File {
+                    size: 50,
+                    tail: 8,
+                    ..done.half()
+                },
+                _ => done,
+            };
+            let state = File { mtime, ..state };
+            if last != Some(state) {
+                sim.files.push((ms, Some(state)));
+                last = Some(state);
+            }
+        }
+        events.sort_by_key(|&(ms, _)| ms);
+        sim.run(&events, 6000);
+        sim.assert_never_half();
+        let first = 3000u64.div_ceil(37) * 37 + 10;
+        sim.assert_bound(&[first], 6000);
+        assert_eq!(sim.in_use, Some((2, 4 | STABLE)));
+    }
+
+    /// A file renamed in whose last line has no line ending is complete by construction:
+    /// that line counts at once. The same line appended in place waits its second.
+    #[test]
+    fn a_renamed_in_last_line_counts_at_once_an_appended_one_waits() {
+        let mut sim = Sim::new(false, File::complete(1, 2, 7, 0));
+        let renamed = File {
+            tail: 8,
+            ..File::complete(2, 2, 8, 100)
+        };
+        sim.files.push((100, Some(renamed)));
+        sim.run(&[(100, Ev::Renamed)], 400);
+        assert_eq!(sim.in_use, Some((2, 2 | 8 | STABLE)), "{:?}", sim.installs);
+
+        let mut sim = Sim::new(false, File::complete(1, 2, 7, 0));
+        let appended = File {
+            tail: 8,
+            ..File::complete(2, 2, 7, 100)
+        };
+        sim.files.push((100, Some(appended)));
+        sim.run(&[(100, Ev::Written), (100, Ev::Closed)], 2500);
+        for (at, state) in &sim.installs {
+            if *at < 1100 {
+                assert_ne!(state.map(|s| s.1 & 8), Some(8), "{:?}", sim.installs);
+            }
+        }
+        assert_eq!(sim.in_use, Some((2, 2 | 8 | STABLE)), "{:?}", sim.installs);
     }
 
     #[test]

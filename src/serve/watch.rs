@@ -258,7 +258,8 @@ impl Reload {
         }
         if self.flags.overflow.swap(false, Ordering::SeqCst) {
             warn!("file events were dropped; re-checking the file");
-            inputs.push(Input::Renamed { at: Instant::now() });
+            // What was dropped may have been in-place writes.
+            inputs.push(Input::Unseen { at: Instant::now() });
         }
         for input in inputs {
             if act {
@@ -277,8 +278,11 @@ impl Reload {
             trace!(?action, "reload policy action");
             let now = Instant::now();
             action = match action {
-                Action::Read { wait_for_writers } => {
-                    let result = self.read(wait_for_writers);
+                Action::Read {
+                    wait_for_writers,
+                    hold_tail,
+                } => {
+                    let result = self.read(wait_for_writers, hold_tail);
                     self.settle();
                     trace!(?result, "read");
                     self.policy.step(Input::Read {
@@ -355,11 +359,11 @@ impl Reload {
             Ok(event) => event,
             Err(e) => {
                 debug!("file watch error: {e}");
-                return Some(Input::Renamed { at });
+                return Some(Input::Unseen { at });
             }
         };
         if event.need_rescan() {
-            return Some(Input::Renamed { at });
+            return Some(Input::Unseen { at });
         }
         let ours = event.paths.iter().any(|p| self.names.contains(p));
         let on_watched_dir = event.paths.iter().any(|p| self.watched.contains(p));
@@ -412,13 +416,13 @@ impl Reload {
 
     /// Reads the file once (twice if it was short of descriptors) and says what was found;
     /// the state itself waits in `self.read`.
-    fn read(&mut self, wait_for_writers: bool) -> ReadResult {
-        let mut reading = load::read(&self.path, wait_for_writers);
+    fn read(&mut self, wait_for_writers: bool, hold_tail: bool) -> ReadResult {
+        let mut reading = load::read(&self.path, wait_for_writers, hold_tail);
         if matches!(&reading, Reading::Unreadable(e) if out_of_descriptors(e))
             && !self.reserve.is_empty()
         {
             self.reserve.clear();
-            reading = load::read(&self.path, wait_for_writers);
+            reading = load::read(&self.path, wait_for_writers, hold_tail);
         }
         self.refill_reserve();
         let (result, found) = match reading {
@@ -444,6 +448,7 @@ impl Reload {
                         fingerprint,
                         leased,
                         unchanged,
+                        content: snapshot.content,
                         withdraws,
                         tail_held,
                     };
