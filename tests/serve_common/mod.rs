@@ -482,3 +482,28 @@ pub fn cli(file: &Path, args: &[&str], stdin: &str) -> (i32, String) {
         String::from_utf8_lossy(&out.stdout).trim().to_owned(),
     )
 }
+
+/// The user tests run a serve as when it must take no read lease (nobody).
+pub const NOBODY: u32 = 65534;
+
+/// `content` in a file of root's that serve's group may read (docs/trust.md: a
+/// group-readable 0640 file), served by a serve running as nobody: it can take no read
+/// lease on the file, so it has only the file's times and events to go by.
+pub fn served_as_nobody(content: &str) -> (tempfile::TempDir, PathBuf, Serve) {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::chown;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.path().join("tokens");
+    fs::write(&file, content).unwrap();
+    chown(&file, Some(0), Some(NOBODY)).unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+    let run = dir.path().join("run");
+    fs::create_dir(&run).unwrap();
+    chown(&run, Some(NOBODY), Some(NOBODY)).unwrap();
+    let serve = Serve::start_configured(&file, &run, Listen::Socket, &|cmd| {
+        cmd.uid(NOBODY).gid(NOBODY);
+    });
+    (dir, file, serve)
+}
