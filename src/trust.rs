@@ -658,38 +658,50 @@ fn judge_acls(walk: &Walk, file: &File, owner: u32) -> Unsafe {
     let mut warnings = Vec::new();
     let mut seen = HashSet::new();
     // `entry_owner`: for a sticky directory, the owner of our entry in it.
-    let mut judge_one = |of: acl::Of, path: &Path, is_dir: bool, entry_owner: Option<u32>| {
-        let (users, groups) = acl::named(of, acl::WRITE);
-        let shown = path.display();
-        let (subject, can) = match is_dir {
-            true => (format!("the directory {shown}"), "replace the file"),
-            false => (shown.to_string(), "add a token"),
-        };
-        // In a sticky directory only an entry's owner may rename or remove it.
-        if !entry_owner.is_some_and(trusted_uid) {
-            for uid in users.into_iter().filter(|&uid| !trusted_uid(uid)) {
-                reasons.push(format!(
-                    "{subject} may be written by {} through its ACL, who can {can}; fix with \
+    // `allowed`: who besides root may hold a named write entry. For the file, its owner;
+    // for a directory, the directory's owner — not the file's: whoever can write a
+    // directory on the way can put a file of their own there and so become "the file's
+    // owner" (an adversarial run did exactly that with `setfacl -m u:nobody:rwx dir`).
+    let mut judge_one =
+        |of: acl::Of, path: &Path, is_dir: bool, allowed: u32, entry_owner: Option<u32>| {
+            let (users, groups) = acl::named(of, acl::WRITE);
+            let shown = path.display();
+            let (subject, can) = match is_dir {
+                true => (format!("the directory {shown}"), "replace the file"),
+                false => (shown.to_string(), "add a token"),
+            };
+            // In a sticky directory only an entry's owner may rename or remove it.
+            if !entry_owner.is_some_and(trusted_uid) {
+                for uid in users.into_iter().filter(|&uid| uid != 0 && uid != allowed) {
+                    reasons.push(format!(
+                        "{subject} may be written by {} through its ACL, who can {can}; fix with \
                      `setfacl -x u:{uid} {shown}`",
-                    user(uid)
+                        user(uid)
+                    ));
+                }
+            }
+            for gid in groups {
+                warnings.push(format!(
+                    "{subject} may be written by group {gid} through its ACL: every member of \
+                 that group can {can}"
                 ));
             }
-        }
-        for gid in groups {
-            warnings.push(format!(
-                "{subject} may be written by group {gid} through its ACL: every member of \
-                 that group can {can}"
-            ));
-        }
-    };
+        };
     for step in &walk.steps {
         if !seen.insert((step.dir_meta.dev(), step.dir_meta.ino())) {
             continue;
         }
         let sticky_entry = (step.dir_meta.mode() & STICKY != 0).then(|| step.entry_meta.uid());
-        judge_one(acl::Of::Path(&step.dir), &step.dir, true, sticky_entry);
+        let dir_owner = step.dir_meta.uid();
+        judge_one(
+            acl::Of::Path(&step.dir),
+            &step.dir,
+            true,
+            dir_owner,
+            sticky_entry,
+        );
     }
-    judge_one(acl::Of::File(file), &walk.real, false, None);
+    judge_one(acl::Of::File(file), &walk.real, false, owner, None);
     Unsafe { reasons, warnings }
 }
 

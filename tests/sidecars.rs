@@ -330,6 +330,30 @@ fn a_named_user_who_may_write_the_file_or_a_directory_makes_it_unsafe() {
         "{out:?}"
     );
     setfacl(&["-b"], env.dir.path());
+    // The takeover an adversarial run found: the user a directory's ACL lets write puts a
+    // file of their own in the file's place and so becomes "the file's owner". A named write
+    // entry on a directory counts unless it names the directory's owner (or root).
+    let dir = env.dir.path().join("sub");
+    fs::create_dir(&dir).unwrap();
+    let file = dir.join("tokens");
+    let evil = "evil-token-of-nobody";
+    fs::write(
+        &file,
+        format!("sha256:{}\tadmin\n", sha256_hex(evil.as_bytes())),
+    )
+    .unwrap();
+    chmod(&file, 0o600);
+    std::os::unix::fs::chown(&file, Some(NOBODY), Some(NOBODY)).unwrap();
+    setfacl(&["-m", &format!("u:{NOBODY}:rwx")], &dir);
+    let path = file.to_str().unwrap();
+    let out = env
+        .tokenfile_stdin(
+            &["--file", path, "check", "--scope", "admin"],
+            format!("{evil}\n").as_bytes(),
+        )
+        .code(PROBLEMS);
+    assert!(out.err().contains("setfacl -x"), "{out:?}");
+    setfacl(&["-b"], &dir);
     // A named group with write: like group-writable, a lint warning only.
     setfacl(&["-m", &format!("g:{NOBODY}:rw")], &env.file);
     assert_eq!(env.check(&token, &["admin"]), OK);

@@ -33,20 +33,24 @@ pub fn print_token(token: &Secret) -> Result<()> {
 /// a token is never stored that nobody was shown): to the descriptor itself, because
 /// `io::stdout()` takes EBADF (stdout open read-only, `1</dev/null`) for success; and never
 /// to /dev/null, where Rust's start-up puts a closed stdout (`>&-`), so that `mint >&-` is
-/// not a token nobody saw. `mint >/dev/null` is refused too: it shows the token to nobody.
+/// not a token nobody saw. `mint >/dev/null` (or `>/dev/zero`: any character device but a
+/// terminal) is refused too: it shows the token to nobody.
 fn write_secret(bytes: &[u8]) -> Result<()> {
     use std::os::fd::AsFd;
     let stdout = io::stdout();
     let mut buffered = stdout.lock();
     buffered.flush().map_err(stdout_error)?;
     let fd = stdout.as_fd();
+    // A character device that is not a terminal (/dev/null, /dev/zero, /dev/urandom, …)
+    // keeps nothing for anyone to read.
     let to_nobody = nix::sys::stat::fstat(fd).is_ok_and(|st| {
         st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFCHR
-            && st.st_rdev == nix::sys::stat::makedev(1, 3)
+            && !std::io::IsTerminal::is_terminal(&fd)
     });
     if to_nobody {
         return Err(stdout_error(io::Error::other(
-            "it is /dev/null or closed: the token would be shown to nobody",
+            "it is /dev/null, another device that keeps nothing, or closed: the token would \
+             be shown to nobody",
         )));
     }
     let mut rest = bytes;
