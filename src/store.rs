@@ -59,12 +59,19 @@ impl Landing for () {
     fn failed(&mut self, _: &Path, _: &Error) {}
 }
 
-fn temp_prefix(target: &Path) -> String {
+/// The name prefix of the hidden files this tool keeps beside `target` for a while:
+/// `.tokens.<kind>-…` (`tmp` a copy being written, `old` the backup of a replace, `edit`
+/// an editing copy).
+fn sidecar_prefix(target: &Path, kind: &str) -> String {
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    format!(".{name}.tmp-")
+    format!(".{name}.{kind}-")
+}
+
+fn temp_prefix(target: &Path) -> String {
+    sidecar_prefix(target, "tmp")
 }
 
 impl Store {
@@ -498,11 +505,7 @@ impl Locked {
 }
 
 fn backup_prefix(target: &Path) -> String {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    format!(".{name}.old-")
+    sidecar_prefix(target, "old")
 }
 
 /// Links the file about to be replaced as `.tokens.old-<pid>`. `None` where that cannot be
@@ -521,11 +524,7 @@ fn remove_backup(backup: Option<&Path>) {
 
 /// The name prefix of `edit`'s private copies: `.tokens.edit-<pid>-<random>`.
 pub fn edit_copy_prefix(target: &Path) -> String {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    format!(".{name}.edit-")
+    sidecar_prefix(target, "edit")
 }
 
 /// Editing copies whose `edit` process is gone (killed by `kill -9`, or by a signal it
