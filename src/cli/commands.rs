@@ -571,6 +571,15 @@ const DAMAGED_HINT: &str = "mistyped or truncated: its checksum does not match";
 const WHITESPACE_HINT: &str =
     "it begins or ends with whitespace (pasted with a space or TAB?); tokens have none";
 
+/// The record of the file that has `token` (the first one: it counts), for `check` and
+/// `id`: the file is judged (docs/trust.md) and scanned in chunks, never read whole, so a
+/// large file costs no more memory than a small one.
+fn find_record(ctx: &Context, token: &Secret) -> Result<Option<check::Grant>> {
+    let mut trusted = ctx.store.open()?;
+    trusted.ensure_content_safe()?;
+    check::find_record_in(&trusted.file, token).map_err(|e| Error::io("read", ctx.store.path(), e))
+}
+
 /// How long `check` waits for a change in progress to land before it reads the file anyway
 /// (an admin's `flock tokens.lock …` must not stall every check for long).
 const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -585,11 +594,7 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     // `mint … | check`: the token arrives before mint's rename (docs/writing.md), so wait
     // for that writer to finish.
     ctx.store.wait_for_writer(WRITER_WAIT);
-    // Scanned in chunks, not read whole: a large file costs no more memory than a small one.
-    let mut trusted = ctx.store.open()?;
-    trusted.ensure_content_safe()?;
-    let grant = check::find_record_in(&trusted.file, &token)
-        .map_err(|e| Error::io("read", ctx.store.path(), e))?;
+    let grant = find_record(ctx, &token)?;
     let decision = check::decide(
         !token.is_empty(),
         grant.as_ref().map(check::Grant::view),
@@ -728,14 +733,7 @@ fn id(ctx: &Context) -> Result<Exit> {
     let path = ctx.store.path();
     let found = match std::fs::metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        _ => {
-            let mut trusted = ctx.store.open()?;
-            trusted.ensure_content_safe()?;
-            Some(
-                check::find_record_in(&trusted.file, &token)
-                    .map_err(|e| Error::io("read", path, e))?,
-            )
-        }
+        _ => Some(find_record(ctx, &token)?),
     };
     let printed = output::print(&format!("{id}\n"));
     let file = path.display();
