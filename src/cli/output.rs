@@ -116,25 +116,18 @@ pub fn redact_json(json: &str, revealed: Option<&Secret>) -> String {
         let literal = &json[open..=close];
         at = close + 1;
         let inner = &literal[1..literal.len() - 1];
-        let replaced = if inner.contains('\\') {
-            match serde_json::from_str::<String>(literal) {
-                Ok(decoded) if revealed.is_some_and(|t| t.expose() == decoded.as_bytes()) => None,
-                Ok(decoded) => match redact(&decoded) {
-                    std::borrow::Cow::Borrowed(_) => None,
-                    std::borrow::Cow::Owned(shown) => {
-                        Some(serde_json::Value::from(shown).to_string())
-                    }
-                },
-                Err(_) => Some(format!("\"{REDACTED}\"")),
-            }
-        } else if revealed.is_some_and(|t| t.expose() == inner.as_bytes()) {
-            None
-        } else {
-            // No escapes: the literal is the string itself, and a redacted one needs none.
-            match redact(inner) {
+        // Without escapes the literal's inside is the string itself: no decoding needed.
+        let decoded = match inner.contains('\\') {
+            false => Ok(std::borrow::Cow::Borrowed(inner)),
+            true => serde_json::from_str::<String>(literal).map(std::borrow::Cow::Owned),
+        };
+        let replaced = match decoded {
+            Ok(text) if revealed.is_some_and(|t| t.expose() == text.as_bytes()) => None,
+            Ok(text) => match redact(&text) {
                 std::borrow::Cow::Borrowed(_) => None,
-                std::borrow::Cow::Owned(shown) => Some(format!("\"{shown}\"")),
-            }
+                std::borrow::Cow::Owned(shown) => Some(serde_json::Value::from(shown).to_string()),
+            },
+            Err(_) => Some(format!("\"{REDACTED}\"")),
         };
         if let Some(replaced) = replaced {
             out.push_str(&json[copied..open]);
