@@ -69,14 +69,7 @@ fn plaintext_mint_stores_the_token_itself() {
     assert_eq!(env.check(&token, &["read"]), OK);
     // lint warns about plaintext but the file is fine.
     let lint = env.tokenfile(&["lint", "--json"]).ok().json();
-    assert!(
-        lint["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["kind"] == "plaintext"),
-        "{lint}"
-    );
+    assert!(has_finding(&lint, |f| f["kind"] == "plaintext"), "{lint}");
     env.tokenfile(&["lint", "--strict"]).code(PROBLEMS);
 }
 
@@ -556,11 +549,7 @@ fn check_refuses_a_world_writable_file() {
     assert!(out.err().contains("world-writable"), "{out:?}");
     let lint = env.tokenfile(&["lint", "--json"]).code(PROBLEMS).json();
     assert!(
-        lint["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["kind"] == "unsafe-permissions"),
+        has_finding(&lint, |f| f["kind"] == "unsafe-permissions"),
         "{lint}"
     );
     env.chmod(0o600);
@@ -643,11 +632,7 @@ fn an_expired_record_grants_nothing_and_is_listed_as_expired() {
 
     let lint = env.tokenfile(&["lint", "--json"]).ok().json();
     assert!(
-        lint["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["kind"] == "expired" && f["line"] == 1),
+        has_finding(&lint, |f| f["kind"] == "expired" && f["line"] == 1),
         "{lint}"
     );
     let json = env

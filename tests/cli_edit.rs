@@ -51,12 +51,8 @@ fn assert_saved_copy(env: &Env, out: &Out, expected: &[u8]) {
     // It holds every credential: `lint` keeps reminding the admin until it is gone.
     let lint = env.tokenfile(&["lint", "--json"]).json();
     assert!(
-        lint["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["kind"] == "saved-edit-copy"
-                && f["message"].as_str().unwrap().contains(&saved)),
+        has_finding(&lint, |f| f["kind"] == "saved-edit-copy"
+            && f["message"].as_str().unwrap().contains(&saved)),
         "{lint}"
     );
 }

@@ -159,11 +159,7 @@ fn the_first_record_of_a_token_is_the_one_that_counts() {
     expect(&env, "dup", &["write"], FORBIDDEN);
     let lint = env.tokenfile(&["lint", "--json"]).code(PROBLEMS).json();
     assert!(
-        lint["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["kind"] == "duplicate" && f["line"] == 2),
+        has_finding(&lint, |f| f["kind"] == "duplicate" && f["line"] == 2),
         "{lint}"
     );
 }

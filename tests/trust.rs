@@ -228,12 +228,8 @@ fn a_world_readable_plaintext_file_is_refused_but_hashed_records_may_be_read() {
     env.tokenfile(&["mint", "--scope", "read"]).code(PROBLEMS);
     let lint = env.tokenfile(&["lint", "--json"]).code(PROBLEMS).json();
     assert!(
-        lint["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["severity"] == "error"
-                && f["message"].as_str().unwrap_or("").contains("chmod o-r")),
+        has_finding(&lint, |f| f["severity"] == "error"
+            && f["message"].as_str().unwrap_or("").contains("chmod o-r")),
         "{lint}"
     );
     // Plaintext after the line that matches must be found too: check may stop early.
@@ -331,7 +327,7 @@ fn group_writable_components_are_a_lint_warning_not_a_refusal() {
     check(&env, &file).ok();
     let lint = run_in(&env, &file, &["lint", "--json"], None).ok().json();
     assert!(
-        lint["findings"].as_array().unwrap().iter().any(|f| {
+        has_finding(&lint, |f| {
             f["kind"] == "group-writable"
                 && f["severity"] == "warning"
                 && f["message"]

@@ -369,6 +369,15 @@ impl Env {
     }
 }
 
+/// Whether `lint --json` output `lint` has a finding that `matches`.
+pub fn has_finding(lint: &serde_json::Value, matches: impl Fn(&serde_json::Value) -> bool) -> bool {
+    lint["findings"]
+        .as_array()
+        .expect("lint --json has findings")
+        .iter()
+        .any(matches)
+}
+
 pub fn leftovers_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("read_dir")
