@@ -162,11 +162,7 @@ fn network_fs_name(path: &Path) -> Option<&'static str> {
 /// it, docs/trust.md), digests others can read, a lock file or audit log that a change would
 /// refuse (`audit_log`: where the audit log is), and a network file system.
 pub fn lint_file(trusted: &Trusted, doc: &Document, audit_log: &Path) -> Vec<Finding> {
-    let mut findings: Vec<Finding> = trusted
-        .warnings
-        .iter()
-        .map(|w| Finding::new(Severity::Warning, "group-writable", None, w.clone()))
-        .collect();
+    let mut findings: Vec<Finding> = group_writable(&trusted.warnings).collect();
     let path = &trusted.real;
     if let Some(reason) =
         trust::exposed_reason(path, &trusted.meta, || trust::document_holds_plaintext(doc))
@@ -253,11 +249,14 @@ pub fn lint_refusal(why: &Unsafe) -> Vec<Finding> {
         .reasons
         .iter()
         .map(|r| Finding::new(Severity::Error, "unsafe-permissions", None, r.clone()));
-    let warnings = why
-        .warnings
+    errors.chain(group_writable(&why.warnings)).collect()
+}
+
+/// The group-writable components [`trust`] noticed, as warnings: an admin's choice.
+fn group_writable(warnings: &[String]) -> impl Iterator<Item = Finding> + '_ {
+    warnings
         .iter()
-        .map(|w| Finding::new(Severity::Warning, "group-writable", None, w.clone()));
-    errors.chain(warnings).collect()
+        .map(|w| Finding::new(Severity::Warning, "group-writable", None, w.clone()))
 }
 
 #[cfg(test)]
