@@ -392,6 +392,12 @@ pub fn is_record_line(content: &[u8]) -> bool {
     !is_comment(content) && !is_blank(content)
 }
 
+/// The first field of a line meant as a record (see [`is_record_line`]), as written:
+/// untrimmed, whether or not the rest of the line is valid.
+pub fn credential_field(content: &[u8]) -> Option<&[u8]> {
+    is_record_line(content).then(|| content.split(|&b| b == b'\t').next().unwrap_or_default())
+}
+
 /// Classifies one line (without its ending).
 pub fn parse_line(content: &[u8]) -> Entry {
     if is_comment(content) {

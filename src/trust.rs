@@ -476,10 +476,9 @@ pub fn ensure_not_exposed(
 /// its first field may well be a token (a typo in its scopes, a space pasted after it, does
 /// not make it less of one), so it counts too; a first field of several words is no token.
 pub fn line_holds_plaintext(content: &[u8]) -> bool {
-    if !format::is_record_line(content) {
+    let Some(first) = format::credential_field(content) else {
         return false;
-    }
-    let first = content.split(|&b| b == b'\t').next().unwrap_or_default();
+    };
     let first = first.trim_ascii();
     !first.is_empty()
         && !first.iter().any(u8::is_ascii_whitespace)

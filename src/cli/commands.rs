@@ -99,14 +99,9 @@ const PLAINTEXT_CHECKED_FROM: usize = 16;
 /// looked at, with no record built: this runs under the lock.
 fn refuse_plaintext_in(doc: &Document, name: &str, scopes: &str, file: &Path) -> Result<()> {
     for (index, line) in doc.lines.iter().enumerate() {
-        if !format::is_record_line(&line.content) {
+        let Some(credential) = format::credential_field(&line.content) else {
             continue;
-        }
-        let credential = line
-            .content
-            .split(|&b| b == b'\t')
-            .next()
-            .unwrap_or_default();
+        };
         if credential.len() < PLAINTEXT_CHECKED_FROM || credential.starts_with(b"sha256:") {
             continue;
         }
