@@ -150,9 +150,11 @@ for n in $sizes; do
   done
 done
 
-# 2. Reload: read the file whole and build the TokenIndex (TokenIndex::load, what serve does
-#    on a change), and read + index it in chunks (TokenIndex::read_from), vs wc -l. Each is a
-#    whole process run: start, read, index, exit.
+# 2. Reload: read and index the file as serve does on a change (TokenIndex::read_file: in
+#    chunks, two halves by two threads past 4 MiB), and in chunks by one thread
+#    (TokenIndex::read_from), vs wc -l. Each is a whole process run: start, read, index, exit.
+#    (Builds before the line module read the file whole and indexed the bytes, two halves by
+#    two threads: LOAD_INDEX_BIN of such a build times that.)
 stream=0
 "$load" /dev/null --stream --quiet 2>/dev/null && stream=1
 for n in $sizes; do

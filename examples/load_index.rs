@@ -4,10 +4,13 @@
 //! cargo run --release --example load_index -- tokens              # one load, then exit
 //! cargo run --release --example load_index -- tokens --iterations 10
 //! cargo run --release --example load_index -- tokens --stream     # TokenIndex::read_from
+//! cargo run --release --example load_index -- tokens --whole      # fs::read + TokenIndex::load
 //! ```
 //!
-//! By default the file is read whole (`fs::read`) and indexed with `TokenIndex::load`, as
-//! `serve` does; `--stream` reads and indexes it in chunks with `TokenIndex::read_from`.
+//! By default the file is read and indexed by `TokenIndex::read_file`, as `serve` does (in
+//! chunks, a large file as two halves by two threads); `--stream` reads and indexes it in
+//! chunks by one thread (`TokenIndex::read_from`); `--whole` reads it into memory first
+//! (`fs::read`) and indexes the bytes (`TokenIndex::load`).
 //! Prints one line per load (`read_ms`, `load_ms`, records, problems) on stderr and, with
 //! `--iterations`, the median on stdout. Run once without `--iterations` it is a process that
 //! reads and indexes the file and exits — what `bench/run.sh` times against `wc -l`. The
@@ -17,9 +20,9 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use tokenfile::check::TokenIndex;
+use tokenfile::index::TokenIndex;
 
-const USAGE: &str = "usage: load_index FILE [--stream] [--iterations N] [--quiet]";
+const USAGE: &str = "usage: load_index FILE [--stream | --whole] [--iterations N] [--quiet]";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
     let mut iterations = 1usize;
     let mut quiet = false;
     let mut stream = false;
+    let mut whole = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--iterations" => match args.next().and_then(|n| n.parse().ok()) {
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
             },
             "--quiet" => quiet = true,
             "--stream" => stream = true,
+            "--whole" => whole = true,
             _ if file.is_none() => file = Some(arg),
             _ => {
                 eprintln!("{USAGE}");
@@ -52,8 +57,15 @@ fn main() -> ExitCode {
     let mut totals = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let started = Instant::now();
-        let (bytes, read, (index, problems)) = if stream {
-            let loaded = std::fs::File::open(&file).and_then(TokenIndex::read_from);
+        let (bytes, read, (index, problems)) = if !whole {
+            let loaded = std::fs::File::open(&file).and_then(|file| match stream {
+                true => TokenIndex::read_from(file),
+                false => {
+                    let size = file.metadata()?.len();
+                    let indexed = TokenIndex::read_file(&file, size)?;
+                    Ok((indexed.index, indexed.problems))
+                }
+            });
             match loaded {
                 // Reading and indexing interleave: all of it counts as load_ms.
                 Ok(loaded) => (Vec::new(), std::time::Duration::ZERO, loaded),

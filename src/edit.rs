@@ -95,14 +95,14 @@ fn merge_appended(original: &[u8], current: &[u8], edited: &[u8]) -> Option<Vec<
     Some(merged)
 }
 
-/// Record lines by ID (first record of each ID), for the audit log.
+/// Record lines by ID (the record that counts for each), for the audit log.
 fn records_by_id<'a>(doc: &Document<'a>) -> BTreeMap<Id, (AuditRecord, Line<'a>)> {
-    let mut map = BTreeMap::new();
-    for (index, record) in doc.records() {
-        map.entry(record.id())
-            .or_insert_with(|| (AuditRecord::from(&record), doc.lines[index].clone()));
-    }
-    map
+    doc.counted_records()
+        .map(|(line, record)| {
+            let text = doc.lines()[line - 1].clone();
+            (record.id(), (AuditRecord::from(&record), text))
+        })
+        .collect()
 }
 
 fn audit_event(before: &[u8], after: &[u8]) -> Event {

@@ -9,33 +9,18 @@
 //! made a 1M-line file cost a million allocations); a changed or appended line owns its bytes.
 
 use std::borrow::Cow;
+use std::collections::hash_map::Entry::{Occupied, Vacant};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::ops::ControlFlow;
 
+use crate::lines::{self, BOM, Ending};
 use crate::scope::{ScopeError, ScopeSet};
-use crate::token::{Digest, Id, Secret};
+use crate::token::{Digest, ID_LEN, Id, IdPrefix, Secret};
 use crate::when::{Timestamp, parse_timestamp};
 
-pub const BOM: &[u8] = b"\xEF\xBB\xBF";
 pub const HASH_PREFIX: &[u8] = b"sha256:";
 pub const MAX_FIELDS: usize = 5;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    Lf,
-    CrLf,
-    /// Only the last line of a file can lack an ending.
-    None,
-}
-
-impl Ending {
-    pub fn as_bytes(self) -> &'static [u8] {
-        match self {
-            Ending::Lf => b"\n",
-            Ending::CrLf => b"\r\n",
-            Ending::None => b"",
-        }
-    }
-}
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Line<'a> {
@@ -58,42 +43,37 @@ impl Line<'_> {
     }
 }
 
+/// A token file, line by line, as it was read: see the module comment. Its lines are only
+/// ever changed by its own operations, each of which keeps every other line byte for byte.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Document<'a> {
-    pub bom: bool,
-    pub lines: Vec<Line<'a>>,
+    bom: bool,
+    lines: Vec<Line<'a>>,
 }
 
 impl<'a> Document<'a> {
     /// Splits `bytes` into lines that borrow from it; nothing is copied.
     pub fn parse(bytes: &'a [u8]) -> Document<'a> {
-        let (bom, rest) = match bytes.strip_prefix(BOM) {
-            Some(rest) => (true, rest),
-            None => (false, bytes),
-        };
+        let (bom, rest) = lines::strip_bom(bytes);
         let mut lines = Vec::with_capacity(rest.len() / 64 + 1);
-        let mut start = 0;
-        for end in memchr::memchr_iter(b'\n', rest) {
-            let content = &rest[start..end];
-            lines.push(match content.strip_suffix(b"\r") {
-                Some(content) => Line {
-                    content: Cow::Borrowed(content),
-                    ending: Ending::CrLf,
-                },
-                None => Line {
-                    content: Cow::Borrowed(content),
-                    ending: Ending::Lf,
-                },
-            });
-            start = end + 1;
-        }
-        if start < rest.len() {
+        lines::split(rest, true, |content, ending| {
             lines.push(Line {
-                content: Cow::Borrowed(&rest[start..]),
-                ending: Ending::None,
+                content: Cow::Borrowed(content),
+                ending,
             });
-        }
+            ControlFlow::Continue(())
+        });
         Document { bom, lines }
+    }
+
+    /// Whether the file starts with a byte order mark (kept, never part of line 1).
+    pub fn has_bom(&self) -> bool {
+        self.bom
+    }
+
+    /// The lines, line 1 first.
+    pub fn lines(&self) -> &[Line<'a>] {
+        &self.lines
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -195,12 +175,48 @@ impl<'a> Document<'a> {
             .map(|(i, line)| (i + 1, line.entry()))
     }
 
+    /// Every line with its 1-based number and what it counts for: only the first record of
+    /// a token counts (docs/format.md), a later one is a [`Duplicate`].
+    pub fn classify(&self) -> impl Iterator<Item = (usize, Classified)> + '_ {
+        let mut first_line_of: HashMap<Digest, usize> = HashMap::new();
+        self.entries().map(move |(line, entry)| {
+            let classified = match entry {
+                Entry::Blank => Classified::Blank,
+                Entry::Comment => Classified::Comment,
+                Entry::Invalid(why) => Classified::Invalid(why),
+                Entry::Record(record) => match first_line_of.entry(record.digest()) {
+                    Vacant(vacant) => {
+                        vacant.insert(line);
+                        Classified::Record(record)
+                    }
+                    Occupied(first) => {
+                        let duplicate = Duplicate {
+                            line,
+                            first: *first.get(),
+                            id: record.id(),
+                        };
+                        Classified::Duplicate(record, duplicate)
+                    }
+                },
+            };
+            (line, classified)
+        })
+    }
+
+    /// The record that counts for each token, with its 1-based line number.
+    pub fn counted_records(&self) -> impl Iterator<Item = (usize, Record)> + '_ {
+        self.classify()
+            .filter_map(|(line, classified)| match classified {
+                Classified::Record(record) => Some((line, record)),
+                _ => None,
+            })
+    }
+
     /// The 1-based numbers of the invalid lines, as [`Document::entries`] would classify
     /// them, without building a record for every line: each distinct scopes field is checked
     /// once. (`mint` on a 100k-record file spent a third of its time on full records.)
     pub fn invalid_lines(&self) -> Vec<usize> {
-        let mut scopes: std::collections::HashMap<&[u8], Result<(), ScopeError>, FieldHash> =
-            Default::default();
+        let mut scopes: HashMap<&[u8], Result<(), ScopeError>> = HashMap::new();
         let mut invalid = Vec::new();
         for (i, line) in self.lines.iter().enumerate() {
             let content: &[u8] = &line.content;
@@ -221,8 +237,8 @@ impl<'a> Document<'a> {
         invalid
     }
 
-    /// Every valid record with its 0-based line index.
-    pub fn records(&self) -> impl Iterator<Item = (usize, Record)> + '_ {
+    /// Every valid record, duplicates included, with its 0-based line index.
+    fn records(&self) -> impl Iterator<Item = (usize, Record)> + '_ {
         self.lines
             .iter()
             .enumerate()
@@ -231,34 +247,206 @@ impl<'a> Document<'a> {
                 _ => None,
             })
     }
-}
 
-/// A fast hash for fields of the file (scopes fields, seen again and again): they come from
-/// the file, whose writer can grant itself anything anyway, so there is no flooding to
-/// defend against.
-#[derive(Default, Clone, Copy)]
-pub struct FieldHasher(u64);
+    /// The 1-based number of the first line whose credential is plaintext, at least
+    /// `min_len` bytes long and found inside `value` (a legacy token pasted into a name).
+    /// Only the first field of each line is looked at, with no record built.
+    pub fn credential_inside(&self, value: &[u8], min_len: usize) -> Option<usize> {
+        self.lines
+            .iter()
+            .position(|line| {
+                credential_field(&line.content).is_some_and(|credential| {
+                    credential.len() >= min_len
+                        && !credential.starts_with(HASH_PREFIX)
+                        && memchr::memmem::find(value, credential).is_some()
+                })
+            })
+            .map(|index| index + 1)
+    }
 
-impl std::hash::Hasher for FieldHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x51_7C_C1_B7_27_22_0A_95);
+    /// The IDs of the records that count, with their names: what a person's ID prefix is
+    /// resolved against.
+    pub fn ids(&self) -> Ids {
+        Ids(self
+            .counted_records()
+            .map(|(_, record)| (record.id(), record.name_lossy()))
+            .collect())
+    }
+
+    /// The record that counts for `id`.
+    pub fn record_of(&self, id: Id) -> Option<Record> {
+        self.counted_records()
+            .map(|(_, record)| record)
+            .find(|record| record.id() == id)
+    }
+
+    /// Appends a new record, formatted by [`Record::to_line`].
+    pub fn push_record(&mut self, record: &Record) {
+        self.push_line(record.to_line());
+    }
+
+    /// Removes every record line with one of `ids` — duplicates too, so that no copy of a
+    /// revoked token keeps granting — and the [`Replaced`] markers about them, which have
+    /// nothing left to say.
+    pub fn remove_records(&mut self, ids: &[Id]) {
+        let mut doomed: BTreeSet<usize> = self
+            .records()
+            .filter(|(_, r)| ids.contains(&r.id()))
+            .map(|(i, _)| i)
+            .collect();
+        doomed.extend(self.lines.iter().enumerate().filter_map(|(i, line)| {
+            let marker = Replaced::parse(&line.content)?;
+            ids.iter().any(|id| id.as_str() == marker.old).then_some(i)
+        }));
+        let mut index = 0;
+        self.lines.retain(|_| {
+            index += 1;
+            !doomed.contains(&(index - 1))
+        });
+    }
+
+    /// Makes every record of `id` expire no later than `until`, leaving the rest of each line
+    /// byte for byte.
+    pub fn shorten_expiry(&mut self, id: Id, until: Timestamp) {
+        let stamp = crate::when::format_timestamp(until);
+        let targets: Vec<(usize, Record)> = self.records().filter(|(_, r)| r.id() == id).collect();
+        for (index, record) in targets {
+            if record.expires.is_some_and(|e| e <= until) {
+                continue;
+            }
+            let line = &mut self.lines[index];
+            line.content = with_field(&line.content, FIELD_EXPIRES, stamp.as_bytes()).into();
         }
     }
 
-    fn write_usize(&mut self, n: usize) {
-        self.write(&n.to_le_bytes());
+    /// Puts `new` in the place of the record `old`: at once, or with `grace_until` by keeping
+    /// `old` until then and saying which record replaced it (a [`Replaced`] marker).
+    pub fn replace_record(&mut self, old: Id, new: &Record, grace_until: Option<Timestamp>) {
+        match grace_until {
+            Some(until) => {
+                self.shorten_expiry(old, until);
+                self.push_line(Replaced::line(old, new.id()));
+            }
+            None => self.remove_records(&[old]),
+        }
+        self.push_record(new);
     }
 
-    fn finish(&self) -> u64 {
-        self.0
+    /// Stores the SHA-256 of every plaintext credential instead of the credential, each
+    /// line's other fields byte for byte; returns the records that were hashed (duplicates
+    /// too).
+    pub fn hash_plaintext(&mut self) -> Vec<Record> {
+        let plain: Vec<(usize, Record)> = self
+            .records()
+            .filter(|(_, r)| r.credential.is_plaintext())
+            .collect();
+        for (index, record) in &plain {
+            let line = &mut self.lines[*index];
+            let field = Credential::hashed_field(&record.digest());
+            line.content = with_field(&line.content, FIELD_CREDENTIAL, &field).into();
+        }
+        plain.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Which record replaced which, by the [`Replaced`] markers: old ID to new ID, the latest
+    /// marker counting (a record rotated twice was replaced by the second one).
+    pub fn replacements(&self) -> HashMap<&str, &str> {
+        self.lines
+            .iter()
+            .filter_map(|line| Replaced::parse(&line.content))
+            .map(|marker| (marker.old, marker.new))
+            .collect()
     }
 }
 
-pub type FieldHash = std::hash::BuildHasherDefault<FieldHasher>;
+/// The IDs of a document's records that count ([`Document::ids`]), with their names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ids(BTreeMap<Id, String>);
+
+impl Ids {
+    /// The one ID that `prefix` matches.
+    pub fn resolve(&self, prefix: &IdPrefix) -> Result<Id, Unresolved> {
+        let mut matches = self.0.iter().filter(|(id, _)| prefix.matches(id));
+        match (matches.next(), matches.next()) {
+            (None, _) => Err(Unresolved::NoMatch),
+            (Some((id, _)), None) => Ok(*id),
+            (Some(first), Some(second)) => Err(Unresolved::Ambiguous(
+                [first, second]
+                    .into_iter()
+                    .chain(matches)
+                    .map(|(id, name)| (*id, name.clone()))
+                    .collect(),
+            )),
+        }
+    }
+}
+
+/// Why an ID prefix resolves to no single record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unresolved {
+    NoMatch,
+    /// Every ID it matches, with the name of its record.
+    Ambiguous(Vec<(Id, String)>),
+}
+
+/// A line as [`Document::classify`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Classified {
+    Blank,
+    Comment,
+    Invalid(Invalid),
+    /// The record that counts for its token.
+    Record(Record),
+    /// A later record of a token that an earlier line has: it grants nothing.
+    Duplicate(Record, Duplicate),
+}
+
+/// A record line whose token an earlier record line already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duplicate {
+    /// 1-based numbers of this line and of the first line with the token.
+    pub line: usize,
+    pub first: usize,
+    pub id: Id,
+}
+
+impl fmt::Display for Duplicate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Duplicate { first, id, .. } = self;
+        write!(
+            f,
+            "same token as line {first} (ID {id}); only line {first} counts"
+        )
+    }
+}
+
+/// The comment `rotate --grace` writes above the new record, so that `list` can say which
+/// record replaced the one kept for the grace period. A comment: every reader ignores it, and
+/// `edit` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replaced<'a> {
+    pub old: &'a str,
+    pub new: &'a str,
+}
+
+impl<'a> Replaced<'a> {
+    const PREFIX: &'static str = "# tokenfile: ";
+    const VERB: &'static str = " replaced by ";
+
+    /// The marker line saying that `new` replaced `old`.
+    pub fn line(old: Id, new: Id) -> Vec<u8> {
+        format!("{}{old}{}{new} (rotate --grace)", Self::PREFIX, Self::VERB).into_bytes()
+    }
+
+    /// The marker that `content` is, if it is one.
+    pub fn parse(content: &'a [u8]) -> Option<Replaced<'a>> {
+        let rest = std::str::from_utf8(content.strip_prefix(Self::PREFIX.as_bytes())?).ok()?;
+        let (old, rest) = rest.split_once(Self::VERB)?;
+        let new = rest.split(' ').next()?;
+        let is_id = |s: &str| s.len() == ID_LEN && s.bytes().all(|b| b.is_ascii_hexdigit());
+        (is_id(old) && is_id(new)).then_some(Replaced { old, new })
+    }
+}
 
 /// What one line is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,6 +484,14 @@ impl Credential {
         matches!(self, Credential::Plain(_))
     }
 
+    /// The credential field as stored: the token itself, or `sha256:<64 lowercase hex>`.
+    pub fn field(&self) -> Cow<'_, [u8]> {
+        match self {
+            Credential::Plain(secret) => Cow::Borrowed(secret.expose()),
+            Credential::Hashed(digest) => Cow::Owned(Credential::hashed_field(digest)),
+        }
+    }
+
     /// The stored form of a digest: `sha256:<64 lowercase hex>`.
     pub fn hashed_field(digest: &Digest) -> Vec<u8> {
         let mut field = HASH_PREFIX.to_vec();
@@ -329,6 +525,18 @@ impl Record {
 
     pub fn is_expired(&self, now: Timestamp) -> bool {
         self.expires.is_some_and(|e| e <= now)
+    }
+
+    /// The record as a line of the file (see [`format_record`]); parsing it gives the
+    /// record back, times to the second.
+    pub fn to_line(&self) -> Vec<u8> {
+        format_record(
+            &self.credential.field(),
+            &self.scopes,
+            &self.name,
+            self.created,
+            self.expires,
+        )
     }
 }
 

@@ -1,14 +1,12 @@
 //! Problems of a token file: what `lint` reports and what `edit` validates. Whether a file
 //! may be trusted at all is [`crate::trust`]'s to decide; `lint` reports its verdict.
 
-use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::format::{Credential, Document, Entry};
-use crate::token::Digest;
+use crate::format::{Classified, Credential, Document};
 use crate::trust::{self, Trusted, Unsafe};
 use crate::when::{Timestamp, format_timestamp};
 
@@ -53,8 +51,7 @@ impl Finding {
 /// Content problems: invalid lines, duplicates, expired and plaintext records, dead scopes.
 pub fn lint_document(doc: &Document, now: Timestamp) -> Vec<Finding> {
     let mut findings = Vec::new();
-    let mut first_line_of: HashMap<Digest, usize> = HashMap::new();
-    if doc.bom {
+    if doc.has_bom() {
         findings.push(Finding::new(
             Severity::Warning,
             "bom",
@@ -62,10 +59,10 @@ pub fn lint_document(doc: &Document, now: Timestamp) -> Vec<Finding> {
             "the file starts with a UTF-8 byte order mark, which older readers take as part of the first credential".into(),
         ));
     }
-    for (line, entry) in doc.entries() {
-        let record = match entry {
-            Entry::Record(record) => record,
-            Entry::Invalid(why) => {
+    for (line, classified) in doc.classify() {
+        let record = match classified {
+            Classified::Record(record) => record,
+            Classified::Invalid(why) => {
                 findings.push(Finding::new(
                     Severity::Error,
                     "invalid",
@@ -74,26 +71,25 @@ pub fn lint_document(doc: &Document, now: Timestamp) -> Vec<Finding> {
                 ));
                 continue;
             }
-            Entry::Blank | Entry::Comment => continue,
+            Classified::Duplicate(_, duplicate) => {
+                let id = duplicate.id;
+                findings.push(
+                    Finding::new(
+                        Severity::Error,
+                        "duplicate",
+                        Some(line),
+                        format!(
+                            "{duplicate}: remove this line with `tokenfile edit` (`revoke {id}` \
+                             removes every line with that token)"
+                        ),
+                    )
+                    .with_id(id),
+                );
+                continue;
+            }
+            Classified::Blank | Classified::Comment => continue,
         };
         let id = record.id();
-        if let Some(&first) = first_line_of.get(&record.digest()) {
-            findings.push(
-                Finding::new(
-                    Severity::Error,
-                    "duplicate",
-                    Some(line),
-                    format!(
-                        "same token as line {first} (ID {id}); only line {first} counts: remove \
-                         this line with `tokenfile edit` (`revoke {id}` removes every line with \
-                         that token)"
-                    ),
-                )
-                .with_id(id),
-            );
-            continue;
-        }
-        first_line_of.insert(record.digest(), line);
         if let Some(expires) = record.expires.filter(|&e| e <= now) {
             findings.push(
                 Finding::new(
@@ -262,6 +258,7 @@ fn group_writable(warnings: &[String]) -> impl Iterator<Item = Finding> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::Digest;
     use crate::when::parse_timestamp;
 
     fn kinds(file: &str) -> Vec<(&'static str, Option<usize>)> {

@@ -22,7 +22,8 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, BufRead, Read, Seek};
+use std::io::{self, Read, Seek};
+use std::ops::ControlFlow;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -490,30 +491,19 @@ pub fn line_holds_plaintext(content: &[u8]) -> bool {
 
 /// Whether a parsed file holds a plaintext credential ([`line_holds_plaintext`]).
 pub fn document_holds_plaintext(doc: &Document) -> bool {
-    doc.lines
+    doc.lines()
         .iter()
         .any(|line| line_holds_plaintext(&line.content))
 }
 
 /// [`document_holds_plaintext`] of everything `reader` yields, read line by line.
 pub fn plaintext_in(reader: impl Read) -> io::Result<bool> {
-    let mut reader = io::BufReader::with_capacity(256 * 1024, reader);
-    let mut line = Vec::new();
-    let mut first = true;
-    loop {
-        line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            return Ok(false);
+    crate::lines::read(reader, true, |content, _| {
+        match line_holds_plaintext(content) {
+            true => ControlFlow::Break(()),
+            false => ControlFlow::Continue(()),
         }
-        let mut content = line.strip_suffix(b"\n").unwrap_or(&line);
-        content = content.strip_suffix(b"\r").unwrap_or(content);
-        if std::mem::take(&mut first) {
-            content = content.strip_prefix(format::BOM).unwrap_or(content);
-        }
-        if line_holds_plaintext(content) {
-            return Ok(true);
-        }
-    }
+    })
 }
 
 impl Trusted {

@@ -172,7 +172,7 @@ fn kill_9_never_lands_a_change_without_its_audit_line() {
     let bytes = std::fs::read(&scratch.file).unwrap();
     let doc = tokenfile::format::Document::parse(&bytes);
     let landed: Vec<String> = doc
-        .records()
+        .counted_records()
         .filter(|(_, r)| r.scopes.to_field() == "fault")
         .map(|(_, r)| r.id().to_string())
         .collect();

@@ -14,11 +14,13 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 use fuzz_support::{Property, fuzz};
-use tokenfile::check::{self, Grant, LoadProblem, TokenIndex};
+use tokenfile::check::Grant;
 use tokenfile::format::{
-    self, BOM, Credential, Document, Ending, Entry, MAX_FIELDS, format_record, parse_line,
-    with_field,
+    self, Credential, Document, Entry, MAX_FIELDS, format_record, parse_line, with_field,
 };
+use tokenfile::index::{LoadProblem, TokenIndex};
+use tokenfile::lines::{BOM, Ending};
+use tokenfile::scan;
 use tokenfile::scope::ScopeSet;
 use tokenfile::token::{Digest, Secret};
 use tokenfile::when::{format_timestamp, parse_timestamp};
@@ -162,7 +164,7 @@ fn round_trip(input: &[u8]) -> Result<(), TestCaseError> {
     prop_assert!(bytes.starts_with(input));
     let style = doc.preferred_ending().as_bytes();
     let mut expected = input.to_vec();
-    if let Some(last) = doc.lines.last().filter(|l| l.ending == Ending::None) {
+    if let Some(last) = doc.lines().last().filter(|l| l.ending == Ending::None) {
         // A trailing CR stays part of its line: it gets CRLF, not the file's style.
         expected.extend_from_slice(if last.content.ends_with(b"\r") {
             b"\r\n"
@@ -174,9 +176,9 @@ fn round_trip(input: &[u8]) -> Result<(), TestCaseError> {
     expected.extend_from_slice(style);
     prop_assert_eq!(&bytes, &expected);
     let reparsed = Document::parse(&bytes);
-    prop_assert_eq!(reparsed.lines.len(), doc.lines.len() + 1);
+    prop_assert_eq!(reparsed.lines().len(), doc.lines().len() + 1);
     // Every old line still says what it said.
-    for (old, new) in doc.lines.iter().zip(&reparsed.lines) {
+    for (old, new) in doc.lines().iter().zip(reparsed.lines()) {
         prop_assert_eq!(&old.content, &new.content);
         prop_assert_eq!(old.entry(), new.entry());
     }
@@ -260,9 +262,9 @@ fn readers_agree(bytes: &[u8], chunk: usize) -> Result<(), TestCaseError> {
             .iter()
             .find(|(d, _)| *d == secret.digest() && !token.is_empty())
             .map(|(_, g)| g.clone());
-        let found = check::find_record(bytes, &secret);
+        let found = scan::find_record(bytes, &secret).unwrap();
         prop_assert_eq!(&found, &want, "token {:?}", token);
-        let scanned = check::find_record_in(Trickle(bytes, chunk), &secret).unwrap();
+        let scanned = scan::find_record(Trickle(bytes, chunk), &secret).unwrap();
         prop_assert_eq!(&scanned, &want, "token {:?} in chunks of {}", token, chunk);
     }
     Ok(())
@@ -290,8 +292,9 @@ fn readers_agree_on_nasty_files() {
     let mut long = vec![b'x'; 800 << 10];
     long.extend_from_slice(b"\tread\nshort\n");
     files.push(long);
-    // Past 4 MiB `TokenIndex::load` parses two halves in two threads: duplicates across the
-    // halves, invalid lines in both, CRLF, and a last line without an ending.
+    // Past 4 MiB `TokenIndex::read_file` reads two halves in two threads (as
+    // `read_from_parts` does here): duplicates across the halves, invalid lines in both, CRLF,
+    // and a last line without an ending.
     let mut large = b"\xEF\xBB\xBF# header\r\n".to_vec();
     for i in 0.. {
         if large.len() > (4 << 20) + (64 << 10) {

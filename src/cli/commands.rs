@@ -1,23 +1,21 @@
 //! One function per command (README.md "Commands"; exit codes: docs/exit-codes.md).
 
-use std::collections::BTreeSet;
 use std::io::{self, IsTerminal};
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 
 use clap::CommandFactory;
-use serde::Serialize;
 
 use super::Context;
 use super::args::{CheckArgs, Cli, Command, LintArgs, MintArgs, RotateArgs, ServeArgs};
+use super::json::{CheckReport, Issued, LintReport, ListedRecord, Listing};
 use super::output::{self, Stdout, note, printable};
 use crate::audit::{AuditRecord, Commit, Event};
 use crate::check::{self, Decision, Unauthorized};
 use crate::error::{Error, Exit, Result};
-use crate::format::{
-    self, Credential, Document, FIELD_CREDENTIAL, FIELD_EXPIRES, Record, format_record,
-};
+use crate::format::{Classified, Credential, Document, Record, Unresolved};
 use crate::lint::{self, Severity};
+use crate::scan;
 use crate::scope::{RequiredScopes, ScopeSet};
 use crate::token::{self, Id, IdPrefix, Secret, Shape};
 use crate::when::{self, Timestamp, format_timestamp, parse_duration, parse_when};
@@ -98,23 +96,14 @@ const PLAINTEXT_CHECKED_FROM: usize = 16;
 /// would be stored, audited and shown by `list`. Only the credential field of each line is
 /// looked at, with no record built: this runs under the lock.
 fn refuse_plaintext_in(doc: &Document, name: &str, scopes: &str, file: &Path) -> Result<()> {
-    for (index, line) in doc.lines.iter().enumerate() {
-        let Some(credential) = format::credential_field(&line.content) else {
-            continue;
-        };
-        if credential.len() < PLAINTEXT_CHECKED_FROM || credential.starts_with(b"sha256:") {
-            continue;
-        }
-        for (flag, value) in [("--name", name), ("--scope", scopes)] {
-            if memchr::memmem::find(value.as_bytes(), credential).is_some() {
-                return Err(Error::usage(format!(
-                    "{flag}: the value holds the plaintext credential of line {} of {} (not \
-                     shown); a token never goes into a {}",
-                    index + 1,
-                    file.display(),
-                    flag.trim_start_matches('-')
-                )));
-            }
+    for (flag, value) in [("--name", name), ("--scope", scopes)] {
+        if let Some(line) = doc.credential_inside(value.as_bytes(), PLAINTEXT_CHECKED_FROM) {
+            return Err(Error::usage(format!(
+                "{flag}: the value holds the plaintext credential of line {line} of {} (not \
+                 shown); a token never goes into a {}",
+                file.display(),
+                flag.trim_start_matches('-')
+            )));
         }
     }
     Ok(())
@@ -131,24 +120,6 @@ fn future_expiry(text: Option<&str>, now: Timestamp) -> Result<Option<Timestamp>
         )));
     }
     Ok(Some(expires))
-}
-
-/// What `mint` and `rotate` print about a new token.
-#[derive(Serialize)]
-struct Issued<'a> {
-    /// Shown by [`reveal`] alone: every other string of the document is redacted.
-    #[serde(serialize_with = "serialize_secret")]
-    token: &'a Secret,
-    id: String,
-    name: String,
-    scopes: Vec<String>,
-    created: String,
-    expires: Option<String>,
-    stored: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    replaces: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    old_valid_until: Option<String>,
 }
 
 /// Shows the new token (alone, or in the JSON document) on stdout, flushed. Runs before the
@@ -202,21 +173,15 @@ fn announce(issued: &Issued, json: bool, file: &std::path::Path) {
     note("this is the only time the token is shown; store it now");
 }
 
-fn new_credential(token: &Secret, plaintext: bool) -> Vec<u8> {
-    if plaintext {
-        token.expose().to_vec()
-    } else {
-        Credential::hashed_field(&token.digest())
+fn new_credential(token: &Secret, plaintext: bool) -> Credential {
+    match plaintext {
+        true => Credential::Plain(token.clone()),
+        false => Credential::Hashed(token.digest()),
     }
 }
 
 fn stored_form(plaintext: bool) -> &'static str {
     if plaintext { "plaintext" } else { "hashed" }
-}
-
-fn serialize_secret<S: serde::Serializer>(token: &&Secret, s: S) -> Result<S::Ok, S::Error> {
-    // Minted tokens are URL-safe ASCII.
-    s.serialize_str(std::str::from_utf8(token.expose()).unwrap_or(""))
 }
 
 fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
@@ -225,37 +190,21 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
     let now = when::now();
     let expires = future_expiry(args.expires.as_deref(), now)?;
     let token = token::mint()?;
-    let line = format_record(
-        &new_credential(&token, args.plaintext),
-        &scopes,
-        args.name.as_bytes(),
-        Some(now),
+    let record = Record {
+        credential: new_credential(&token, args.plaintext),
+        scopes,
+        name: args.name.clone().into_bytes(),
+        created: Some(now),
         expires,
-    );
-    let id = token.digest().id();
-    let record = AuditRecord {
-        id: id.to_string(),
-        name: args.name.clone(),
-        scopes: scopes.to_field(),
-        expires: expires.map(format_timestamp),
     };
-    let event = Event::new("mint", vec![record]).with("stored", stored_form(args.plaintext));
-    let issued = Issued {
-        token: &token,
-        id: id.to_string(),
-        name: args.name.clone(),
-        scopes: scopes.items().iter().map(ToString::to_string).collect(),
-        created: format_timestamp(now),
-        expires: expires.map(format_timestamp),
-        stored: stored_form(args.plaintext),
-        replaces: None,
-        old_valid_until: None,
-    };
+    let event = Event::new("mint", vec![AuditRecord::from(&record)])
+        .with("stored", stored_form(args.plaintext));
+    let issued = issued(&token, &record, now, None);
     let audit = ctx.audit()?;
     let ((), invalid) = ctx.store.update_and(
         |doc| {
-            refuse_plaintext_in(doc, &args.name, &scopes.to_field(), ctx.store.path())?;
-            doc.push_line(line);
+            refuse_plaintext_in(doc, &args.name, &record.scopes.to_field(), ctx.store.path())?;
+            doc.push_record(&record);
             Ok(())
         },
         |_| Commit::new(&audit, event).revealing(|| reveal(&issued, args.json)),
@@ -281,76 +230,36 @@ fn warn_about_file(ctx: &Context, invalid: &[usize]) {
     }
 }
 
-/// Resolves user-given IDs or prefixes against the records of a document.
+/// Resolves user-given IDs or prefixes against the records of a document, in the order
+/// given (a repeated one once).
 fn resolve_ids(doc: &Document, given: &[String], file: &Path) -> Result<Vec<Id>> {
-    let mut names = std::collections::HashMap::new();
-    for (_, record) in doc.records() {
-        names
-            .entry(record.id())
-            .or_insert_with(|| record.name_lossy());
-    }
-    let known: BTreeSet<Id> = names.keys().copied().collect();
+    let ids = doc.ids();
     let mut resolved = Vec::new();
     for text in given {
-        let prefix = IdPrefix::parse(text)?;
-        let matches: Vec<Id> = known
-            .iter()
-            .copied()
-            .filter(|id| prefix.matches(id))
-            .collect();
-        match matches.as_slice() {
-            [] => {
-                return Err(Error::NoSuchId {
+        let id = ids
+            .resolve(&IdPrefix::parse(text)?)
+            .map_err(|unresolved| match unresolved {
+                Unresolved::NoMatch => Error::NoSuchId {
                     id: text.clone(),
                     file: file.to_path_buf(),
-                });
-            }
-            [one] => {
-                if !resolved.contains(one) {
-                    resolved.push(*one);
-                }
-            }
-            many => {
-                let named = |id: &Id| match names.get(id).map(String::as_str) {
-                    None | Some("") => id.to_string(),
-                    Some(name) => format!("{id} ({})", printable(name)),
-                };
-                return Err(Error::AmbiguousId {
+                },
+                Unresolved::Ambiguous(candidates) => Error::AmbiguousId {
                     prefix: text.clone(),
-                    candidates: many.iter().map(named).collect(),
+                    candidates: candidates
+                        .iter()
+                        .map(|(id, name)| match name.as_str() {
+                            "" => id.to_string(),
+                            name => format!("{id} ({})", printable(name)),
+                        })
+                        .collect(),
                     file: file.to_path_buf(),
-                });
-            }
+                },
+            })?;
+        if !resolved.contains(&id) {
+            resolved.push(id);
         }
     }
     Ok(resolved)
-}
-
-/// The first record of each ID (the one that counts), for reporting.
-fn first_records(doc: &Document, ids: &[Id]) -> Vec<Record> {
-    ids.iter()
-        .filter_map(|id| doc.records().find(|(_, r)| r.id() == *id).map(|(_, r)| r))
-        .collect()
-}
-
-/// Removes every record line with one of `ids` — duplicates too, so that no copy of a
-/// revoked token keeps granting.
-fn remove_records(doc: &mut Document, ids: &[Id]) {
-    let mut doomed: BTreeSet<usize> = doc
-        .records()
-        .filter(|(_, r)| ids.contains(&r.id()))
-        .map(|(i, _)| i)
-        .collect();
-    // A `rotate --grace` marker about a removed record has nothing left to say.
-    doomed.extend(doc.lines.iter().enumerate().filter_map(|(i, line)| {
-        let (old, _) = replaced_marker(&line.content)?;
-        ids.iter().any(|id| id.as_str() == old).then_some(i)
-    }));
-    let mut index = 0;
-    doc.lines.retain(|_| {
-        index += 1;
-        !doomed.contains(&(index - 1))
-    });
 }
 
 fn revoke(ctx: &Context, given: &[String]) -> Result<Exit> {
@@ -358,11 +267,12 @@ fn revoke(ctx: &Context, given: &[String]) -> Result<Exit> {
     let records = ctx.store.update(
         |doc| {
             let ids = resolve_ids(doc, given, ctx.store.path())?;
-            let removed: Vec<AuditRecord> = first_records(doc, &ids)
+            let removed: Vec<AuditRecord> = ids
                 .iter()
-                .map(AuditRecord::from)
+                .filter_map(|id| doc.record_of(*id))
+                .map(|record| AuditRecord::from(&record))
                 .collect();
-            remove_records(doc, &ids);
+            doc.remove_records(&ids);
             Ok(removed)
         },
         |records| Commit::new(&audit, Event::new("revoke", records.clone())),
@@ -398,8 +308,9 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
     let ((old, new_record), invalid) = ctx.store.update_and(
         |doc| {
             let ids = resolve_ids(doc, std::slice::from_ref(&args.id), ctx.store.path())?;
-            let old = first_records(doc, &ids)
-                .pop()
+            let old = ids
+                .first()
+                .and_then(|id| doc.record_of(*id))
                 .ok_or_else(|| Error::NoSuchId {
                     id: args.id.clone(),
                     file: ctx.store.path().to_path_buf(),
@@ -414,34 +325,18 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
                 }
                 None => old.expires,
             };
-            let plaintext = old.credential.is_plaintext();
-            let line = format_record(
-                &new_credential(&token, plaintext),
-                &old.scopes,
-                &old.name,
-                Some(now),
+            let new = Record {
+                credential: new_credential(&token, old.credential.is_plaintext()),
+                scopes: old.scopes.clone(),
+                name: old.name.clone(),
+                created: Some(now),
                 expires,
-            );
-            let new = match format::parse_line(&line) {
-                format::Entry::Record(new) => new,
-                _ => {
-                    return Err(Error::File(
-                        "internal error: the new record does not parse".into(),
-                    ));
-                }
             };
-            match grace_until {
-                Some(until) => {
-                    shorten_expiry(doc, old.id(), until);
-                    doc.push_line(marker_line(old.id(), new.id()));
-                }
-                None => remove_records(doc, &[old.id()]),
-            }
-            doc.push_line(line);
+            doc.replace_record(old.id(), &new, grace_until);
             Ok((old, new))
         },
         |(old, new)| {
-            let issued = rotated(&token, old, new, now, grace_until);
+            let issued = issued(&token, new, now, Some((old, grace_until)));
             let mut event = Event::new("rotate", vec![AuditRecord::from(new)])
                 .with("replaces", old.id().to_string());
             if let Some(until) = &issued.old_valid_until {
@@ -452,7 +347,7 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
         |doc| doc.invalid_lines(),
     )?;
     announce(
-        &rotated(&token, &old, &new_record, now, grace_until),
+        &issued(&token, &new_record, now, Some((&old, grace_until))),
         args.json,
         ctx.store.path(),
     );
@@ -460,14 +355,14 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// What `rotate` reports about the new record that replaces `old`. The old token's real
-/// end is the grace period's or its own expiry, whichever comes first.
-fn rotated<'a>(
+/// What `mint` and `rotate` report about a new record; for `rotate`, the record it replaces
+/// and the grace period's end. The old token's real end is the grace period's or its own
+/// expiry, whichever comes first.
+fn issued<'a>(
     token: &'a Secret,
-    old: &Record,
     new: &Record,
     now: Timestamp,
-    grace_until: Option<Timestamp>,
+    replaced: Option<(&Record, Option<Timestamp>)>,
 ) -> Issued<'a> {
     Issued {
         token,
@@ -477,47 +372,12 @@ fn rotated<'a>(
         created: format_timestamp(now),
         expires: new.expires.map(format_timestamp),
         stored: stored_form(new.credential.is_plaintext()),
-        replaces: Some(old.id().to_string()),
-        old_valid_until: grace_until
-            .map(|until| old.expires.map_or(until, |own| own.min(until)))
+        replaces: replaced.map(|(old, _)| old.id().to_string()),
+        old_valid_until: replaced
+            .and_then(|(old, grace_until)| {
+                grace_until.map(|until| old.expires.map_or(until, |own| own.min(until)))
+            })
             .map(format_timestamp),
-    }
-}
-
-const MARKER_PREFIX: &[u8] = b"# tokenfile: ";
-const MARKER_VERB: &str = " replaced by ";
-
-/// The comment `rotate --grace` writes above the new record, so that `list` can say which
-/// record replaced the one kept for the grace period. A comment: every reader ignores it,
-/// and `edit` shows it.
-fn marker_line(old: Id, new: Id) -> Vec<u8> {
-    format!(
-        "{}{old}{MARKER_VERB}{new} (rotate --grace)",
-        String::from_utf8_lossy(MARKER_PREFIX)
-    )
-    .into_bytes()
-}
-
-/// `(old ID, new ID)` of a [`marker_line`].
-fn replaced_marker(content: &[u8]) -> Option<(&str, &str)> {
-    let rest = std::str::from_utf8(content.strip_prefix(MARKER_PREFIX)?).ok()?;
-    let (old, rest) = rest.split_once(MARKER_VERB)?;
-    let new = rest.split(' ').next()?;
-    let is_id = |s: &str| s.len() == 12 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (is_id(old) && is_id(new)).then_some((old, new))
-}
-
-/// Makes every record of `id` expire no later than `until`, leaving the rest of each line
-/// byte for byte.
-fn shorten_expiry(doc: &mut Document, id: Id, until: Timestamp) {
-    let stamp = format_timestamp(until);
-    let targets: Vec<(usize, Record)> = doc.records().filter(|(_, r)| r.id() == id).collect();
-    for (index, record) in targets {
-        if record.expires.is_some_and(|e| e <= until) {
-            continue;
-        }
-        let line = &mut doc.lines[index];
-        line.content = format::with_field(&line.content, FIELD_EXPIRES, stamp.as_bytes()).into();
     }
 }
 
@@ -548,20 +408,6 @@ fn presented_token(token_env: Option<&str>) -> Result<Secret> {
     })
 }
 
-#[derive(Serialize)]
-struct CheckReport<'a> {
-    result: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    hint: Option<&'static str>,
-    required: Vec<&'a str>,
-}
-
 const DAMAGED_HINT: &str = "mistyped or truncated: its checksum does not match";
 const WHITESPACE_HINT: &str =
     "it begins or ends with whitespace (pasted with a space or TAB?); tokens have none";
@@ -572,7 +418,7 @@ const WHITESPACE_HINT: &str =
 fn find_record(ctx: &Context, token: &Secret) -> Result<Option<check::Grant>> {
     let mut trusted = ctx.store.open()?;
     trusted.ensure_content_safe()?;
-    check::find_record_in(&trusted.file, token).map_err(|e| Error::io("read", ctx.store.path(), e))
+    scan::find_record(&trusted.file, token).map_err(|e| Error::io("read", ctx.store.path(), e))
 }
 
 /// How long `check` waits for a change in progress to land before it reads the file anyway
@@ -760,51 +606,28 @@ fn id(ctx: &Context) -> Result<Exit> {
     output::conclude(exit, printed, Stdout::Job)
 }
 
-#[derive(Serialize)]
-struct ListedRecord {
-    id: String,
-    line: usize,
-    status: &'static str,
-    stored: &'static str,
-    scopes: Vec<String>,
-    name: String,
-    created: Option<String>,
-    expires: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    duplicate_of_line: Option<usize>,
-    /// The record that `rotate --grace` put in this one's place.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    replaced_by: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Listing {
-    file: String,
-    records: Vec<ListedRecord>,
-    invalid_lines: Vec<usize>,
-}
-
 fn list(ctx: &Context, json: bool) -> Result<Exit> {
     let bytes = ctx.store.read()?;
     let doc = Document::parse(&bytes);
     let now = when::now();
-    let mut first_line: std::collections::HashMap<Id, usize> = Default::default();
-    // The latest marker counts: a record rotated twice was replaced by the second one.
-    let replaced_by: std::collections::HashMap<&str, &str> = doc
-        .lines
-        .iter()
-        .filter_map(|line| replaced_marker(&line.content))
-        .collect();
+    let replaced_by = doc.replacements();
     let mut listing = Listing {
         file: ctx.store.path().display().to_string(),
         records: Vec::new(),
         invalid_lines: Vec::new(),
     };
-    for (line, entry) in doc.entries() {
-        match entry {
-            format::Entry::Record(r) => {
-                let duplicate_of_line = first_line.get(&r.id()).copied();
-                first_line.entry(r.id()).or_insert(line);
+    for (line, classified) in doc.classify() {
+        let (r, duplicate_of_line) = match classified {
+            Classified::Record(r) => (r, None),
+            Classified::Duplicate(r, duplicate) => (r, Some(duplicate.first)),
+            Classified::Invalid(_) => {
+                listing.invalid_lines.push(line);
+                continue;
+            }
+            Classified::Blank | Classified::Comment => continue,
+        };
+        {
+            {
                 listing.records.push(ListedRecord {
                     id: r.id().to_string(),
                     line,
@@ -825,8 +648,6 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
                     replaced_by: replaced_by.get(r.id().as_str()).map(ToString::to_string),
                 });
             }
-            format::Entry::Invalid(_) => listing.invalid_lines.push(line),
-            format::Entry::Blank | format::Entry::Comment => {}
         }
     }
     let printed = if json {
@@ -890,14 +711,6 @@ fn join_numbers(numbers: &[usize]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-#[derive(Serialize)]
-struct LintReport {
-    file: String,
-    errors: usize,
-    warnings: usize,
-    findings: Vec<lint::Finding>,
 }
 
 fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
@@ -976,20 +789,8 @@ fn hash(ctx: &Context) -> Result<Exit> {
     // hashing is the fix, so `hash` alone may read it (the path must still be safe).
     let (hashed, invalid) = ctx.store.update_fixing_exposure(
         |doc| {
-            let plain: Vec<(usize, Record)> = doc
-                .records()
-                .filter(|(_, r)| r.credential.is_plaintext())
-                .collect();
-            for (index, record) in &plain {
-                let line = &mut doc.lines[*index];
-                let field = Credential::hashed_field(&record.digest());
-                line.content = format::with_field(&line.content, FIELD_CREDENTIAL, &field).into();
-            }
-            let invalid = doc.invalid_lines().len();
-            Ok((
-                plain.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
-                invalid,
-            ))
+            let hashed = doc.hash_plaintext();
+            Ok((hashed, doc.invalid_lines().len()))
         },
         |(hashed, _)| {
             let records = hashed.iter().map(AuditRecord::from).collect();

@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod json;
 mod man;
 pub(crate) mod output;
 

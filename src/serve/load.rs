@@ -7,19 +7,16 @@
 //! `watch.rs`.)
 
 use std::fs::{self, File, Metadata};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use sha2::{Digest as _, Sha256};
-
-use crate::check::{LoadProblem, TokenIndex};
 use crate::error::{Error, Result};
+use crate::index::{Indexed, LoadProblem, TokenIndex};
 use crate::store::missing_file;
-use crate::token::Digest;
 use crate::trust::{self, Refusal, Trusted};
 
 use super::state::{FileStatus, Snapshot, log_problems};
@@ -134,7 +131,7 @@ pub enum Reading {
 /// complete (renamed in).
 ///
 /// The file is indexed as it is read, in chunks (a large one as two halves at once, see
-/// [`index_file`]), and hashed on the way for [`Snapshot::content`]: holding a copy of a 100 MB file next to the index it
+/// [`TokenIndex::read_file`]), and hashed on the way for [`Snapshot::content`]: holding a copy of a 100 MB file next to the index it
 /// becomes, while the previous index is still in use, is what made a reload's peak memory
 /// three times the file. The price is a longer lease (a writer opening the file meanwhile
 /// waits for the index to be built, a fraction of a second for a million records).
@@ -172,7 +169,12 @@ pub fn read(path: &Path, wait_for_writers: bool, hold_tail: bool) -> Reading {
             Err(e) => return Reading::Unreadable(e),
         },
     };
-    let (index, problems, content, len) = match index_file(&file, limit) {
+    let Indexed {
+        index,
+        problems,
+        content,
+        len,
+    } = match TokenIndex::read_file(&file, limit) {
         Ok(indexed) => indexed,
         Err(e) => return Reading::Unreadable(e),
     };
@@ -200,6 +202,9 @@ pub fn read(path: &Path, wait_for_writers: bool, hold_tail: bool) -> Reading {
 /// the file last changed (docs/protocols.md).
 pub const TAIL_HOLD: Duration = Duration::from_secs(1);
 
+/// How much of the end of the file is read at a time to find its last line end.
+const TAIL_WINDOW: usize = 64 * 1024;
+
 /// Where the file's complete lines end and how long until its last line counts, if it has
 /// no line ending and the file changed within [`TAIL_HOLD`]; `None` if every line counts.
 fn unfinished_tail(file: &File, meta: &Metadata) -> io::Result<Option<(u64, Duration)>> {
@@ -214,11 +219,11 @@ fn unfinished_tail(file: &File, meta: &Metadata) -> io::Result<Option<(u64, Dura
         return Ok(None);
     }
     let held = TAIL_HOLD - age;
-    let mut buf = vec![0u8; SPLIT_WINDOW];
+    let mut buf = vec![0u8; TAIL_WINDOW];
     let mut end = size;
     while end > 0 {
-        let start = end.saturating_sub(SPLIT_WINDOW as u64);
-        let chunk = &mut buf[..usize::try_from(end - start).unwrap_or(SPLIT_WINDOW)];
+        let start = end.saturating_sub(TAIL_WINDOW as u64);
+        let chunk = &mut buf[..usize::try_from(end - start).unwrap_or(TAIL_WINDOW)];
         file.read_exact_at(chunk, start)?;
         if end == size && chunk.last() == Some(&b'\n') {
             return Ok(None);
@@ -229,88 +234,6 @@ fn unfinished_tail(file: &File, meta: &Metadata) -> io::Result<Option<(u64, Dura
         end = start;
     }
     Ok(Some((0, held)))
-}
-
-/// From this size on (about 40 000 records) a file is read and indexed by two threads.
-const TWO_READERS: u64 = 4 << 20;
-/// How far past the middle of the file its split looks for a line end.
-const SPLIT_WINDOW: usize = 64 * 1024;
-
-/// The index of `file` (of `size` bytes when it was stat'ed), the digest of its content and
-/// how many bytes were read. A large file is read as two halves at once, split at a line
-/// end ([`TokenIndex::read_from_parts`]); its content digest is then that of the two
-/// halves' digests, which is as good for telling versions apart (the split depends only on
-/// the bytes).
-fn index_file(file: &File, size: u64) -> io::Result<(TokenIndex, Vec<LoadProblem>, Digest, u64)> {
-    let Some(split) = split_point(file, size)? else {
-        let mut part = Part::new(file, 0, Some(size));
-        let (index, problems) = TokenIndex::read_from(&mut part)?;
-        return Ok((index, problems, part.digest(), part.len));
-    };
-    let (mut first, mut second) = (
-        Part::new(file, 0, Some(split)),
-        Part::new(file, split, Some(size)),
-    );
-    let (index, problems) = TokenIndex::read_from_parts(&mut first, &mut second)?;
-    let mut both = Sha256::new();
-    both.update(first.digest().0);
-    both.update(second.digest().0);
-    Ok((
-        index,
-        problems,
-        Digest(both.finalize().into()),
-        first.len + second.len,
-    ))
-}
-
-/// Just after the first line end past the middle of a large file; `None` for a small file
-/// or one without a line end near its middle (read whole then).
-fn split_point(file: &File, size: u64) -> io::Result<Option<u64>> {
-    if size < TWO_READERS {
-        return Ok(None);
-    }
-    let middle = size / 2;
-    let mut window = vec![0u8; SPLIT_WINDOW];
-    let n = file.read_at(&mut window, middle)?;
-    Ok(memchr::memchr(b'\n', &window[..n]).map(|at| middle + at as u64 + 1))
-}
-
-/// A part of a file read from `pos` up to `end` (or its end), by offset — so that two
-/// threads can read one descriptor — hashed and counted on the way.
-struct Part<'f> {
-    file: &'f File,
-    pos: u64,
-    end: Option<u64>,
-    sha256: Sha256,
-    len: u64,
-}
-
-impl<'f> Part<'f> {
-    fn new(file: &'f File, pos: u64, end: Option<u64>) -> Self {
-        Part {
-            file,
-            pos,
-            end,
-            sha256: Sha256::new(),
-            len: 0,
-        }
-    }
-
-    fn digest(&self) -> Digest {
-        Digest(self.sha256.clone().finalize().into())
-    }
-}
-
-impl Read for Part<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let room = self.end.map_or(buf.len() as u64, |end| end - self.pos);
-        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        self.sha256.update(&buf[..n]);
-        self.pos += n as u64;
-        self.len += n as u64;
-        Ok(n)
-    }
 }
 
 /// Another process has the file open for writing.

@@ -7,7 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use crate::check::{Decision, LoadProblem, TokenIndex, Unauthorized};
+use crate::check::{Decision, Unauthorized};
+use crate::index::{LoadProblem, TokenIndex};
 use crate::scope::RequiredScopes;
 use crate::token::{Digest, MAX_TOKEN_LEN, Secret};
 use crate::when;

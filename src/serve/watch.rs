@@ -33,7 +33,7 @@ use tracing::{debug, error, info, trace, warn};
 use super::load::{self, Fingerprint, Reading};
 use super::policy::{Action, Input, Policy, ReadResult, TICK};
 use super::state::{FileStatus, Shared, Snapshot, log_problems};
-use crate::check::LoadProblem;
+use crate::index::LoadProblem;
 use crate::trust::{self, Refusal};
 
 /// Pause after a read to let a change that happened during it show up.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokenfile::check::TokenIndex;
+use tokenfile::index::TokenIndex;
 use tokenfile::format::{Document, Entry};
 use tokenfile::token::{Digest, Secret};
 

@@ -1,0 +1,82 @@
+//! The JSON documents of `--json` (README "JSON output"): the scripting contract, in one
+//! place. Field names and their presence are promises; a change here is a change for every
+//! script that reads them. Only [`Issued`] holds a secret, and it is shown by
+//! `output::print_json_revealing` alone.
+
+use serde::Serialize;
+
+use crate::lint::Finding;
+use crate::token::Secret;
+
+/// What `mint` and `rotate` print about a new token.
+#[derive(Serialize)]
+pub(crate) struct Issued<'a> {
+    /// Shown by `commands::reveal` alone: every other string of the document is redacted.
+    #[serde(serialize_with = "serialize_secret")]
+    pub(crate) token: &'a Secret,
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) created: String,
+    pub(crate) expires: Option<String>,
+    pub(crate) stored: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) replaces: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) old_valid_until: Option<String>,
+}
+
+fn serialize_secret<S: serde::Serializer>(token: &&Secret, s: S) -> Result<S::Ok, S::Error> {
+    let text = std::str::from_utf8(token.expose()).expect("a minted token is URL-safe ASCII");
+    s.serialize_str(text)
+}
+
+/// `check --json`.
+#[derive(Serialize)]
+pub(crate) struct CheckReport<'a> {
+    pub(crate) result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) hint: Option<&'static str>,
+    pub(crate) required: Vec<&'a str>,
+}
+
+/// One record of `list --json`.
+#[derive(Serialize)]
+pub(crate) struct ListedRecord {
+    pub(crate) id: String,
+    pub(crate) line: usize,
+    pub(crate) status: &'static str,
+    pub(crate) stored: &'static str,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) name: String,
+    pub(crate) created: Option<String>,
+    pub(crate) expires: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) duplicate_of_line: Option<usize>,
+    /// The record that `rotate --grace` put in this one's place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) replaced_by: Option<String>,
+}
+
+/// `list --json`.
+#[derive(Serialize)]
+pub(crate) struct Listing {
+    pub(crate) file: String,
+    pub(crate) records: Vec<ListedRecord>,
+    pub(crate) invalid_lines: Vec<usize>,
+}
+
+/// `lint --json`.
+#[derive(Serialize)]
+pub(crate) struct LintReport {
+    pub(crate) file: String,
+    pub(crate) errors: usize,
+    pub(crate) warnings: usize,
+    pub(crate) findings: Vec<Finding>,
+}
