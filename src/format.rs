@@ -950,6 +950,199 @@ mod tests {
         );
     }
 
+    fn id_of(token: &str) -> Id {
+        Digest::of(token.as_bytes()).id()
+    }
+
+    fn at(text: &str) -> Timestamp {
+        parse_timestamp(text.as_bytes()).unwrap()
+    }
+
+    /// The bytes after `change`, which must keep every line it does not touch.
+    fn changed(input: &str, change: impl FnOnce(&mut Document)) -> String {
+        let mut doc = Document::parse(input.as_bytes());
+        change(&mut doc);
+        String::from_utf8(doc.to_bytes()).unwrap()
+    }
+
+    #[test]
+    fn classify_counts_the_first_record_of_a_token() {
+        let hashed = Credential::hashed_field(&Digest::of(b"a"));
+        let file = format!(
+            "a\tread\n# c\n\nbad\t\n{}\twrite\na\t*\n",
+            hashed.escape_ascii()
+        );
+        let doc = Document::parse(file.as_bytes());
+        let kinds: Vec<String> = doc
+            .classify()
+            .map(|(line, c)| match c {
+                Classified::Record(r) => format!("{line} record {}", r.scopes.to_field()),
+                Classified::Duplicate(_, d) => format!("{line} {d}"),
+                Classified::Invalid(_) => format!("{line} invalid"),
+                Classified::Blank | Classified::Comment => format!("{line} -"),
+            })
+            .collect();
+        let id = id_of("a");
+        let repeat = format!("same token as line 1 (ID {id}); only line 1 counts");
+        assert_eq!(
+            kinds,
+            [
+                "1 record read".to_string(),
+                "2 -".into(),
+                "3 -".into(),
+                "4 invalid".into(),
+                format!("5 {repeat}"),
+                format!("6 {repeat}"),
+            ]
+        );
+        let counted: Vec<usize> = doc.counted_records().map(|(line, _)| line).collect();
+        assert_eq!(counted, [1]);
+        assert_eq!(doc.record_of(id).unwrap().scopes.to_field(), "read");
+    }
+
+    #[test]
+    fn ids_resolve_to_one_record() {
+        let doc = Document::parse(b"a\tread\tfirst\nb\tread\na\twrite\n");
+        let ids = doc.ids();
+        let full = id_of("a");
+        let prefix = |text: &str| IdPrefix::parse(text).unwrap();
+        assert_eq!(ids.resolve(&prefix(full.as_str())), Ok(full));
+        assert_eq!(ids.resolve(&prefix(&full.as_str()[..4])), Ok(full));
+        assert_eq!(
+            ids.resolve(&prefix("ffffffffffff")),
+            Err(Unresolved::NoMatch)
+        );
+        // Two records that share a prefix: every candidate is named, once.
+        let (one, two) = (0..)
+            .map(|i| format!("t{i}"))
+            .flat_map(|a| (0..200).map(move |j| (a.clone(), format!("u{j}"))))
+            .find(|(a, b)| id_of(a).as_str()[..4] == id_of(b).as_str()[..4])
+            .unwrap();
+        let file = format!("{one}\t*\tone\n{two}\t*\n{one}\tread\n");
+        let ambiguous = Document::parse(file.as_bytes());
+        let one_id = id_of(&one);
+        let shared = &one_id.as_str()[..4];
+        let Err(Unresolved::Ambiguous(candidates)) = ambiguous.ids().resolve(&prefix(shared))
+        else {
+            panic!("{shared} is ambiguous")
+        };
+        let mut want = vec![
+            (id_of(&one), "one".to_string()),
+            (id_of(&two), String::new()),
+        ];
+        want.sort();
+        assert_eq!(candidates, want);
+    }
+
+    #[test]
+    fn remove_records_takes_every_copy_and_its_markers() {
+        let (a, b) = (id_of("a"), id_of("b"));
+        let marker = String::from_utf8(Replaced::line(a, b)).unwrap();
+        let input = format!("# keep\r\na\tread\r\nb\t*\r\n{marker}\r\na\twrite\r\nc");
+        let after = changed(&input, |doc| doc.remove_records(&[a]));
+        assert_eq!(after, "# keep\r\nb\t*\r\nc");
+        assert!(Document::parse(after.as_bytes()).replacements().is_empty());
+    }
+
+    #[test]
+    fn shorten_expiry_only_shortens() {
+        let input =
+            "a\tread\n a-not\na\t*\tn\t\t2026-01-01T00:00:00Z\na\t*\t\t\t2030-01-01T00:00:00Z\n";
+        let after = changed(input, |doc| {
+            doc.shorten_expiry(id_of("a"), at("2027-01-01T00:00:00Z"))
+        });
+        assert_eq!(
+            after,
+            "a\tread\t\t\t2027-01-01T00:00:00Z\n a-not\na\t*\tn\t\t2026-01-01T00:00:00Z\n\
+             a\t*\t\t\t2027-01-01T00:00:00Z\n"
+        );
+    }
+
+    #[test]
+    fn replace_record_at_once_or_after_a_grace_period() {
+        let new = Record {
+            credential: Credential::Hashed(Digest::of(b"n")),
+            scopes: ScopeSet::parse(b"read").unwrap(),
+            name: b"ci".to_vec(),
+            created: Some(at("2026-06-01T00:00:00Z")),
+            expires: None,
+        };
+        let new_line = String::from_utf8(new.to_line()).unwrap();
+        let input = "# c\nold\tread\tci\nold\tread\n";
+        let now = changed(input, |doc| doc.replace_record(id_of("old"), &new, None));
+        assert_eq!(now, format!("# c\n{new_line}\n"));
+        let until = at("2026-06-02T00:00:00Z");
+        let later = changed(input, |doc| {
+            doc.replace_record(id_of("old"), &new, Some(until))
+        });
+        let marker = String::from_utf8(Replaced::line(id_of("old"), new.id())).unwrap();
+        assert_eq!(
+            later,
+            format!(
+                "# c\nold\tread\tci\t\t2026-06-02T00:00:00Z\nold\tread\t\t\t2026-06-02T00:00:00Z\n\
+                 {marker}\n{new_line}\n"
+            )
+        );
+        let doc = Document::parse(later.as_bytes());
+        let (old, replaced_by) = (id_of("old"), new.id());
+        assert_eq!(
+            doc.replacements().get(old.as_str()),
+            Some(&replaced_by.as_str())
+        );
+    }
+
+    #[test]
+    fn a_new_record_parses_back_to_itself() {
+        for credential in [
+            Credential::Plain(Secret::new(b"tf_plain".to_vec())),
+            Credential::Hashed(Digest::of(b"x")),
+        ] {
+            let record = Record {
+                credential,
+                scopes: ScopeSet::parse(b"b, a:*").unwrap(),
+                name: "n é".as_bytes().to_vec(),
+                created: Some(at("2026-06-01T00:00:00Z")),
+                expires: Some(at("2026-07-01T00:00:00Z")),
+            };
+            assert_eq!(parse_line(&record.to_line()), Entry::Record(record.clone()));
+        }
+    }
+
+    #[test]
+    fn hash_plaintext_keeps_the_other_fields() {
+        let input = "\u{feff}p\tread\tn\r\nsha256:x\n# p\nq\nq\t*\n";
+        let mut hashed = Vec::new();
+        let after = changed(input, |doc| hashed = doc.hash_plaintext());
+        let h = |t: &str| {
+            String::from_utf8(Credential::hashed_field(&Digest::of(t.as_bytes()))).unwrap()
+        };
+        assert_eq!(
+            after,
+            format!(
+                "\u{feff}{}\tread\tn\r\nsha256:x\n# p\n{}\n{}\t*\n",
+                h("p"),
+                h("q"),
+                h("q")
+            )
+        );
+        let ids: Vec<Id> = hashed.iter().map(Record::id).collect();
+        assert_eq!(ids, [id_of("p"), id_of("q"), id_of("q")]);
+    }
+
+    #[test]
+    fn credential_inside_finds_long_plaintext_only() {
+        let doc = Document::parse(b"short\nsha256:0123456789abcdef0123\n# 0123456789abcdef0123\nlegacy-credential-0123\tread\n");
+        assert_eq!(
+            doc.credential_inside(b"my legacy-credential-0123 name", 16),
+            Some(4)
+        );
+        assert_eq!(
+            doc.credential_inside(b"short sha256:0123456789abcdef0123", 16),
+            None
+        );
+        assert_eq!(doc.credential_inside(b"short", 5), Some(1));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 

@@ -691,4 +691,38 @@ mod tests {
         );
         assert_eq!(old.get(&secret("a")).unwrap().expires, None);
     }
+
+    #[test]
+    fn a_large_file_read_as_two_halves_is_indexed_as_one() {
+        use std::io::Write;
+        let mut bytes = b"\xEF\xBB\xBFdup\tread\r\n".to_vec();
+        let mut i = 0;
+        while bytes.len() <= TWO_READERS as usize + 4096 {
+            let line = match i % 50 {
+                0 => format!("bad{i}\t\n"),
+                _ => format!("tok{i}\tread\tname {i}\n"),
+            };
+            bytes.extend_from_slice(line.as_bytes());
+            i += 1;
+        }
+        bytes.extend_from_slice(b"dup\t*\nlast\twrite");
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&bytes).unwrap();
+        let size = bytes.len() as u64;
+        assert!(split_point(&file, size).unwrap().is_some(), "read as two halves");
+        let read = TokenIndex::read_file(&file, size).unwrap();
+        let (whole, problems) = TokenIndex::load(&bytes);
+        assert_eq!(read.problems, problems);
+        assert_eq!(read.len, size);
+        assert_eq!(read.index.len(), whole.len());
+        assert!(read.index.grants_all_of(&whole) && whole.grants_all_of(&read.index));
+        let names: Vec<_> = read.index.iter().map(|(_, g)| g.to_grant()).collect();
+        let want: Vec<_> = whole.iter().map(|(_, g)| g.to_grant()).collect();
+        assert_eq!(names, want);
+        // The duplicate in the second half of the first line's token is reported there.
+        assert!(matches!(problems.last(), Some(LoadProblem::Duplicate { first: 1, .. })));
+        // Another version of the file has another content digest; the same one the same.
+        assert_eq!(TokenIndex::read_file(&file, size).unwrap().content, read.content);
+        assert_ne!(TokenIndex::read_file(&file, size - 1).unwrap().content, read.content);
+    }
 }

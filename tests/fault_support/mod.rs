@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokenfile::index::TokenIndex;
 use tokenfile::format::{Document, Entry};
+use tokenfile::index::TokenIndex;
 use tokenfile::token::{Digest, Secret};
 
 pub fn bin() -> &'static str {
