@@ -45,12 +45,12 @@ impl std::fmt::Display for LoadProblem {
 
 /// All records of a file keyed by token digest; the first record of a token wins.
 ///
-/// Built for a million records in a fraction of a second, and held in about 90 bytes a
-/// record: the lines are split in place, each distinct scopes field is parsed once and
-/// shared, the names sit one after the other in one string, and the records are fixed-size
-/// entries in file order behind a small open-addressing table keyed by the digest (already a
-/// uniform hash, so it is folded, not re-hashed). `serve` holds two of these during a reload
-/// (the one in use and the new one), so their size is its peak memory.
+/// Laid out for a small reload peak (`serve` holds two of these during a reload, the one in
+/// use and the new one) and few cache misses: the lines are split in place, each distinct
+/// scopes field is parsed once and shared, the names sit one after the other in one string,
+/// and the records are fixed-size entries in file order behind a small open-addressing table
+/// keyed by the digest (already a uniform hash, so it is folded, not re-hashed). What that
+/// costs and saves is measured in BENCHMARKS.md.
 #[derive(Debug, Default, Clone)]
 pub struct TokenIndex {
     /// The first record of each token, in file order.
@@ -291,8 +291,8 @@ impl TokenIndex {
     /// Most new versions of a file keep the old records in the same order (appended to,
     /// reloaded unchanged), so the entries are first compared side by side, in memory order;
     /// only from the first difference on is each remaining token looked up, with its slot
-    /// fetched into the cache a few tokens ahead. (Looking up every token of a million-record
-    /// file at random cost more than indexing it.)
+    /// fetched into the cache a few tokens ahead (looking up every token at random cost more
+    /// than indexing the file: BENCHMARKS.md).
     pub fn grants_all_of(&self, older: &TokenIndex) -> bool {
         const AHEAD: usize = 8;
         // Each index holds every scope set once, so an old set is the same as at most one
