@@ -639,7 +639,7 @@ fn parse_record(content: &[u8]) -> Result<Record, Invalid> {
 }
 
 /// A valid record line split into its fields, borrowing from the line. [`parse_line`] and
-/// the index of [`crate::check::TokenIndex`] both go through [`split_record`], so they accept
+/// the index of [`crate::index::TokenIndex`] both go through [`split_record`], so they accept
 /// exactly the same lines for exactly the same reasons.
 #[derive(Debug)]
 pub struct RecordFields<'a, S> {

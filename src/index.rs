@@ -199,7 +199,7 @@ impl TokenIndex {
     }
 
     /// [`TokenIndex::read_from`] of `first` followed by `second`, each read and parsed by a
-    /// thread of its own and joined in file order, as [`TokenIndex::load`] does with the
+    /// thread of its own and joined in file order, as [`TokenIndex::read_file`] does with the
     /// halves of a large file. `first` must end at a line end (or be empty); a BOM is
     /// skipped at the start of `first` only.
     pub fn read_from_parts(
