@@ -465,7 +465,7 @@ fn with_no_store(bytes: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn metrics(shared: &Shared) -> Response<Body> {
-    let body = shared.metrics.render(&shared.snapshot());
+    let body = shared.metrics.render(&shared.snapshot().gauges());
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

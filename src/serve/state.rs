@@ -12,7 +12,7 @@ use crate::scope::RequiredScopes;
 use crate::token::{Digest, MAX_TOKEN_LEN, Secret};
 use crate::when;
 
-use super::metrics::{Metrics, Outcome};
+use super::metrics::{Gauges, Metrics, Outcome};
 
 /// Where the state in use came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +103,16 @@ impl Snapshot {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0)
     }
+
+    /// What `/metrics` reports of this state.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            records: self.index.records,
+            invalid_lines: self.invalid_lines,
+            file_present: self.status.is_loaded(),
+            installed_unix: self.installed_unix(),
+        }
+    }
 }
 
 /// Everything the listeners and the reloader share.
@@ -191,7 +201,7 @@ mod tests {
         shared.check(&Secret::new(long.into_bytes()), &required, |decision| {
             assert_eq!(decision, Decision::Unauthorized(Unauthorized::Unknown))
         });
-        let text = shared.metrics.render(&shared.snapshot());
+        let text = shared.metrics.render(&shared.snapshot().gauges());
         assert!(text.contains("tokenfile_checks_total{outcome=\"unauthorized\"} 1"));
     }
 
