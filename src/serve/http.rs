@@ -43,8 +43,7 @@ use crate::scope::RequiredScopes;
 use crate::token::Secret;
 use crate::when;
 
-use super::socket::log_decision;
-use super::state::Shared;
+use super::state::{Shared, log_decision};
 use super::{AcceptFailures, next_connection};
 
 const MAX_CONNECTIONS: usize = 1024;

@@ -2,7 +2,7 @@
 //! follows every change of the token file.
 //!
 //! - [`load`]: reading the file consistently, the names that lead to it;
-//! - [`state`]: the snapshot in use, swapped whole, and the shared check;
+//! - [`state`]: the snapshot in use, swapped whole, and the shared check and its log line;
 //! - [`watch`]: the reloader thread (inotify, periodic stat, SIGHUP);
 //! - [`socket`]: the Unix socket line protocol;
 //! - [`http`]: forward auth, `/healthz`, `/metrics`;

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::scope::RequiredScopes;
 use crate::token::Secret;
 
-use super::state::Shared;
+use super::state::{Shared, log_decision};
 use super::{AcceptFailures, next_connection, stopped};
 
 /// Longest request line, without its newline. A token is at most 4 KiB.
@@ -319,16 +319,6 @@ fn check(shared: &Shared, args: &[u8], out: &mut Vec<u8>) {
         log_decision("socket", &decision);
         Reply::Decision(decision).write(out)
     })
-}
-
-/// One debug line per decision: the record's ID and the outcome. Never the token — nor the
-/// required scopes, in case a client put the token in their place.
-pub fn log_decision(via: &str, decision: &Decision) {
-    match decision {
-        Decision::Granted { id, .. } => debug!(via, %id, "granted"),
-        Decision::Forbidden { id, .. } => debug!(via, %id, "forbidden"),
-        Decision::Unauthorized(why) => debug!(via, reason = why.reason(), "unauthorized"),
-    }
 }
 
 #[cfg(test)]

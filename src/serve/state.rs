@@ -173,6 +173,16 @@ impl Shared {
     }
 }
 
+/// One debug line per decision: the record's ID and the outcome. Never the token — nor the
+/// required scopes, in case a client put the token in their place.
+pub fn log_decision(via: &str, decision: &Decision) {
+    match decision {
+        Decision::Granted { id, .. } => tracing::debug!(via, %id, "granted"),
+        Decision::Forbidden { id, .. } => tracing::debug!(via, %id, "forbidden"),
+        Decision::Unauthorized(why) => tracing::debug!(via, reason = why.reason(), "unauthorized"),
+    }
+}
+
 /// Logs what was skipped in a freshly loaded file: line numbers and reasons, never content.
 pub fn log_problems(file: &Path, problems: &[LoadProblem]) {
     const SHOWN: usize = 50;
