@@ -88,23 +88,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     let mut stop = shutdown;
-    let mut failures = AcceptFailures::default();
-    loop {
-        let Some((permit, accepted)) =
-            next_connection(&slots, &mut stop, || listener.accept()).await
-        else {
-            break;
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => {
-                failures.ok();
-                stream
-            }
-            Err(e) => {
-                failures.failed("HTTP", &e).await;
-                continue;
-            }
-        };
+    let mut failures = AcceptFailures::new("HTTP");
+    while let Some((permit, (stream, _))) =
+        next_connection(&slots, &mut stop, &mut failures, || listener.accept()).await
+    {
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let service = service_fn(move |request: Request<Incoming>| {

@@ -156,23 +156,33 @@ async fn stopped(shutdown: &mut signal_watch::Receiver<bool>) {
 }
 
 /// The next accepted connection of either listener, with its connection slot: waits for a
-/// free slot first (backpressure at the connection limit), then for a client. `None` once
-/// shutdown is asked for.
+/// free slot first (backpressure at the connection limit), then for a client; a failed
+/// accept is retried (see [`AcceptFailures`]). `None` once shutdown is asked for.
 async fn next_connection<T, F>(
     slots: &std::sync::Arc<tokio::sync::Semaphore>,
     stop: &mut signal_watch::Receiver<bool>,
-    accept: impl FnOnce() -> F,
-) -> Option<(tokio::sync::OwnedSemaphorePermit, std::io::Result<T>)>
+    failures: &mut AcceptFailures,
+    mut accept: impl FnMut() -> F,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, T)>
 where
     F: std::future::Future<Output = std::io::Result<T>>,
 {
-    let permit = tokio::select! {
-        permit = slots.clone().acquire_owned() => permit.ok()?,
-        () = stopped(stop) => return None,
-    };
-    tokio::select! {
-        accepted = accept() => Some((permit, accepted)),
-        () = stopped(stop) => None,
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.ok()?,
+            () = stopped(stop) => return None,
+        };
+        let accepted = tokio::select! {
+            accepted = accept() => accepted,
+            () = stopped(stop) => return None,
+        };
+        match accepted {
+            Ok(connection) => {
+                failures.ok();
+                return Some((permit, connection));
+            }
+            Err(e) => failures.failed(&e).await,
+        }
     }
 }
 
@@ -222,25 +232,38 @@ fn release_freed_memory() {
 /// Failed accepts in a row on one listener. Out of descriptors, the client waits in the
 /// backlog and the accept fails again until one is free: pause rather than spin, and say
 /// so once per streak rather than ten times a second.
-#[derive(Default)]
-struct AcceptFailures(u64);
+struct AcceptFailures {
+    /// The listener, as the warning names it.
+    listener: &'static str,
+    streak: u64,
+}
 
 impl AcceptFailures {
-    async fn failed(&mut self, listener: &str, e: &std::io::Error) {
-        if self.0 == 0 {
-            warn!("{listener} accept failed: {e}; retrying every 100 ms");
+    fn new(listener: &'static str) -> Self {
+        AcceptFailures {
+            listener,
+            streak: 0,
         }
-        self.0 += 1;
+    }
+
+    async fn failed(&mut self, e: &std::io::Error) {
+        if self.streak == 0 {
+            warn!(
+                "{} accept failed: {e}; retrying every 100 ms",
+                self.listener
+            );
+        }
+        self.streak += 1;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
     fn ok(&mut self) {
-        if self.0 > 0 {
+        if self.streak > 0 {
             info!(
                 "accepting connections again after {} failed attempts",
-                self.0
+                self.streak
             );
-            self.0 = 0;
+            self.streak = 0;
         }
     }
 }

@@ -125,26 +125,17 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: watch:
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     let mut stop = shutdown.clone();
-    let mut failures = AcceptFailures::default();
-    loop {
-        // Backpressure: at the connection limit, wait for one to end before accepting.
-        let Some((permit, accepted)) =
-            next_connection(&slots, &mut stop, || listener.accept()).await
-        else {
-            break;
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                failures.ok();
-                let shared = shared.clone();
-                let shutdown = shutdown.clone();
-                connections.spawn(async move {
-                    connection(stream, &shared, shutdown).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => failures.failed("socket", &e).await,
-        }
+    let mut failures = AcceptFailures::new("socket");
+    // Backpressure: at the connection limit, wait for one to end before accepting.
+    while let Some((permit, (stream, _))) =
+        next_connection(&slots, &mut stop, &mut failures, || listener.accept()).await
+    {
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            connection(stream, &shared, shutdown).await;
+            drop(permit);
+        });
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
