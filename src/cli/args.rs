@@ -2,8 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::when::{When, parse_duration, parse_lock_timeout};
 
 pub const DEFAULT_FILE: &str = "/etc/tokenfile/tokens";
 
@@ -87,8 +90,14 @@ pub struct Cli {
     pub file: Option<PathBuf>,
 
     /// How long to wait for the lock held by another writer (e.g. 10s, 500ms, 2m)
-    #[arg(long, global = true, value_name = "DURATION", default_value = "10s")]
-    pub lock_timeout: String,
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_lock_timeout
+    )]
+    pub lock_timeout: Duration,
 
     /// Where changes are logged [default: $TOKENFILE_AUDIT_LOG, else <file>.audit.jsonl]
     #[arg(long, global = true, env = "TOKENFILE_AUDIT_LOG", value_name = "PATH")]
@@ -187,8 +196,8 @@ pub struct MintArgs {
     pub name: String,
 
     /// Expiry: an RFC 3339 time or a duration from now (90d, 12h, 30m)
-    #[arg(long, value_name = "WHEN")]
-    pub expires: Option<String>,
+    #[arg(long, value_name = "WHEN", value_parser = When::parse)]
+    pub expires: Option<When>,
 
     /// Store the token itself instead of its SHA-256 (for files an older reader also uses)
     #[arg(long)]
@@ -206,12 +215,12 @@ pub struct RotateArgs {
     pub id: String,
 
     /// Keep the old token valid for this long (e.g. 24h) instead of removing it now
-    #[arg(long, value_name = "DURATION")]
-    pub grace: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub grace: Option<Duration>,
 
     /// Expiry of the new token: RFC 3339 time or duration [default: the old record's]
-    #[arg(long, value_name = "WHEN")]
-    pub expires: Option<String>,
+    #[arg(long, value_name = "WHEN", value_parser = When::parse)]
+    pub expires: Option<When>,
 
     /// Print one JSON document (with the token) on stdout
     #[arg(long)]

@@ -20,7 +20,7 @@ use crate::format::{
 use crate::lint::{self, Severity};
 use crate::scope::{RequiredScopes, ScopeSet};
 use crate::token::{self, Id, IdPrefix, Secret, Shape};
-use crate::when::{self, Timestamp, format_timestamp, parse_duration, parse_when};
+use crate::when::{self, Timestamp, When, format_timestamp};
 
 pub fn dispatch(ctx: &Context, command: Command) -> Result<Exit> {
     match command {
@@ -120,14 +120,17 @@ fn refuse_plaintext_in(doc: &Document, name: &str, scopes: &str, file: &Path) ->
     Ok(())
 }
 
-fn future_expiry(text: Option<&str>, now: Timestamp) -> Result<Option<Timestamp>> {
-    let Some(text) = text else { return Ok(None) };
-    let expires = parse_when(text, now).map_err(|e| Error::usage(format!("--expires: {e}")))?;
+fn future_expiry(given: Option<&When>, now: Timestamp) -> Result<Option<Timestamp>> {
+    let Some(given) = given else { return Ok(None) };
+    let expires = given
+        .resolve(now)
+        .map_err(|e| Error::usage(format!("--expires: {e}")))?;
     // The file stores whole seconds: `--expires 1ms` would be written as the creation time,
     // a token dead at birth.
     if expires < now + time::Duration::SECOND {
         return Err(Error::usage(format!(
-            "--expires {text} is not in the future (expiries count whole seconds)"
+            "--expires {} is not in the future (expiries count whole seconds)",
+            given.text()
         )));
     }
     Ok(Some(expires))
@@ -223,7 +226,7 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
     let scopes = ScopeSet::from_args(&args.scopes)?;
     check_name(&args.name)?;
     let now = when::now();
-    let expires = future_expiry(args.expires.as_deref(), now)?;
+    let expires = future_expiry(args.expires.as_ref(), now)?;
     let token = token::mint()?;
     let line = format_record(
         &new_credential(&token, args.plaintext),
@@ -378,13 +381,8 @@ fn revoke(ctx: &Context, given: &[String]) -> Result<Exit> {
 
 fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
     let now = when::now();
-    let grace = args
+    let grace_until = args
         .grace
-        .as_deref()
-        .map(parse_duration)
-        .transpose()
-        .map_err(|e| Error::usage(format!("--grace: {e}")))?;
-    let grace_until = grace
         .map(|g| {
             time::Duration::try_from(g)
                 .ok()
@@ -392,7 +390,7 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
                 .ok_or_else(|| Error::usage("--grace is too long"))
         })
         .transpose()?;
-    let explicit_expiry = future_expiry(args.expires.as_deref(), now)?;
+    let explicit_expiry = future_expiry(args.expires.as_ref(), now)?;
     let token = token::mint()?;
     let audit = ctx.audit()?;
     let ((old, new_record), invalid) = ctx.store.update_and(
