@@ -177,6 +177,8 @@ pub enum Command {
     },
 }
 
+/// `--json`, for every command that has it. A command whose document says more than its
+/// listing gives the flag its own help (`mut_arg`), so that `--help` tells what is printed.
 #[derive(Debug, Args)]
 pub struct JsonArg {
     /// Print one JSON document on stdout
@@ -184,7 +186,11 @@ pub struct JsonArg {
     pub json: bool,
 }
 
+const JSON_WITH_TOKEN: &str = "Print one JSON document (with the token) on stdout";
+const JSON_WITH_DECISION: &str = "Print one JSON document with the decision on stdout";
+
 #[derive(Debug, Args)]
+#[command(mut_arg("json", |json| json.help(JSON_WITH_TOKEN)))]
 pub struct MintArgs {
     /// Scope the token grants; repeat or comma-separate for several (`*` = everything,
     /// `kafka:*` = every scope under `kafka:`)
@@ -203,12 +209,12 @@ pub struct MintArgs {
     #[arg(long)]
     pub plaintext: bool,
 
-    /// Print one JSON document (with the token) on stdout
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: JsonArg,
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("json", |json| json.help(JSON_WITH_TOKEN)))]
 pub struct RotateArgs {
     /// The record ID (or a unique prefix of at least 4 hex digits)
     #[arg(value_name = "ID")]
@@ -222,12 +228,12 @@ pub struct RotateArgs {
     #[arg(long, value_name = "WHEN", value_parser = When::parse)]
     pub expires: Option<When>,
 
-    /// Print one JSON document (with the token) on stdout
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: JsonArg,
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("json", |json| json.help(JSON_WITH_DECISION)))]
 pub struct CheckArgs {
     /// Required scope; repeat or comma-separate for several (all must be granted)
     #[arg(long = "scope", short = 's', required = true, value_name = "SCOPE")]
@@ -237,9 +243,8 @@ pub struct CheckArgs {
     #[arg(long, value_name = "VAR")]
     pub token_env: Option<String>,
 
-    /// Print one JSON document with the decision on stdout
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: JsonArg,
 }
 
 #[derive(Debug, Args)]
@@ -248,9 +253,8 @@ pub struct LintArgs {
     #[arg(long)]
     pub strict: bool,
 
-    /// Print one JSON document on stdout
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: JsonArg,
 }
 
 #[derive(Debug, Args)]

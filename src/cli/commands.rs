@@ -261,10 +261,10 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
             doc.push_line(line);
             Ok(())
         },
-        |_| Commit::new(&audit, event).revealing(|| reveal(&issued, args.json)),
+        |_| Commit::new(&audit, event).revealing(|| reveal(&issued, args.output.json)),
         |doc| doc.invalid_lines(),
     )?;
-    announce(&issued, args.json, ctx.store.path());
+    announce(&issued, args.output.json, ctx.store.path());
     warn_about_file(ctx, &invalid);
     Ok(Exit::Success)
 }
@@ -445,13 +445,13 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
             if let Some(until) = &issued.old_valid_until {
                 event = event.with("old_valid_until", until.clone());
             }
-            Commit::new(&audit, event).revealing(move || reveal(&issued, args.json))
+            Commit::new(&audit, event).revealing(move || reveal(&issued, args.output.json))
         },
         |doc| doc.invalid_lines(),
     )?;
     announce(
         &rotated(&token, &old, &new_record, now, grace_until),
-        args.json,
+        args.output.json,
         ctx.store.path(),
     );
     warn_about_file(ctx, &invalid);
@@ -622,7 +622,7 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
             ("unauthorized", id, None, Some(why.reason()))
         }
     };
-    let printed = if args.json {
+    let printed = if args.output.json {
         output::print_json(&CheckReport {
             result: report.0,
             id: report.1.map(ToString::to_string),
@@ -918,7 +918,7 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
         .filter(|f| f.severity == Severity::Error)
         .count();
     let warnings = findings.len() - errors;
-    let printed = if args.json {
+    let printed = if args.output.json {
         output::print_json(&LintReport {
             file: path.display().to_string(),
             errors,
