@@ -257,7 +257,10 @@ pub struct LintArgs {
     pub output: JsonArg,
 }
 
+/// At least one listener: a `serve` with neither would answer nobody (a usage error that
+/// names both flags).
 #[derive(Debug, Args)]
+#[group(id = "listener", required = true, multiple = true)]
 pub struct ServeArgs {
     /// Unix socket to listen on (mode 0660), line protocol: `CHECK scope[,scope] TOKEN`
     #[arg(long, value_name = "PATH")]

@@ -1008,11 +1008,6 @@ fn hash(ctx: &Context) -> Result<Exit> {
 }
 
 fn serve(ctx: &Context, args: ServeArgs) -> Result<Exit> {
-    if args.socket.is_none() && args.http.is_none() {
-        return Err(Error::usage(
-            "serve needs --socket PATH and/or --http 127.0.0.1:PORT",
-        ));
-    }
     crate::serve::run(crate::serve::ServeOptions {
         file: ctx.store.path().to_path_buf(),
         socket: args.socket,

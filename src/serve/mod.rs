@@ -38,17 +38,13 @@ use state::Shared;
 pub struct ServeOptions {
     /// The token file as the user named it (may be a symlink, e.g. a Kubernetes `..data` link).
     pub file: PathBuf,
+    /// The listeners: with neither, nothing is served (the command line requires one).
     pub socket: Option<PathBuf>,
     pub http: Option<SocketAddr>,
 }
 
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully and returns success.
 pub fn run(options: ServeOptions) -> Result<Exit> {
-    if options.socket.is_none() && options.http.is_none() {
-        return Err(Error::usage(
-            "serve needs --socket PATH and/or --http 127.0.0.1:PORT",
-        ));
-    }
     init_logging();
     raise_open_files_limit();
     early_signals()?;
