@@ -119,20 +119,64 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
 /// `WHEN`: an RFC 3339 time, or a duration from `now`. Either must land in a year this
 /// tool can write (up to 9999); anything past it is a usage error.
 pub fn parse_when(text: &str, now: Timestamp) -> Result<Timestamp> {
-    if let Some(t) = parse_timestamp(text.trim().as_bytes()) {
-        return Ok(t);
+    When::parse(text)?.resolve(now)
+}
+
+/// A `WHEN` argument as given, before "now" is known: parsed when the command line is, and
+/// [resolved](When::resolve) against the one "now" a command stamps everything with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct When {
+    /// As given, for messages about it.
+    text: String,
+    at: WhenAt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenAt {
+    Time(Timestamp),
+    FromNow(Duration),
+}
+
+impl When {
+    /// A usage error that says what is wrong when `text` is neither a time nor a duration.
+    pub fn parse(text: &str) -> Result<When> {
+        let at = match parse_timestamp(text.trim().as_bytes()) {
+            Some(t) => WhenAt::Time(t),
+            None => match duration(text) {
+                Ok(duration) => WhenAt::FromNow(duration),
+                Err(BadDuration::TooLong) => return Err(too_far(text)),
+                Err(BadDuration::Malformed) => {
+                    return Err(Error::usage(format!(
+                        "{text:?} is neither an RFC 3339 time (2026-05-05T14:23:00Z) nor a duration (90d, 12h, 30m)"
+                    )));
+                }
+            },
+        };
+        Ok(When {
+            text: text.to_owned(),
+            at,
+        })
     }
-    let too_far = || Error::usage(format!("{text:?} is too far in the future"));
-    match duration(text) {
-        Ok(duration) => time::Duration::try_from(duration)
-            .ok()
-            .and_then(|duration| now.checked_add(duration))
-            .ok_or_else(too_far),
-        Err(BadDuration::TooLong) => Err(too_far()),
-        Err(BadDuration::Malformed) => Err(Error::usage(format!(
-            "{text:?} is neither an RFC 3339 time (2026-05-05T14:23:00Z) nor a duration (90d, 12h, 30m)"
-        ))),
+
+    /// The time meant, a duration counted from `now`.
+    pub fn resolve(&self, now: Timestamp) -> Result<Timestamp> {
+        match self.at {
+            WhenAt::Time(t) => Ok(t),
+            WhenAt::FromNow(duration) => time::Duration::try_from(duration)
+                .ok()
+                .and_then(|duration| now.checked_add(duration))
+                .ok_or_else(|| too_far(&self.text)),
+        }
     }
+
+    /// The argument as given.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+fn too_far(text: &str) -> Error {
+    Error::usage(format!("{text:?} is too far in the future"))
 }
 
 /// The lock timeout: a duration, or a plain number of seconds.

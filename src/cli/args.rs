@@ -2,8 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::when::{When, parse_duration, parse_lock_timeout};
 
 pub const DEFAULT_FILE: &str = "/etc/tokenfile/tokens";
 
@@ -87,8 +90,14 @@ pub struct Cli {
     pub file: Option<PathBuf>,
 
     /// How long to wait for the lock held by another writer (e.g. 10s, 500ms, 2m)
-    #[arg(long, global = true, value_name = "DURATION", default_value = "10s")]
-    pub lock_timeout: String,
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_lock_timeout
+    )]
+    pub lock_timeout: Duration,
 
     /// Where changes are logged [default: $TOKENFILE_AUDIT_LOG, else <file>.audit.jsonl]
     #[arg(long, global = true, env = "TOKENFILE_AUDIT_LOG", value_name = "PATH")]
@@ -168,6 +177,8 @@ pub enum Command {
     },
 }
 
+/// `--json`, for every command that has it. A command whose document says more than its
+/// listing gives the flag its own help (`mut_arg`), so that `--help` tells what is printed.
 #[derive(Debug, Args)]
 pub struct JsonArg {
     /// Print one JSON document on stdout
@@ -175,7 +186,11 @@ pub struct JsonArg {
     pub json: bool,
 }
 
+const JSON_WITH_TOKEN: &str = "Print one JSON document (with the token) on stdout";
+const JSON_WITH_DECISION: &str = "Print one JSON document with the decision on stdout";
+
 #[derive(Debug, Args)]
+#[command(mut_arg("json", |json| json.help(JSON_WITH_TOKEN)))]
 pub struct MintArgs {
     /// Scope the token grants; repeat or comma-separate for several (`*` = everything,
     /// `kafka:*` = every scope under `kafka:`)
@@ -187,38 +202,38 @@ pub struct MintArgs {
     pub name: String,
 
     /// Expiry: an RFC 3339 time or a duration from now (90d, 12h, 30m)
-    #[arg(long, value_name = "WHEN")]
-    pub expires: Option<String>,
+    #[arg(long, value_name = "WHEN", value_parser = When::parse)]
+    pub expires: Option<When>,
 
     /// Store the token itself instead of its SHA-256 (for files an older reader also uses)
     #[arg(long)]
     pub plaintext: bool,
 
-    /// Print one JSON document (with the token) on stdout
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: JsonArg,
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("json", |json| json.help(JSON_WITH_TOKEN)))]
 pub struct RotateArgs {
     /// The record ID (or a unique prefix of at least 4 hex digits)
     #[arg(value_name = "ID")]
     pub id: String,
 
     /// Keep the old token valid for this long (e.g. 24h) instead of removing it now
-    #[arg(long, value_name = "DURATION")]
-    pub grace: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub grace: Option<Duration>,
 
     /// Expiry of the new token: RFC 3339 time or duration [default: the old record's]
-    #[arg(long, value_name = "WHEN")]
-    pub expires: Option<String>,
+    #[arg(long, value_name = "WHEN", value_parser = When::parse)]
+    pub expires: Option<When>,
 
-    /// Print one JSON document (with the token) on stdout
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: JsonArg,
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("json", |json| json.help(JSON_WITH_DECISION)))]
 pub struct CheckArgs {
     /// Required scope; repeat or comma-separate for several (all must be granted)
     #[arg(long = "scope", short = 's', required = true, value_name = "SCOPE")]
@@ -228,9 +243,8 @@ pub struct CheckArgs {
     #[arg(long, value_name = "VAR")]
     pub token_env: Option<String>,
 
-    /// Print one JSON document with the decision on stdout
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: JsonArg,
 }
 
 #[derive(Debug, Args)]
@@ -239,12 +253,14 @@ pub struct LintArgs {
     #[arg(long)]
     pub strict: bool,
 
-    /// Print one JSON document on stdout
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: JsonArg,
 }
 
+/// At least one listener: a `serve` with neither would answer nobody (a usage error that
+/// names both flags).
 #[derive(Debug, Args)]
+#[group(id = "listener", required = true, multiple = true)]
 pub struct ServeArgs {
     /// Unix socket to listen on (mode 0660), line protocol: `CHECK scope[,scope] TOKEN`
     #[arg(long, value_name = "PATH")]

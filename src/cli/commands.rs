@@ -18,7 +18,7 @@ use crate::lint::{self, Severity};
 use crate::scan;
 use crate::scope::{RequiredScopes, ScopeSet};
 use crate::token::{self, Id, IdPrefix, Secret, Shape};
-use crate::when::{self, Timestamp, format_timestamp, parse_duration, parse_when};
+use crate::when::{self, Timestamp, When, format_timestamp};
 
 pub fn dispatch(ctx: &Context, command: Command) -> Result<Exit> {
     match command {
@@ -109,14 +109,17 @@ fn refuse_plaintext_in(doc: &Document, name: &str, scopes: &str, file: &Path) ->
     Ok(())
 }
 
-fn future_expiry(text: Option<&str>, now: Timestamp) -> Result<Option<Timestamp>> {
-    let Some(text) = text else { return Ok(None) };
-    let expires = parse_when(text, now).map_err(|e| Error::usage(format!("--expires: {e}")))?;
+fn future_expiry(given: Option<&When>, now: Timestamp) -> Result<Option<Timestamp>> {
+    let Some(given) = given else { return Ok(None) };
+    let expires = given
+        .resolve(now)
+        .map_err(|e| Error::usage(format!("--expires: {e}")))?;
     // The file stores whole seconds: `--expires 1ms` would be written as the creation time,
     // a token dead at birth.
     if expires < now + time::Duration::SECOND {
         return Err(Error::usage(format!(
-            "--expires {text} is not in the future (expiries count whole seconds)"
+            "--expires {} is not in the future (expiries count whole seconds)",
+            given.text()
         )));
     }
     Ok(Some(expires))
@@ -188,7 +191,7 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
     let scopes = ScopeSet::from_args(&args.scopes)?;
     check_name(&args.name)?;
     let now = when::now();
-    let expires = future_expiry(args.expires.as_deref(), now)?;
+    let expires = future_expiry(args.expires.as_ref(), now)?;
     let token = token::mint()?;
     let record = Record {
         credential: new_credential(&token, args.plaintext),
@@ -207,10 +210,10 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
             doc.push_record(&record);
             Ok(())
         },
-        |_| Commit::new(&audit, event).revealing(|| reveal(&issued, args.json)),
+        |_| Commit::new(&audit, event).revealing(|| reveal(&issued, args.output.json)),
         |doc| doc.invalid_lines(),
     )?;
-    announce(&issued, args.json, ctx.store.path());
+    announce(&issued, args.output.json, ctx.store.path());
     warn_about_file(ctx, &invalid);
     Ok(Exit::Success)
 }
@@ -288,13 +291,8 @@ fn revoke(ctx: &Context, given: &[String]) -> Result<Exit> {
 
 fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
     let now = when::now();
-    let grace = args
+    let grace_until = args
         .grace
-        .as_deref()
-        .map(parse_duration)
-        .transpose()
-        .map_err(|e| Error::usage(format!("--grace: {e}")))?;
-    let grace_until = grace
         .map(|g| {
             time::Duration::try_from(g)
                 .ok()
@@ -302,7 +300,7 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
                 .ok_or_else(|| Error::usage("--grace is too long"))
         })
         .transpose()?;
-    let explicit_expiry = future_expiry(args.expires.as_deref(), now)?;
+    let explicit_expiry = future_expiry(args.expires.as_ref(), now)?;
     let token = token::mint()?;
     let audit = ctx.audit()?;
     let ((old, new_record), invalid) = ctx.store.update_and(
@@ -342,13 +340,13 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
             if let Some(until) = &issued.old_valid_until {
                 event = event.with("old_valid_until", until.clone());
             }
-            Commit::new(&audit, event).revealing(move || reveal(&issued, args.json))
+            Commit::new(&audit, event).revealing(move || reveal(&issued, args.output.json))
         },
         |doc| doc.invalid_lines(),
     )?;
     announce(
         &issued(&token, &new_record, now, Some((&old, grace_until))),
-        args.json,
+        args.output.json,
         ctx.store.path(),
     );
     warn_about_file(ctx, &invalid);
@@ -470,7 +468,7 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
             ("unauthorized", id, None, Some(why.reason()))
         }
     };
-    let printed = if args.json {
+    let printed = if args.output.json {
         output::print_json(&CheckReport {
             result: report.0,
             id: report.1.map(ToString::to_string),
@@ -733,7 +731,7 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
         .filter(|f| f.severity == Severity::Error)
         .count();
     let warnings = findings.len() - errors;
-    let printed = if args.json {
+    let printed = if args.output.json {
         output::print_json(&LintReport {
             file: path.display().to_string(),
             errors,
@@ -811,11 +809,6 @@ fn hash(ctx: &Context) -> Result<Exit> {
 }
 
 fn serve(ctx: &Context, args: ServeArgs) -> Result<Exit> {
-    if args.socket.is_none() && args.http.is_none() {
-        return Err(Error::usage(
-            "serve needs --socket PATH and/or --http 127.0.0.1:PORT",
-        ));
-    }
     crate::serve::run(crate::serve::ServeOptions {
         file: ctx.store.path().to_path_buf(),
         socket: args.socket,

@@ -16,7 +16,7 @@ use clap::Parser;
 pub use args::{Cli, Command, DEFAULT_FILE};
 
 use crate::audit::AuditLog;
-use crate::error::{Error, Exit, Result};
+use crate::error::{Exit, Result};
 use crate::store::{self, Store};
 
 /// What every command needs: where the file, its lock and its audit log are.
@@ -76,12 +76,10 @@ pub fn main() -> ExitCode {
 }
 
 pub fn run(cli: Cli) -> Result<Exit> {
-    let lock_timeout = crate::when::parse_lock_timeout(&cli.lock_timeout)
-        .map_err(|e| Error::usage(format!("--lock-timeout: {e}")))?;
     let ctx = Context {
         store: Store::new(
             cli.file.unwrap_or_else(|| PathBuf::from(DEFAULT_FILE)),
-            lock_timeout,
+            cli.lock_timeout,
         ),
         audit_log: cli.audit_log,
     };

@@ -43,8 +43,7 @@ use crate::scope::RequiredScopes;
 use crate::token::Secret;
 use crate::when;
 
-use super::socket::log_decision;
-use super::state::Shared;
+use super::state::{Shared, log_decision};
 use super::{AcceptFailures, next_connection};
 
 const MAX_CONNECTIONS: usize = 1024;
@@ -89,23 +88,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     let mut stop = shutdown;
-    let mut failures = AcceptFailures::default();
-    loop {
-        let Some((permit, accepted)) =
-            next_connection(&slots, &mut stop, || listener.accept()).await
-        else {
-            break;
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => {
-                failures.ok();
-                stream
-            }
-            Err(e) => {
-                failures.failed("HTTP", &e).await;
-                continue;
-            }
-        };
+    let mut failures = AcceptFailures::new("HTTP");
+    while let Some((permit, (stream, _))) =
+        next_connection(&slots, &mut stop, &mut failures, || listener.accept()).await
+    {
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let service = service_fn(move |request: Request<Incoming>| {
@@ -465,7 +451,7 @@ fn with_no_store(bytes: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn metrics(shared: &Shared) -> Response<Body> {
-    let body = shared.metrics.render(&shared.snapshot());
+    let body = shared.metrics.render(&shared.snapshot().gauges());
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

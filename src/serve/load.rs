@@ -10,7 +10,7 @@ use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, SystemTime};
 
@@ -275,67 +275,6 @@ impl Drop for ReadLease<'_> {
     }
 }
 
-/// Every name that leads to the file: `path` itself and each symlink target on the way,
-/// as (canonical directory)/(name). Events on these names concern the file; their
-/// directories are what the reloader watches. A Kubernetes `tokens -> ..data/tokens` with
-/// `..data -> ..2026_05_01...` gives `<dir>/tokens` and `<dir>/..2026_05_01.../tokens`, so
-/// the swap of `..data` (in `<dir>`) and a change of the real file are both seen.
-pub fn names(path: &Path) -> Vec<PathBuf> {
-    const MAX_HOPS: usize = 40; // as the kernel's ELOOP limit
-    let mut names = Vec::new();
-    let mut current = path.to_path_buf();
-    for _ in 0..MAX_HOPS {
-        let Some(name) = current.file_name().map(ToOwned::to_owned) else {
-            break;
-        };
-        let parent = match current.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let Ok(dir) = fs::canonicalize(parent) else {
-            break;
-        };
-        let full = dir.join(name);
-        if names.contains(&full) {
-            break; // a symlink loop
-        }
-        names.push(full.clone());
-        match fs::read_link(&full) {
-            Ok(target) if target.is_absolute() => current = target,
-            Ok(target) => current = dir.join(target),
-            Err(_) => break,
-        }
-    }
-    names
-}
-
-/// Makes every large block (an index's entries, names, table: tens of MiB for a million
-/// records) a mapping of its own, given back to the system the moment it is freed.
-///
-/// glibc's default is to raise that threshold after the first such block is freed, up to
-/// 32 MiB, and to serve later ones from its heaps, which it keeps: with the default, RSS
-/// after each reload of a 1M-record file wandered between 94 and 127 MiB and the peak during
-/// one grew reload after reload (211 → 270 MiB); with a fixed 1 MiB threshold RSS stays at
-/// 94 MiB and the peak at 203 MiB — the index in use plus the one being built (see
-/// BENCHMARKS.md). Called once, before the first load.
-pub fn map_large_blocks() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a tunable of the allocator; no memory is passed.
-    unsafe {
-        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
-}
-
-/// Gives the memory of a dropped state back to the system: what is left of it in glibc's
-/// heaps after [`map_large_blocks`] (the scope sets, small blocks of the loaders' threads).
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory of the allocator's own to the kernel.
-    unsafe {
-        nix::libc::malloc_trim(0);
-    }
-}
-
 /// How often the first read retries a file that keeps changing.
 const FIRST_READ_TRIES: usize = 100;
 const FIRST_READ_PAUSE: Duration = Duration::from_millis(20);
@@ -465,30 +404,5 @@ mod tests {
         fs::write(&path, b"tok\n").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
         assert!(matches!(read(&path, true, true), Reading::Unsafe(_)));
-    }
-
-    #[test]
-    fn names_follow_a_kubernetes_layout() {
-        use std::os::unix::fs::symlink;
-        let dir = tempfile::tempdir().unwrap();
-        let base = fs::canonicalize(dir.path()).unwrap();
-        fs::create_dir(base.join("..2026_01")).unwrap();
-        fs::write(base.join("..2026_01/tokens"), b"").unwrap();
-        symlink("..2026_01", base.join("..data")).unwrap();
-        symlink("..data/tokens", base.join("tokens")).unwrap();
-        assert_eq!(
-            names(&base.join("tokens")),
-            vec![base.join("tokens"), base.join("..2026_01/tokens")]
-        );
-    }
-
-    #[test]
-    fn names_stop_at_a_loop() {
-        use std::os::unix::fs::symlink;
-        let dir = tempfile::tempdir().unwrap();
-        let base = fs::canonicalize(dir.path()).unwrap();
-        symlink("b", base.join("a")).unwrap();
-        symlink("a", base.join("b")).unwrap();
-        assert_eq!(names(&base.join("a")), vec![base.join("a"), base.join("b")]);
     }
 }

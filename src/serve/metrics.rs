@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::check::Decision;
 
-use super::state::Snapshot;
-
 /// How one check ended, the `outcome` label of `tokenfile_checks_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -46,6 +44,18 @@ impl Outcome {
     }
 }
 
+/// What the exposition reports of the state in use, taken from it by whoever holds it:
+/// the counters need not know how a state is made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gauges {
+    pub records: usize,
+    pub invalid_lines: usize,
+    /// Read from the file, rather than missing, unreadable or unsafe.
+    pub file_present: bool,
+    /// Unix time at which the state was installed.
+    pub installed_unix: f64,
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     checks: [AtomicU64; 4],
@@ -76,8 +86,8 @@ impl Metrics {
         self.reload_failures.load(Relaxed)
     }
 
-    /// The whole exposition; `snapshot` supplies the gauges of the state in use.
-    pub fn render(&self, snapshot: &Snapshot) -> String {
+    /// The whole exposition, with the gauges of the state in use.
+    pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(1536);
         let name = "tokenfile_checks_total";
         let _ = writeln!(
@@ -110,25 +120,25 @@ impl Metrics {
             "tokenfile_records_loaded",
             "gauge",
             "Valid records in the state in use.",
-            snapshot.index.records.to_string(),
+            gauges.records.to_string(),
         );
         single(
             "tokenfile_invalid_lines",
             "gauge",
             "Invalid lines skipped in the state in use.",
-            snapshot.invalid_lines.to_string(),
+            gauges.invalid_lines.to_string(),
         );
         single(
             "tokenfile_file_present",
             "gauge",
             "1 if the state in use was read from the file; 0 if it is missing, unreadable or unsafe.",
-            u8::from(snapshot.status.is_loaded()).to_string(),
+            u8::from(gauges.file_present).to_string(),
         );
         single(
             "tokenfile_last_reload_timestamp_seconds",
             "gauge",
             "Unix time at which the state in use was installed.",
-            format!("{:.3}", snapshot.installed_unix()),
+            format!("{:.3}", gauges.installed_unix),
         );
         out
     }

@@ -1,9 +1,10 @@
 //! `tokenfile serve` (docs/protocols.md): a long-running checker on a Unix socket and/or HTTP that
 //! follows every change of the token file.
 //!
-//! - [`load`]: reading the file consistently, the names that lead to it;
-//! - [`state`]: the snapshot in use, swapped whole, and the shared check;
-//! - [`watch`]: the reloader thread (inotify, periodic stat, SIGHUP);
+//! - [`load`]: reading the file consistently;
+//! - [`state`]: the snapshot in use, swapped whole, and the shared check and its log line;
+//! - [`watch`]: the reloader thread (inotify on the names that lead to the file, periodic
+//!   stat, SIGHUP);
 //! - [`socket`]: the Unix socket line protocol;
 //! - [`http`]: forward auth, `/healthz`, `/metrics`;
 //! - [`metrics`]: counters and their Prometheus text.
@@ -37,21 +38,17 @@ use state::Shared;
 pub struct ServeOptions {
     /// The token file as the user named it (may be a symlink, e.g. a Kubernetes `..data` link).
     pub file: PathBuf,
+    /// The listeners: with neither, nothing is served (the command line requires one).
     pub socket: Option<PathBuf>,
     pub http: Option<SocketAddr>,
 }
 
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully and returns success.
 pub fn run(options: ServeOptions) -> Result<Exit> {
-    if options.socket.is_none() && options.http.is_none() {
-        return Err(Error::usage(
-            "serve needs --socket PATH and/or --http 127.0.0.1:PORT",
-        ));
-    }
     init_logging();
     raise_open_files_limit();
     early_signals()?;
-    load::map_large_blocks();
+    map_large_blocks();
     let (snapshot, fingerprint, recheck) = load::initial(&options.file)?;
     let shared = Arc::new(Shared::new(options.file.clone(), snapshot));
     // Bind before any thread exists; see the module comment.
@@ -155,23 +152,33 @@ async fn stopped(shutdown: &mut signal_watch::Receiver<bool>) {
 }
 
 /// The next accepted connection of either listener, with its connection slot: waits for a
-/// free slot first (backpressure at the connection limit), then for a client. `None` once
-/// shutdown is asked for.
+/// free slot first (backpressure at the connection limit), then for a client; a failed
+/// accept is retried (see [`AcceptFailures`]). `None` once shutdown is asked for.
 async fn next_connection<T, F>(
     slots: &std::sync::Arc<tokio::sync::Semaphore>,
     stop: &mut signal_watch::Receiver<bool>,
-    accept: impl FnOnce() -> F,
-) -> Option<(tokio::sync::OwnedSemaphorePermit, std::io::Result<T>)>
+    failures: &mut AcceptFailures,
+    mut accept: impl FnMut() -> F,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, T)>
 where
     F: std::future::Future<Output = std::io::Result<T>>,
 {
-    let permit = tokio::select! {
-        permit = slots.clone().acquire_owned() => permit.ok()?,
-        () = stopped(stop) => return None,
-    };
-    tokio::select! {
-        accepted = accept() => Some((permit, accepted)),
-        () = stopped(stop) => None,
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.ok()?,
+            () = stopped(stop) => return None,
+        };
+        let accepted = tokio::select! {
+            accepted = accept() => accepted,
+            () = stopped(stop) => return None,
+        };
+        match accepted {
+            Ok(connection) => {
+                failures.ok();
+                return Some((permit, connection));
+            }
+            Err(e) => failures.failed(&e).await,
+        }
     }
 }
 
@@ -191,28 +198,68 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Makes every large block (an index's entries, names, table: tens of MiB for a million
+/// records) a mapping of its own, given back to the system the moment it is freed.
+///
+/// glibc's default is to raise that threshold after the first such block is freed, up to
+/// 32 MiB, and to serve later ones from its heaps, which it keeps: with the default, RSS
+/// after each reload of a 1M-record file wandered between 94 and 127 MiB and the peak during
+/// one grew reload after reload (211 → 270 MiB); with a fixed 1 MiB threshold RSS stays at
+/// 94 MiB and the peak at 203 MiB — the index in use plus the one being built (see
+/// BENCHMARKS.md). Called once, before the first load.
+fn map_large_blocks() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a tunable of the allocator; no memory is passed.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+/// Gives the memory of a dropped state back to the system: what is left of it in glibc's
+/// heaps after [`map_large_blocks`] (the scope sets, small blocks of the loaders' threads).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's own to the kernel.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 /// Failed accepts in a row on one listener. Out of descriptors, the client waits in the
 /// backlog and the accept fails again until one is free: pause rather than spin, and say
 /// so once per streak rather than ten times a second.
-#[derive(Default)]
-struct AcceptFailures(u64);
+struct AcceptFailures {
+    /// The listener, as the warning names it.
+    listener: &'static str,
+    streak: u64,
+}
 
 impl AcceptFailures {
-    async fn failed(&mut self, listener: &str, e: &std::io::Error) {
-        if self.0 == 0 {
-            warn!("{listener} accept failed: {e}; retrying every 100 ms");
+    fn new(listener: &'static str) -> Self {
+        AcceptFailures {
+            listener,
+            streak: 0,
         }
-        self.0 += 1;
+    }
+
+    async fn failed(&mut self, e: &std::io::Error) {
+        if self.streak == 0 {
+            warn!(
+                "{} accept failed: {e}; retrying every 100 ms",
+                self.listener
+            );
+        }
+        self.streak += 1;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
     fn ok(&mut self) {
-        if self.0 > 0 {
+        if self.streak > 0 {
             info!(
                 "accepting connections again after {} failed attempts",
-                self.0
+                self.streak
             );
-            self.0 = 0;
+            self.streak = 0;
         }
     }
 }

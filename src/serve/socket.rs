@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::scope::RequiredScopes;
 use crate::token::Secret;
 
-use super::state::Shared;
+use super::state::{Shared, log_decision};
 use super::{AcceptFailures, next_connection, stopped};
 
 /// Longest request line, without its newline. A token is at most 4 KiB.
@@ -125,26 +125,17 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: watch:
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     let mut stop = shutdown.clone();
-    let mut failures = AcceptFailures::default();
-    loop {
-        // Backpressure: at the connection limit, wait for one to end before accepting.
-        let Some((permit, accepted)) =
-            next_connection(&slots, &mut stop, || listener.accept()).await
-        else {
-            break;
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                failures.ok();
-                let shared = shared.clone();
-                let shutdown = shutdown.clone();
-                connections.spawn(async move {
-                    connection(stream, &shared, shutdown).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => failures.failed("socket", &e).await,
-        }
+    let mut failures = AcceptFailures::new("socket");
+    // Backpressure: at the connection limit, wait for one to end before accepting.
+    while let Some((permit, (stream, _))) =
+        next_connection(&slots, &mut stop, &mut failures, || listener.accept()).await
+    {
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            connection(stream, &shared, shutdown).await;
+            drop(permit);
+        });
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
@@ -319,16 +310,6 @@ fn check(shared: &Shared, args: &[u8], out: &mut Vec<u8>) {
         log_decision("socket", &decision);
         Reply::Decision(decision).write(out)
     })
-}
-
-/// One debug line per decision: the record's ID and the outcome. Never the token — nor the
-/// required scopes, in case a client put the token in their place.
-pub fn log_decision(via: &str, decision: &Decision) {
-    match decision {
-        Decision::Granted { id, .. } => debug!(via, %id, "granted"),
-        Decision::Forbidden { id, .. } => debug!(via, %id, "forbidden"),
-        Decision::Unauthorized(why) => debug!(via, reason = why.reason(), "unauthorized"),
-    }
 }
 
 #[cfg(test)]

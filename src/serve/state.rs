@@ -13,7 +13,7 @@ use crate::scope::RequiredScopes;
 use crate::token::{Digest, MAX_TOKEN_LEN, Secret};
 use crate::when;
 
-use super::metrics::{Metrics, Outcome};
+use super::metrics::{Gauges, Metrics, Outcome};
 
 /// Where the state in use came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +104,16 @@ impl Snapshot {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0)
     }
+
+    /// What `/metrics` reports of this state.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            records: self.index.records,
+            invalid_lines: self.invalid_lines,
+            file_present: self.status.is_loaded(),
+            installed_unix: self.installed_unix(),
+        }
+    }
 }
 
 /// Everything the listeners and the reloader share.
@@ -164,6 +174,16 @@ impl Shared {
     }
 }
 
+/// One debug line per decision: the record's ID and the outcome. Never the token — nor the
+/// required scopes, in case a client put the token in their place.
+pub fn log_decision(via: &str, decision: &Decision) {
+    match decision {
+        Decision::Granted { id, .. } => tracing::debug!(via, %id, "granted"),
+        Decision::Forbidden { id, .. } => tracing::debug!(via, %id, "forbidden"),
+        Decision::Unauthorized(why) => tracing::debug!(via, reason = why.reason(), "unauthorized"),
+    }
+}
+
 /// Logs what was skipped in a freshly loaded file: line numbers and reasons, never content.
 pub fn log_problems(file: &Path, problems: &[LoadProblem]) {
     const SHOWN: usize = 50;
@@ -192,7 +212,7 @@ mod tests {
         shared.check(&Secret::new(long.into_bytes()), &required, |decision| {
             assert_eq!(decision, Decision::Unauthorized(Unauthorized::Unknown))
         });
-        let text = shared.metrics.render(&shared.snapshot());
+        let text = shared.metrics.render(&shared.snapshot().gauges());
         assert!(text.contains("tokenfile_checks_total{outcome=\"unauthorized\"} 1"));
     }
 

@@ -5,7 +5,7 @@
 //!
 //! How a change is noticed:
 //! - inotify (through `notify`) on the directory of every name leading to the file (see
-//!   [`load::names`]): a rename over it (this tool, `sed -i`, vim), an in-place write (`>>`,
+//!   [`names`]): a rename over it (this tool, `sed -i`, vim), an in-place write (`>>`,
 //!   `cp`, an editor that overwrites), a delete, a re-create, a Kubernetes `..data` swap;
 //! - a stat of the path every [`TICK`] as a safety net (network file systems, a lost
 //!   inotify event, a directory that did not exist yet when we tried to watch it);
@@ -17,7 +17,7 @@
 //! descriptor releases them and tries again at once.
 
 use std::collections::HashSet;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -186,7 +186,7 @@ struct Reload {
     /// Directories being watched, and those we already warned we cannot watch.
     watched: HashSet<PathBuf>,
     warned_watch: HashSet<PathBuf>,
-    /// Every name that leads to the file (see `load::names`).
+    /// Every name that leads to the file (see [`names`]).
     names: Vec<PathBuf>,
     policy: Policy,
     /// The fingerprint of the file the state in use came from.
@@ -411,7 +411,7 @@ impl Reload {
     /// since) the one the state in use came from. The fingerprint holds the file's device
     /// and inode, so another file behind the same names shows too.
     fn leads_elsewhere(&self) -> bool {
-        load::names(&self.path) != self.names || load::fingerprint(&self.path) != self.seen
+        names(&self.path) != self.names || load::fingerprint(&self.path) != self.seen
     }
 
     /// Reads the file once (twice if it was short of descriptors) and says what was found;
@@ -507,7 +507,7 @@ impl Reload {
     fn sync_watches(&mut self) -> bool {
         let had_names = !self.names.is_empty();
         let mut added = false;
-        self.names = load::names(&self.path);
+        self.names = names(&self.path);
         let wanted: HashSet<PathBuf> = self
             .names
             .iter()
@@ -591,7 +591,7 @@ impl Reload {
     /// Puts `snapshot` in use and frees the state it replaces here, off the request path.
     fn install(&self, snapshot: Snapshot) {
         drop(self.shared.install(snapshot));
-        load::release_freed_memory();
+        super::release_freed_memory();
     }
 }
 
@@ -612,4 +612,68 @@ fn passing(e: &io::Error) -> bool {
 fn out_of_descriptors(e: &io::Error) -> bool {
     use nix::libc;
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Every name that leads to the file: `path` itself and each symlink target on the way,
+/// as (canonical directory)/(name). Events on these names concern the file; their
+/// directories are what the reloader watches. A Kubernetes `tokens -> ..data/tokens` with
+/// `..data -> ..2026_05_01...` gives `<dir>/tokens` and `<dir>/..2026_05_01.../tokens`, so
+/// the swap of `..data` (in `<dir>`) and a change of the real file are both seen.
+fn names(path: &Path) -> Vec<PathBuf> {
+    const MAX_HOPS: usize = 40; // as the kernel's ELOOP limit
+    let mut names = Vec::new();
+    let mut current = path.to_path_buf();
+    for _ in 0..MAX_HOPS {
+        let Some(name) = current.file_name().map(ToOwned::to_owned) else {
+            break;
+        };
+        let parent = match current.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let Ok(dir) = fs::canonicalize(parent) else {
+            break;
+        };
+        let full = dir.join(name);
+        if names.contains(&full) {
+            break; // a symlink loop
+        }
+        names.push(full.clone());
+        match fs::read_link(&full) {
+            Ok(target) if target.is_absolute() => current = target,
+            Ok(target) => current = dir.join(target),
+            Err(_) => break,
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_a_kubernetes_layout() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(dir.path()).unwrap();
+        fs::create_dir(base.join("..2026_01")).unwrap();
+        fs::write(base.join("..2026_01/tokens"), b"").unwrap();
+        symlink("..2026_01", base.join("..data")).unwrap();
+        symlink("..data/tokens", base.join("tokens")).unwrap();
+        assert_eq!(
+            names(&base.join("tokens")),
+            vec![base.join("tokens"), base.join("..2026_01/tokens")]
+        );
+    }
+
+    #[test]
+    fn names_stop_at_a_loop() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(dir.path()).unwrap();
+        symlink("b", base.join("a")).unwrap();
+        symlink("a", base.join("b")).unwrap();
+        assert_eq!(names(&base.join("a")), vec![base.join("a"), base.join("b")]);
+    }
 }
