@@ -18,27 +18,10 @@ const ORIGINAL: &[u8] = b"# a file that must survive\nvictim-token\tread\tvictim
 
 /// Whether this system lets us make private mounts as an unprivileged namespace root.
 fn namespaces_work() -> bool {
-    let probe = Command::new("unshare")
-        .args([
-            "-r",
-            "-m",
-            "sh",
-            "-c",
-            "mount -t tmpfs -o size=64k tmpfs \"$0\"",
-            "/tmp",
-        ])
-        .output();
-    match probe {
-        Ok(out) if out.status.success() => true,
-        Ok(out) => {
-            eprintln!(
-                "SKIP: `unshare -r -m` + tmpfs mount failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            false
-        }
-        Err(e) => {
-            eprintln!("SKIP: cannot run unshare: {e}");
+    match mount_namespaces_work() {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("SKIP: {why}");
             false
         }
     }

@@ -21,33 +21,15 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::fault::*;
-use crate::support::{BIN, is_root, leftovers_in, report, tokenfile_command};
+use crate::support::{
+    BIN, is_root, leftovers_in, mount_namespaces_work, report, tokenfile_command,
+};
 
 /// Runs `script` in a new user + mount namespace; `None` if namespaces are not available.
 fn in_namespace(script: &str, args: &[&str]) -> Option<String> {
-    let probe = Command::new("unshare")
-        .args([
-            "-r",
-            "-m",
-            "sh",
-            "-c",
-            "mount -t tmpfs -o size=64k tmpfs \"$0\"",
-            "/tmp",
-        ])
-        .output();
-    match probe {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            eprintln!(
-                "SKIPPED: `unshare -r -m` cannot mount here: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            return None;
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: cannot run unshare: {e}");
-            return None;
-        }
+    if let Err(why) = mount_namespaces_work() {
+        eprintln!("SKIPPED: {why}");
+        return None;
     }
     let out = Command::new("unshare")
         .args(["-r", "-m", "bash", "-c", script, "fault-disk"])

@@ -13,7 +13,7 @@
 //!   (`.tokens.edit-*`) — except the copy a failed `edit` keeps on purpose and names on
 //!   stderr, so that the admin's work is not lost (tests/cli_edit.rs);
 //! - for `mint` and `rotate`: on exit 0 the token on stdout, and a changed file stores that
-//!   very token (its SHA-256, computed here with `sha2`);
+//!   very token (its SHA-256, computed with `sha2` by the support module);
 //! - when the log holds the line of a change that then failed, a second line after it
 //!   (docs/writing.md: "a change that then fails gets a second line saying so").
 //!
@@ -70,8 +70,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{BIN, clear_env, is_root, report};
-use sha2::{Digest, Sha256};
+use crate::support::{BIN, clear_env, id_of, is_root, leftovers_in, report, sha256_hex};
 
 /// The calls that are failed in turn (a call the binary never makes gets no run).
 const SYSCALLS: &[&str] = &[
@@ -143,8 +142,8 @@ impl Cmd {
                 "--name".into(),
                 "minted".into(),
             ],
-            Cmd::Revoke => vec!["revoke".into(), id_of(ALPHA)],
-            Cmd::Rotate => vec!["rotate".into(), id_of(BETA)],
+            Cmd::Revoke => vec!["revoke".into(), id_of(ALPHA.as_bytes())],
+            Cmd::Rotate => vec!["rotate".into(), id_of(BETA.as_bytes())],
             Cmd::Hash => vec!["hash".into()],
             Cmd::Edit => vec!["edit".into()],
         }
@@ -174,17 +173,6 @@ impl Scenario {
             n => format!("{} ({n} records)", self.cmd.name()),
         }
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn id_of(token: &str) -> String {
-    sha256_hex(token.as_bytes())[..12].to_string()
 }
 
 fn hashed_line(token: &str, scopes: &str, name: &str) -> String {
@@ -505,9 +493,9 @@ fn landed(
     };
     match scenario.cmd {
         Cmd::Init => exact("init", Vec::new()),
-        Cmd::Revoke => exact("revoke", vec![id_of(ALPHA)]),
-        Cmd::Hash => exact("hash", vec![id_of(GAMMA)]),
-        Cmd::Edit => exact("edit", vec![id_of(ALPHA)]),
+        Cmd::Revoke => exact("revoke", vec![id_of(ALPHA.as_bytes())]),
+        Cmd::Hash => exact("hash", vec![id_of(GAMMA.as_bytes())]),
+        Cmd::Edit => exact("edit", vec![id_of(ALPHA.as_bytes())]),
         Cmd::Mint => Ok(Change {
             event: "mint",
             ids: vec![new_record(&before, "fault", "minted")?],
@@ -550,22 +538,14 @@ fn matches_change(line: &serde_json::Value, change: &Change) -> bool {
 
 /// Leftover temp files; a failed edit's kept copy, named on stderr, is no leftover.
 fn leftovers(work: &Path, out: &RunOutput) -> Vec<String> {
-    fs::read_dir(work)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| {
-                    name.starts_with(".tokens.tmp-") || name.starts_with(".tokens.edit-")
-                })
-                .filter(|name| {
-                    !(name.starts_with(".tokens.edit-")
-                        && out.code() != Some(0)
-                        && out.stderr.contains(name.as_str()))
-                })
-                .collect()
+    leftovers_in(work)
+        .into_iter()
+        .filter(|name| {
+            !(name.starts_with(".tokens.edit-")
+                && out.code() != Some(0)
+                && out.stderr.contains(name.as_str()))
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// Whether the change landed, and what is wrong with the run.

@@ -482,6 +482,29 @@ pub fn send_signal(pid: i32, signal: Signal) -> nix::Result<()> {
     nix::sys::signal::kill(Pid::from_raw(pid), signal)
 }
 
+/// Whether `unshare -r -m` gives a test its own user + mount namespace in which it may mount
+/// a tmpfs (a full or read-only disk of its own); `Err` says why not.
+pub fn mount_namespaces_work() -> Result<(), String> {
+    let probe = Command::new("unshare")
+        .args([
+            "-r",
+            "-m",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=64k tmpfs \"$0\"",
+            "/tmp",
+        ])
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "`unshare -r -m` + tmpfs mount failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run unshare: {e}")),
+    }
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
