@@ -131,6 +131,7 @@ impl Tally {
 
 #[test]
 fn disk_full_leaves_the_file_alone() {
+    let _alone = crate::support::serial();
     let work = tempfile::tempdir().unwrap();
     prepare(work.path());
     let script = format!(
@@ -178,6 +179,7 @@ done
 
 #[test]
 fn read_only_mount_leaves_the_file_alone() {
+    let _alone = crate::support::serial();
     let work = tempfile::tempdir().unwrap();
     prepare(work.path());
     let script = format!(
@@ -214,6 +216,7 @@ const NOBODY: u32 = 65534;
 
 #[test]
 fn permission_denied_leaves_the_file_alone() {
+    let _alone = crate::support::serial();
     let root = is_root();
     let work = tempfile::tempdir().unwrap();
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();

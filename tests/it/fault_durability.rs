@@ -132,6 +132,7 @@ fn check_order(calls: &[Call], file: &str, dir: &str) -> Vec<String> {
 
 #[test]
 fn every_write_is_locked_synced_and_renamed_in_order() {
+    let _alone = crate::support::serial();
     if Command::new("strace").arg("-V").output().is_err() {
         report("fault durability: SKIPPED (strace is not installed)");
         return;

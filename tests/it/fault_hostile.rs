@@ -442,6 +442,7 @@ fn memory(pid: i32) -> (u64, u64) {
 
 #[test]
 fn hostile_input_gets_error_answers_and_bounded_memory() {
+    let _alone = crate::support::serial();
     let scale = rounds();
     let mut rng = Rng::from_env();
     let seed = rng.seed();

@@ -21,6 +21,7 @@ use crate::support::{lock_is_free, report};
 
 #[test]
 fn kill_9_loop_loses_nothing() {
+    let _alone = crate::support::serial();
     let kills_wanted = 100 * rounds();
     // Enough records that a mint spends real time writing (~1 MB), so kills land in every
     // phase of it, not only at process start.
@@ -140,6 +141,7 @@ fn kill_9_loop_loses_nothing() {
 /// `fault kill-9 audit: kills=… landed=… audited=… unlogged=…`. CI runs 150 kills.
 #[test]
 fn kill_9_never_lands_a_change_without_its_audit_line() {
+    let _alone = crate::support::serial();
     let kills_wanted = 150 * rounds();
     // Big enough that a kill can land between the audit line and the rename.
     let scratch = Scratch::new(2_000);

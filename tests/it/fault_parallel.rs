@@ -15,6 +15,7 @@ const WRITERS: usize = 100;
 
 #[test]
 fn parallel_writers_lose_nothing() {
+    let _alone = crate::support::serial();
     let rounds_wanted = 5 * rounds();
     let scratch = Scratch::new(100);
     let mut expected_records = FileState::read(&scratch.file).records;

@@ -412,6 +412,7 @@ fn settle(client: &mut Client, granted: &[String], gone: &[String]) -> Option<Du
 
 #[test]
 fn reload_under_load_never_refuses_a_valid_token() {
+    let _alone = crate::support::serial();
     let rewrites_wanted = 100 * rounds();
     let mut rng = Rng::from_env();
     let seed = rng.seed();

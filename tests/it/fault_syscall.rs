@@ -724,6 +724,7 @@ fn strace_works() -> Result<(), String> {
 
 #[test]
 fn every_failing_syscall_leaves_the_old_file_or_the_whole_change() {
+    let _alone = crate::support::serial();
     if let Err(why) = strace_works() {
         report(&format!("fault syscall: SKIPPED ({why})"));
         return;

@@ -268,6 +268,7 @@ fn readers_agree(bytes: &[u8], chunk: usize) -> Result<(), TestCaseError> {
 
 #[test]
 fn readers_agree_on_nasty_files() {
+    let _alone = crate::support::serial();
     let mut files: Vec<Vec<u8>> = [
         &b""[..],
         b"\n",
@@ -324,6 +325,7 @@ fn readers_agree_on_nasty_files() {
 
 #[test]
 fn fuzz_parser_round_trip() {
+    let _alone = crate::support::serial();
     fuzz(
         "parser",
         256,

@@ -118,6 +118,7 @@ fn required() -> impl Strategy<Value = Vec<String>> {
 
 #[test]
 fn fuzz_scope_matcher() {
+    let _alone = crate::support::serial();
     fuzz(
         "scopes",
         4096,

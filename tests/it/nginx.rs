@@ -169,6 +169,7 @@ fn start_nginx(bin: &Path, dir: &Path, serve: SocketAddr) -> (Nginx, SocketAddr)
 
 #[test]
 fn nginx_auth_request_in_front_of_serve() {
+    let _timed = crate::support::timed();
     let Some(nginx_bin) = find_nginx() else {
         eprintln!("SKIPPED nginx_auth_request_in_front_of_serve: no nginx binary installed");
         return;

@@ -484,6 +484,7 @@ fn start_app(addr: SocketAddr) {
 
 #[test]
 fn caddy_site_protects_the_application() {
+    let _timed = crate::support::timed();
     let Some(caddy) = find_tool("caddy") else {
         eprintln!("SKIPPED caddy_site_protects_the_application: caddy not installed");
         return;

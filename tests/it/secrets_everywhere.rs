@@ -149,6 +149,7 @@ impl Session {
 
 #[test]
 fn no_secret_in_any_command_line_log_or_output() {
+    let _alone = crate::support::serial();
     let scanner = ProcScanner::start();
     // A command line the scanner must see: `sh -c` shows its `$0` as an argument.
     let marker = "secrets-everywhere-scanner-marker";

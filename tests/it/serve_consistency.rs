@@ -5,18 +5,14 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::serve::*;
 
 const VERSIONS: usize = 60;
-
-/// One at a time: both tests make the disk busy, which makes in-place truncates slow
-/// (correct either way, but slower).
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Version `i` of the file: a long comment first, so that a partial file lacks `alpha`;
 /// then `alpha` and the tokens `v1`…`vi`, so that each version only adds to the one before
@@ -55,7 +51,6 @@ fn write_by_rename(path: &Path, i: usize) {
 }
 
 fn never_refused_while(rewrite: fn(&Path, usize)) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens");
     let (head, tail) = version(0);
@@ -100,10 +95,12 @@ fn never_refused_while(rewrite: fn(&Path, usize)) {
 
 #[test]
 fn never_refused_while_replaced_by_rename() {
+    let _alone = crate::support::serial();
     never_refused_while(write_by_rename);
 }
 
 #[test]
 fn never_refused_while_written_in_place() {
+    let _alone = crate::support::serial();
     never_refused_while(write_in_place);
 }

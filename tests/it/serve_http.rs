@@ -124,6 +124,7 @@ fn forward_auth_answers() {
 
 #[test]
 fn healthz_metrics_and_other_paths() {
+    let _timed = crate::support::timed();
     let (dir, file) = setup();
     let serve = Serve::start(&file, dir.path(), Listen::Http);
     let (auth, alpha) = bearer("alpha");
@@ -294,6 +295,7 @@ fn busy_port_and_missing_file_fail_at_start() {
 /// balancer looks at the status code), with the same JSON.
 #[test]
 fn healthz_is_503_while_failing_closed() {
+    let _timed = crate::support::timed();
     use std::os::unix::fs::PermissionsExt;
     let (dir, file) = setup();
     let serve = Serve::start(&file, dir.path(), Listen::Http);

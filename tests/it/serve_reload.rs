@@ -31,6 +31,7 @@ fn started(dir: &TempDir, file: &Path) -> Serve {
 
 #[test]
 fn append_in_place() {
+    let _timed = crate::support::timed();
     let (dir, file) = setup();
     let serve = started(&dir, &file);
     let mut f = OpenOptions::new().append(true).open(&file).unwrap();
@@ -42,6 +43,7 @@ fn append_in_place() {
 
 #[test]
 fn shell_append_and_truncating_write() {
+    let _timed = crate::support::timed();
     let (dir, file) = setup();
     let serve = started(&dir, &file);
     let line = record("beta", "read", "b");
@@ -62,6 +64,7 @@ fn shell_append_and_truncating_write() {
 
 #[test]
 fn replaced_by_rename() {
+    let _timed = crate::support::timed();
     let (dir, file) = setup();
     let serve = started(&dir, &file);
     replace_by_rename(&file, &record("beta", "read", "b"));
@@ -71,6 +74,7 @@ fn replaced_by_rename() {
 
 #[test]
 fn mint_and_revoke_through_the_cli() {
+    let _timed = crate::support::timed();
     let (dir, file) = setup();
     let serve = started(&dir, &file);
     let (code, token) = cli(&file, &["mint", "--scope", "write", "--name", "ci"], "");
@@ -85,6 +89,7 @@ fn mint_and_revoke_through_the_cli() {
 
 #[test]
 fn sed_in_place() {
+    let _timed = crate::support::timed();
     let (dir, file) = setup();
     let serve = started(&dir, &file);
     assert_eq!(
@@ -103,6 +108,7 @@ fn sed_in_place() {
 
 #[test]
 fn vim_style_save() {
+    let _timed = crate::support::timed();
     let (dir, file) = setup();
     let serve = started(&dir, &file);
     // vim (backupcopy=no/auto): rename the original to a backup, write a new file, drop
@@ -121,6 +127,7 @@ fn vim_style_save() {
 
 #[test]
 fn cp_over_it() {
+    let _timed = crate::support::timed();
     let (dir, file) = setup();
     let serve = started(&dir, &file);
     let source = dir.path().join("new-tokens");
@@ -135,6 +142,7 @@ fn cp_over_it() {
 /// `..data -> ..<timestamp>`, swapped by renaming a new `..data` link over the old one.
 #[test]
 fn kubernetes_secret_volume_swap() {
+    let _timed = crate::support::timed();
     let dir = tempfile::tempdir().unwrap();
     let volume = dir.path().join("secret");
     fs::create_dir(&volume).unwrap();
@@ -171,6 +179,7 @@ fn kubernetes_secret_volume_swap() {
 /// half a second of work and a second index in memory each time.
 #[test]
 fn files_coming_and_going_beside_it_cost_no_reread() {
+    let _timed = crate::support::timed();
     let (dir, file) = setup();
     let debug = [("RUST_LOG", "tokenfile=debug")];
     let serve = Serve::start_with(&file, dir.path(), Listen::Socket, &debug);
@@ -196,6 +205,7 @@ fn files_coming_and_going_beside_it_cost_no_reread() {
 /// `--file` is a symlink to a file in another directory, which is replaced by rename there.
 #[test]
 fn symlink_to_a_file_elsewhere() {
+    let _timed = crate::support::timed();
     let dir = tempfile::tempdir().unwrap();
     fs::create_dir(dir.path().join("real")).unwrap();
     let real = dir.path().join("real/tokens");
@@ -213,6 +223,7 @@ fn symlink_to_a_file_elsewhere() {
 
 #[test]
 fn deleted_means_no_tokens_until_recreated() {
+    let _timed = crate::support::timed();
     let (dir, file) = setup();
     let serve = started(&dir, &file);
     fs::remove_file(&file).unwrap();
@@ -228,6 +239,7 @@ fn deleted_means_no_tokens_until_recreated() {
 
 #[test]
 fn world_writable_file_is_refused_until_fixed() {
+    let _timed = crate::support::timed();
     let (dir, file) = setup();
     let serve = started(&dir, &file);
     fs::set_permissions(&file, fs::Permissions::from_mode(0o666)).unwrap();
@@ -239,6 +251,7 @@ fn world_writable_file_is_refused_until_fixed() {
 
 #[test]
 fn invalid_lines_are_skipped_and_logged_without_content() {
+    let _timed = crate::support::timed();
     let (dir, file) = setup();
     let serve = started(&dir, &file);
     let content = record("alpha", "read", "a")
@@ -255,6 +268,7 @@ fn invalid_lines_are_skipped_and_logged_without_content() {
 
 #[test]
 fn sighup_forces_a_reload() {
+    let _timed = crate::support::timed();
     let (dir, file) = setup();
     let serve = Serve::start(&file, dir.path(), Listen::Both);
     let before = serve.metric("tokenfile_reloads_total");
@@ -291,6 +305,7 @@ fn missing_file_at_start_is_an_error() {
 /// so it is believed at once (before, 6 of 100 rewrites here took 2.1 s: `MAX_STALE`).
 #[test]
 fn truncate_then_rewrite_is_seen_within_a_second() {
+    let _timed = crate::support::timed();
     let (dir, file) = setup();
     // Asking all the time, as a busy proxy does, with a line logged per answer, keeps the
     // server busy: without that, the window is too narrow to be hit often.
@@ -325,6 +340,7 @@ fn truncate_then_rewrite_is_seen_within_a_second() {
 /// stream.)
 #[test]
 fn revocation_is_not_held_back_by_a_stream_of_mints() {
+    let _timed = crate::support::timed();
     use std::sync::mpsc;
     let bound = Duration::from_millis(1500);
     let (dir, file) = setup();
@@ -460,6 +476,7 @@ fn running_out_of_descriptors_does_not_stop_reloads() {
 /// with its watch is expected).
 #[test]
 fn a_kubernetes_swap_logs_no_warning() {
+    let _timed = crate::support::timed();
     let dir = tempfile::tempdir().unwrap();
     let volume = dir.path().join("secret");
     fs::create_dir(&volume).unwrap();
@@ -490,6 +507,7 @@ fn a_kubernetes_swap_logs_no_warning() {
 /// (Before, the renamed-in line was held back too: granted only after about 1.06 s.)
 #[test]
 fn a_renamed_in_last_line_counts_at_once_an_appended_one_waits() {
+    let _timed = crate::support::timed();
     use std::os::unix::fs::chown;
     let (dir, file, serve) = served_as_nobody("alpha\tread\n");
     assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));

@@ -18,6 +18,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -475,6 +476,24 @@ pub fn hashed(token: &[u8]) -> String {
 pub fn write_script(path: &Path, body: &str) {
     fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("write script");
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod script");
+}
+
+/// What the heavy tests and the tests with a deadline share. As separate binaries the fault
+/// suite, the fuzz targets and the serve tests ran one binary after another; in one binary
+/// they would run side by side, and a test that loads both cores (a kill loop, strace, a
+/// fuzz batch) could make a one-second reload deadline fail on a 2-core machine.
+static MACHINE: RwLock<()> = RwLock::new(());
+
+/// Taken by a test that loads the machine: it runs with no other such test and no
+/// [`timed`] one beside it.
+pub fn serial() -> RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Taken by a test with a deadline (a reload answered within a second): it may run beside
+/// other tests, but not beside a [`serial`] one.
+pub fn timed() -> RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// kill(2): `pid`, or with a negative `pid` its process group.
