@@ -115,7 +115,7 @@ fn a_fifo_as_the_audit_log_does_not_hang_a_change() {
 
 /// An expiry the file cannot hold is a usage error: below a second it would be written as the
 /// creation time (dead at birth). (A date written within year 9999 whose offset carries it
-/// into year 10000 in UTC is valid RFC 3339 and handled everywhere: tests/cli_errors.rs.)
+/// into year 10000 in UTC is valid RFC 3339 and handled everywhere: tests/it/cli_errors.rs.)
 #[test]
 fn expiries_the_file_cannot_hold_are_usage_errors() {
     let env = Env::init();

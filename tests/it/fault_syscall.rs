@@ -11,7 +11,7 @@
 //! - a non-zero exit exactly when nothing changed;
 //! - no temp file of the atomic replace (`.tokens.tmp-*`) nor an editing copy
 //!   (`.tokens.edit-*`) — except the copy a failed `edit` keeps on purpose and names on
-//!   stderr, so that the admin's work is not lost (tests/cli_edit.rs);
+//!   stderr, so that the admin's work is not lost (tests/it/cli_edit.rs);
 //! - for `mint` and `rotate`: on exit 0 the token on stdout, and a changed file stores that
 //!   very token (its SHA-256, computed with `sha2` by the support module);
 //! - when the log holds the line of a change that then failed, a second line after it
@@ -27,7 +27,7 @@
 //! before the new file is renamed into place". The first sentence is the rule for exactly
 //! this case, a log that cannot be written; the second is about order (a crash between the
 //! two steps), and it holds whenever the log can be written. Refusing the change would lose
-//! it, which the first sentence forbids, and tests/cli_audit.rs already asserts that an
+//! it, which the first sentence forbids, and tests/it/cli_audit.rs already asserts that an
 //! unwritable log is a warning and the change lands. So here: when the injected call is one
 //! on the audit log, the change must still land (exit 0, file changed) and stderr must carry
 //! a warning naming the log; only then may its line be missing (a failed `write`) or present

@@ -1,7 +1,7 @@
 //! Fuzz target 1: the parser round trip (docs/format.md "Lossless"), and the two readers built on
 //! it (the `serve` index and the one-shot scan) agreeing with the document model.
 //!
-//! `cargo test --release --test fuzz_format -- --nocapture` with `TOKENFILE_FUZZ_SECONDS=600`
+//! `cargo test --release --test it -- fuzz_format:: --nocapture` with `TOKENFILE_FUZZ_SECONDS=600`
 //! for a long run (see RELIABILITY.md); CI runs `TOKENFILE_FUZZ_CASES` (default 256) cases
 //! per property.
 

@@ -1,7 +1,7 @@
 //! Fuzz target 2: the scope matcher (docs/format.md (scopes)) against an independent model of the
 //! rules, and the parsers of granted and required scopes (fail closed, never panic).
 //!
-//! `cargo test --release --test fuzz_scope -- --nocapture` with `TOKENFILE_FUZZ_SECONDS=600`
+//! `cargo test --release --test it -- fuzz_scope:: --nocapture` with `TOKENFILE_FUZZ_SECONDS=600`
 //! for a long run (see RELIABILITY.md); CI runs `TOKENFILE_FUZZ_CASES` (default 4096) cases
 //! per property.
 

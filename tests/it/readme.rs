@@ -53,11 +53,11 @@ const BLOCK_TIMEOUT: Duration = Duration::from_secs(60);
 const NOT_RUN: &[(&str, &str)] = &[
     (
         "EDITOR=vim tokenfile edit",
-        "interactive; tests/cli_edit.rs scripts editors",
+        "interactive; tests/it/cli_edit.rs scripts editors",
     ),
     (
         "kubectl apply",
-        "needs a cluster; tests/serve_reload.rs swaps ..data, tests/contrib.rs checks the Secret",
+        "needs a cluster; tests/it/serve_reload.rs swaps ..data, tests/it/contrib.rs checks the Secret",
     ),
     ("bash .ci/run", "CI's own steps; .ci/run is what runs them"),
 ];
@@ -347,7 +347,7 @@ fn every_block_is_exercised() {
                 }
             }
             _ => panic!(
-                "{}: unknown kind of block; see tests/readme.rs for the kinds",
+                "{}: unknown kind of block; see tests/it/readme.rs for the kinds",
                 block.name()
             ),
         }

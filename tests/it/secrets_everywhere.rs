@@ -3,7 +3,7 @@
 //! and for `serve` at its most verbose (`RUST_LOG=trace`), while a background thread reads
 //! `/proc/*/cmdline` of every process over and over: no token and no SHA-256 digest of one
 //! may show up in any process's command line, any stderr, serve's log, the audit log or
-//! `list`. (`tests/cli_secrets.rs` covers the error paths of the commands one by one.)
+//! `list`. (`tests/it/cli_secrets.rs` covers the error paths of the commands one by one.)
 //!
 //! So that it can fail, the test also checks that the secrets are where they must be: each
 //! issued token on its command's stdout, serve's log at debug level and above (a decision

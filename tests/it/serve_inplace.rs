@@ -1,6 +1,6 @@
 //! In-place rewrites of a large file, non-stop, read by a serve without a read lease
 //! (docs/protocols.md): a binary of its own, because its loops load the machine and would
-//! slow the timing tests of tests/serve_reload.rs that cargo runs beside each other.
+//! slow the timing tests of tests/it/serve_reload.rs that cargo runs beside each other.
 
 use std::process::Command;
 use std::thread;
