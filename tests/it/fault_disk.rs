@@ -129,6 +129,26 @@ impl Tally {
     }
 }
 
+/// Runs an `attempt` script in a namespace over the scratch dir `work`, tallies its result
+/// lines (`per_round` attempts each round) and prints the figure `fault <label>: …`.
+fn attempt_in_namespace(script: &str, work: &Path, label: &str, per_round: usize) {
+    let dir = work.to_str().unwrap();
+    let round_count = rounds().to_string();
+    let Some(out) = in_namespace(script, &[BIN, dir, &round_count]) else {
+        report(&format!(
+            "fault {label}: SKIPPED (no user + mount namespaces here)"
+        ));
+        return;
+    };
+    let mut tally = Tally::new();
+    for line in out.lines() {
+        assert!(line.starts_with("case="), "unexpected output: {line}");
+        tally.line(line);
+    }
+    assert_eq!(tally.tries, per_round * rounds());
+    tally.report(label);
+}
+
 #[test]
 fn disk_full_leaves_the_file_alone() {
     let _alone = crate::support::serial();
@@ -162,19 +182,7 @@ for round in $(seq "$ROUNDS"); do
 done
 "#
     );
-    let dir = work.path().to_str().unwrap();
-    let round_count = rounds().to_string();
-    let Some(out) = in_namespace(&script, &[BIN, dir, &round_count]) else {
-        report("fault enospc: SKIPPED (no user + mount namespaces here)");
-        return;
-    };
-    let mut tally = Tally::new();
-    for line in out.lines() {
-        assert!(line.starts_with("case="), "unexpected output: {line}");
-        tally.line(line);
-    }
-    assert_eq!(tally.tries, 11 * rounds());
-    tally.report("enospc");
+    attempt_in_namespace(&script, work.path(), "enospc", 11);
 }
 
 #[test]
@@ -197,19 +205,7 @@ for round in $(seq "$ROUNDS"); do
 done
 "#
     );
-    let dir = work.path().to_str().unwrap();
-    let round_count = rounds().to_string();
-    let Some(out) = in_namespace(&script, &[BIN, dir, &round_count]) else {
-        report("fault read-only: SKIPPED (no user + mount namespaces here)");
-        return;
-    };
-    let mut tally = Tally::new();
-    for line in out.lines() {
-        assert!(line.starts_with("case="), "unexpected output: {line}");
-        tally.line(line);
-    }
-    assert_eq!(tally.tries, rounds());
-    tally.report("read-only");
+    attempt_in_namespace(&script, work.path(), "read-only", 1);
 }
 
 const NOBODY: u32 = 65534;
