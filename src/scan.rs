@@ -167,7 +167,7 @@ mod tests {
     }
 
     // The index against the document model (nasty files, a file large enough for the
-    // two-thread load, any bytes) is checked in tests/fuzz_format.rs.
+    // two-thread load, any bytes) is checked in tests/it/fuzz_format.rs.
 
     #[test]
     fn long_lines_are_scanned_across_chunks() {
