@@ -100,6 +100,7 @@ mod tests {
     use super::*;
     use crate::check::{Decision, Unauthorized, decide};
     use crate::index::{LoadProblem, TokenIndex};
+    use crate::lines::Trickle;
     use crate::scope::RequiredScopes;
     use crate::token::Digest;
     use crate::when::{Timestamp, parse_timestamp};
@@ -131,7 +132,7 @@ mod tests {
         );
         assert_eq!(by_index, by_scan, "index and scan disagree");
         for chunk in [1, 3, 64, 4096] {
-            let streamed = find_record(Trickle::new(file.as_bytes(), chunk), &secret(token));
+            let streamed = find_record(Trickle(file.as_bytes(), chunk), &secret(token));
             assert_eq!(
                 streamed.unwrap(),
                 found,
@@ -145,27 +146,6 @@ mod tests {
         }
     }
 
-    /// A reader that hands out at most `chunk` bytes per read, to cut lines anywhere.
-    struct Trickle<'a> {
-        data: &'a [u8],
-        chunk: usize,
-    }
-
-    impl<'a> Trickle<'a> {
-        fn new(data: &'a [u8], chunk: usize) -> Self {
-            Trickle { data, chunk }
-        }
-    }
-
-    impl Read for Trickle<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = self.chunk.min(buf.len()).min(self.data.len());
-            buf[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
-        }
-    }
-
     // The index against the document model (nasty files, a file large enough for the
     // two-thread load, any bytes) is checked in tests/it/fuzz_format.rs.
 
@@ -175,7 +155,7 @@ mod tests {
         file.extend_from_slice(b"\nfar\tread\n");
         let found = find_record(&file[..], &secret("far")).unwrap().unwrap();
         assert_eq!(found.line, 2);
-        let found = find_record(Trickle::new(&file, 4096), &secret("far")).unwrap();
+        let found = find_record(Trickle(&file, 4096), &secret("far")).unwrap();
         assert_eq!(found.map(|grant| grant.line), Some(2));
     }
 

@@ -149,17 +149,22 @@ fn attempt_in_namespace(script: &str, work: &Path, label: &str, per_round: usize
     tally.report(label);
 }
 
-#[test]
-fn disk_full_leaves_the_file_alone() {
+/// Runs `rounds` (a script that calls `attempt`, with `$D` a fresh directory `dir` in the
+/// scratch dir and `$ROUNDS` the number of rounds) alone in a namespace, and tallies it as
+/// [`attempt_in_namespace`] does.
+fn fault_rounds(dir: &str, rounds: &str, label: &str, per_round: usize) {
     let _alone = crate::support::serial();
     let work = tempfile::tempdir().unwrap();
     prepare(work.path());
-    let script = format!(
-        r#"{ATTEMPT}
-ROUNDS=$3
-D=$W/full
-mkdir -p "$D"
-for round in $(seq "$ROUNDS"); do
+    let script = format!("{ATTEMPT}\nROUNDS=$3\nD=$W/{dir}\nmkdir -p \"$D\"\n{rounds}");
+    attempt_in_namespace(&script, work.path(), label, per_round);
+}
+
+#[test]
+fn disk_full_leaves_the_file_alone() {
+    fault_rounds(
+        "full",
+        r#"for round in $(seq "$ROUNDS"); do
     # Out of space: 0..9 free pages, fewer than a copy of the file needs.
     mount -t tmpfs -o size=256k tmpfs "$D"
     cp "$W/orig" "$D/tokens"; chmod 600 "$D/tokens"
@@ -180,22 +185,17 @@ for round in $(seq "$ROUNDS"); do
     attempt "enospc-no-inode" "$D"
     umount "$D"
 done
-"#
+"#,
+        "enospc",
+        11,
     );
-    attempt_in_namespace(&script, work.path(), "enospc", 11);
 }
 
 #[test]
 fn read_only_mount_leaves_the_file_alone() {
-    let _alone = crate::support::serial();
-    let work = tempfile::tempdir().unwrap();
-    prepare(work.path());
-    let script = format!(
-        r#"{ATTEMPT}
-ROUNDS=$3
-D=$W/ro
-mkdir -p "$D"
-cp "$W/orig" "$D/tokens"; chmod 600 "$D/tokens"
+    fault_rounds(
+        "ro",
+        r#"cp "$W/orig" "$D/tokens"; chmod 600 "$D/tokens"
 "$BIN" --file "$D/tokens" mint --scope setup >"$D/setup.token" 2>/dev/null || echo "setup mint failed"
 cp "$D/tokens" "$W/before"
 mount --bind "$D" "$D"
@@ -203,9 +203,10 @@ mount -o remount,bind,ro "$D"
 for round in $(seq "$ROUNDS"); do
     attempt "read-only-bind-mount" "$D"
 done
-"#
+"#,
+        "read-only",
+        1,
     );
-    attempt_in_namespace(&script, work.path(), "read-only", 1);
 }
 
 const NOBODY: u32 = 65534;
