@@ -7,7 +7,7 @@ use crate::scope::{RequiredScopes, ScopeSet};
 use crate::token::Id;
 use crate::when::Timestamp;
 
-/// What a record grants: all a check needs of it, borrowed from a [`TokenIndex`] or a
+/// What a record grants: all a check needs of it, borrowed from a [`TokenIndex`](crate::index::TokenIndex) or a
 /// [`Grant`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrantRef<'a> {
