@@ -33,7 +33,7 @@ pub fn dispatch(ctx: &Context, command: Command) -> Result<Exit> {
         Command::Id => id(ctx),
         Command::Lint(args) => lint(ctx, args),
         Command::Hash => hash(ctx),
-        Command::Edit => crate::edit::edit(&ctx.store, &ctx.audit()?),
+        Command::Edit => super::edit::edit(&ctx.store, &ctx.audit()?),
         Command::Serve(args) => serve(ctx, args),
         Command::Completions { shell } => {
             let mut out = Vec::new();

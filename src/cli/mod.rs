@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod edit;
 mod man;
 pub(crate) mod output;
 
