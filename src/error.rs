@@ -8,6 +8,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::scope::ScopeArgError;
+use crate::token::TokenError;
+use crate::when::WhenError;
+
 /// Exit codes of docs/exit-codes.md. `check` outcomes that are not errors (granted, forbidden,
 /// unauthorized) are expressed as an `Exit` directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +33,14 @@ impl Exit {
 
 #[derive(Debug)]
 pub enum Error {
-    /// Bad flag value, malformed or empty scope, bad duration, ...
+    /// Bad flag value, ...
     Usage(String),
+    /// Malformed, empty or dead scopes given as arguments.
+    Scope(ScopeArgError),
+    /// A bad duration, time or lock timeout.
+    When(WhenError),
+    /// A bad ID, a token where a name or scope goes, or no randomness to mint with.
+    Token(TokenError),
     /// No record in `file` has that ID.
     NoSuchId { id: String, file: PathBuf },
     /// The ID prefix matches more than one record of `file`; the candidates are listed
@@ -74,7 +84,11 @@ impl Error {
     /// The single mapping from errors to the exit codes of docs/exit-codes.md.
     pub fn exit(&self) -> Exit {
         match self {
-            Error::Usage(_) => Exit::Usage,
+            Error::Usage(_) | Error::Scope(_) | Error::When(_) => Exit::Usage,
+            Error::Token(TokenError::NotAnId { .. } | TokenError::TokenInValue { .. }) => {
+                Exit::Usage
+            }
+            Error::Token(TokenError::NoRandomness(_)) => Exit::Io,
             Error::NoSuchId { .. } | Error::AmbiguousId { .. } => Exit::NoSuchId,
             Error::Problems(_) | Error::Unsafe(_) => Exit::Problems,
             Error::Io { .. } | Error::LockTimeout { .. } | Error::File(_) => Exit::Io,
@@ -88,6 +102,9 @@ impl fmt::Display for Error {
             Error::Usage(msg) | Error::Problems(msg) | Error::Unsafe(msg) | Error::File(msg) => {
                 f.write_str(msg)
             }
+            Error::Scope(e) => e.fmt(f),
+            Error::When(e) => e.fmt(f),
+            Error::Token(e) => e.fmt(f),
             Error::NoSuchId { id, file } => write!(
                 f,
                 "no record in {} has ID {id}: `tokenfile list` shows the IDs in it \
@@ -155,7 +172,28 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
+            Error::Scope(e) => Some(e),
+            Error::When(e) => Some(e),
+            Error::Token(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+impl From<ScopeArgError> for Error {
+    fn from(e: ScopeArgError) -> Self {
+        Error::Scope(e)
+    }
+}
+
+impl From<WhenError> for Error {
+    fn from(e: WhenError) -> Self {
+        Error::When(e)
+    }
+}
+
+impl From<TokenError> for Error {
+    fn from(e: TokenError) -> Self {
+        Error::Token(e)
     }
 }

@@ -12,8 +12,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest as _, Sha256};
 
-use crate::error::{Error, Result};
-
 pub const PREFIX: &str = "tf_";
 const RANDOM_CHARS: usize = 43; // 32 bytes, base64url without padding
 const CHECKSUM_CHARS: usize = 6; // 4 bytes
@@ -201,7 +199,7 @@ impl fmt::Debug for Id {
 pub struct IdPrefix(String);
 
 impl IdPrefix {
-    pub fn parse(text: &str) -> Result<Self> {
+    pub fn parse(text: &str) -> Result<Self, TokenError> {
         let lower = text.trim().to_ascii_lowercase();
         if lower.len() < MIN_ID_PREFIX
             || lower.len() > ID_LEN
@@ -210,14 +208,11 @@ impl IdPrefix {
             // A mistyped ID is worth showing; something longer may be a (legacy, shapeless)
             // token pasted in the wrong place, and is not echoed — nor the start of a minted
             // one, however short.
-            let given = match text.chars().count() <= ID_LEN + 4 && !text.contains(PREFIX) {
+            let shown = match text.chars().count() <= ID_LEN + 4 && !text.contains(PREFIX) {
                 true => format!("{text:?}"),
                 false => format!("the argument ({} characters)", text.chars().count()),
             };
-            return Err(Error::usage(format!(
-                "{given} is not a record ID: give {MIN_ID_PREFIX} to {ID_LEN} hex digits \
-                 as shown by `tokenfile list`"
-            )));
+            return Err(TokenError::NotAnId { shown });
         }
         Ok(IdPrefix(lower))
     }
@@ -231,11 +226,50 @@ impl IdPrefix {
     }
 }
 
+/// Why an ID, a value meant for a record, or the making of a token was refused.
+#[derive(Debug)]
+pub enum TokenError {
+    /// Not 4 to 12 hex digits; `shown` is the argument as the message may show it (quoted,
+    /// or only its length when it could be a token).
+    NotAnId { shown: String },
+    /// A name or scope (`flag`) holds what looks like a token.
+    TokenInValue { flag: &'static str },
+    /// The OS CSPRNG failed.
+    NoRandomness(getrandom::Error),
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenError::NotAnId { shown } => write!(
+                f,
+                "{shown} is not a record ID: give {MIN_ID_PREFIX} to {ID_LEN} hex digits \
+                 as shown by `tokenfile list`"
+            ),
+            TokenError::TokenInValue { flag } => write!(
+                f,
+                "{flag}: the value holds what looks like a tokenfile token; a token never goes on the \
+                 command line (it would show in `ps` and in your shell history) nor into a {}",
+                flag.trim_start_matches('-')
+            ),
+            TokenError::NoRandomness(e) => write!(f, "cannot get randomness from the OS: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TokenError::NoRandomness(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Mints a new token from 256 bits of the OS CSPRNG.
-pub fn mint() -> Result<Secret> {
+pub fn mint() -> Result<Secret, TokenError> {
     let mut random = [0u8; 32];
-    getrandom::fill(&mut random)
-        .map_err(|e| Error::File(format!("cannot get randomness from the OS: {e}")))?;
+    getrandom::fill(&mut random).map_err(TokenError::NoRandomness)?;
     let mut token = String::with_capacity(MINTED_LEN);
     token.push_str(PREFIX);
     URL_SAFE_NO_PAD.encode_string(random, &mut token);
@@ -279,15 +313,11 @@ pub fn shape(token: &[u8]) -> Shape {
 /// Refuses a value for a record (a name, a scope) that holds something shaped like a
 /// tokenfile token, whole or cut: it would be stored in the file and the audit log, and
 /// it came through the command line, where `ps` and shell history show it.
-pub fn refuse_token_in(flag: &str, value: &str) -> Result<()> {
+pub fn refuse_token_in(flag: &'static str, value: &str) -> Result<(), TokenError> {
     if redact(value) == value {
         return Ok(());
     }
-    Err(Error::usage(format!(
-        "{flag}: the value holds what looks like a tokenfile token; a token never goes on the \
-         command line (it would show in `ps` and in your shell history) nor into a {}",
-        flag.trim_start_matches('-')
-    )))
+    Err(TokenError::TokenInValue { flag })
 }
 
 /// What stands in for a token in a message.

@@ -85,7 +85,7 @@ fn check_name(name: &str) -> Result<()> {
             "--name must not contain a TAB or a line break",
         ));
     }
-    token::refuse_token_in("--name", name)
+    Ok(token::refuse_token_in("--name", name)?)
 }
 
 /// The shortest plaintext credential of the file that `mint` looks for in a new name or

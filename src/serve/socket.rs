@@ -302,7 +302,7 @@ fn check(shared: &Shared, args: &[u8], out: &mut Vec<u8>) {
     };
     let required = match std::str::from_utf8(scopes)
         .map_err(|_| Error::usage("malformed required scope: not UTF-8"))
-        .and_then(|s| RequiredScopes::parse(&[s]))
+        .and_then(|s| Ok(RequiredScopes::parse(&[s])?))
     {
         Ok(required) => required,
         Err(e) => {
