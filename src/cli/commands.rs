@@ -160,9 +160,7 @@ fn reveal(issued: &Issued, json: bool) -> Result<()> {
     };
     // Not an `Error::Io`: a closed pipe here is a failed change, never a quiet success.
     shown.map_err(|e| match e {
-        Error::Io { source, .. } => Error::File(format!(
-            "cannot write the new token to standard output ({source}), so nothing was changed"
-        )),
+        Error::Io { source, .. } => Error::TokenNotShown(source),
         other => other,
     })
 }
@@ -425,9 +423,7 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
             let new = match format::parse_line(&line) {
                 format::Entry::Record(new) => new,
                 _ => {
-                    return Err(Error::File(
-                        "internal error: the new record does not parse".into(),
-                    ));
+                    return Err(Error::Internal("the new record does not parse"));
                 }
             };
             match grace_until {

@@ -84,8 +84,7 @@ pub fn print_json_revealing(value: &impl Serialize, token: &Secret) -> Result<()
 }
 
 fn write_json(value: &impl Serialize, revealed: Option<&Secret>) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::File(format!("cannot encode JSON: {e}")))?;
+    let text = serde_json::to_string_pretty(value).map_err(Error::Json)?;
     let mut text = redact_json(&text, revealed);
     text.push('\n');
     match revealed {
