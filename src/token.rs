@@ -177,8 +177,8 @@ pub struct Id([u8; ID_LEN]);
 
 impl Id {
     pub fn as_str(&self) -> &str {
-        // Built only from hex digits.
-        std::str::from_utf8(&self.0).unwrap_or("????????????")
+        std::str::from_utf8(&self.0)
+            .expect("an Id is built only by Digest::id, from ASCII hex digits")
     }
 }
 
