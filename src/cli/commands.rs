@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::Context;
 use super::args::{CheckArgs, Cli, Command, LintArgs, MintArgs, RotateArgs, ServeArgs};
 use super::output::{self, Stdout, note, printable};
-use crate::audit::{AuditRecord, Commit, Event};
+use crate::audit::{AuditRecord, Change, Commit, Event};
 use crate::check::{self, Decision, Unauthorized};
 use crate::error::{Error, Exit, Result};
 use crate::format::{
@@ -66,7 +66,7 @@ fn init(ctx: &Context) -> Result<Exit> {
     let locked = ctx.store.lock()?;
     locked.create_new(
         HEADER.as_bytes(),
-        &mut Commit::new(&audit, Event::new("init", Vec::new())),
+        &mut Commit::new(&audit, Event::new(Change::Init, Vec::new())),
     )?;
     note(&format!("created {}", ctx.store.path().display()));
     // The new file is there either way; an unsafe place is said now rather than by the
@@ -213,8 +213,11 @@ fn stored_form(plaintext: bool) -> &'static str {
 }
 
 fn serialize_secret<S: serde::Serializer>(token: &&Secret, s: S) -> Result<S::Ok, S::Error> {
-    // Minted tokens are URL-safe ASCII.
-    s.serialize_str(std::str::from_utf8(token.expose()).unwrap_or(""))
+    // An empty string here would be a success that showed nobody the token.
+    s.serialize_str(
+        std::str::from_utf8(token.expose())
+            .expect("an issued token comes from token::mint: tf_ and base64url, all ASCII"),
+    )
 }
 
 fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
@@ -237,7 +240,12 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
         scopes: scopes.to_field(),
         expires: expires.map(format_timestamp),
     };
-    let event = Event::new("mint", vec![record]).with("stored", stored_form(args.plaintext));
+    let event = Event::new(
+        Change::Mint {
+            stored: stored_form(args.plaintext),
+        },
+        vec![record],
+    );
     let issued = Issued {
         token: &token,
         id: id.to_string(),
@@ -363,7 +371,7 @@ fn revoke(ctx: &Context, given: &[String]) -> Result<Exit> {
             remove_records(doc, &ids);
             Ok(removed)
         },
-        |records| Commit::new(&audit, Event::new("revoke", records.clone())),
+        |records| Commit::new(&audit, Event::new(Change::Revoke, records.clone())),
     )?;
     for r in &records {
         match r.name.as_str() {
@@ -438,11 +446,13 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
         },
         |(old, new)| {
             let issued = rotated(&token, old, new, now, grace_until);
-            let mut event = Event::new("rotate", vec![AuditRecord::from(new)])
-                .with("replaces", old.id().to_string());
-            if let Some(until) = &issued.old_valid_until {
-                event = event.with("old_valid_until", until.clone());
-            }
+            let event = Event::new(
+                Change::Rotate {
+                    replaces: old.id().to_string(),
+                    old_valid_until: issued.old_valid_until.clone(),
+                },
+                vec![AuditRecord::from(new)],
+            );
             Commit::new(&audit, event).revealing(move || reveal(&issued, args.json))
         },
         |doc| doc.invalid_lines(),
@@ -989,7 +999,7 @@ fn hash(ctx: &Context) -> Result<Exit> {
         },
         |(hashed, _)| {
             let records = hashed.iter().map(AuditRecord::from).collect();
-            Commit::new(&audit, Event::new("hash", records))
+            Commit::new(&audit, Event::new(Change::Hash, records))
         },
     )?;
     note(&format!(

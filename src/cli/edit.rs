@@ -20,7 +20,7 @@ use std::process::Command;
 
 use tempfile::NamedTempFile;
 
-use crate::audit::{AuditLog, AuditRecord, Commit, Event};
+use crate::audit::{AuditLog, AuditRecord, Change, Commit, Event};
 use crate::cli::output::{note, note_raw};
 use crate::error::{Error, Exit, Result};
 use crate::format::{Document, Line};
@@ -125,10 +125,14 @@ fn audit_event(before: &[u8], after: &[u8]) -> Event {
             records.push(record.clone());
         }
     }
-    Event::new("edit", records)
-        .with("added", added)
-        .with("removed", removed)
-        .with("changed", changed)
+    Event::new(
+        Change::Edit {
+            added,
+            removed,
+            changed,
+        },
+        records,
+    )
 }
 
 /// Removes the editing copy when a signal ends the process (docs/writing.md: no full copy of the
