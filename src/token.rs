@@ -11,6 +11,8 @@ use std::io::BufRead;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
 pub const PREFIX: &str = "tf_";
 const RANDOM_CHARS: usize = 43; // 32 bytes, base64url without padding
@@ -21,13 +23,23 @@ pub const MINTED_LEN: usize = PREFIX.len() + RANDOM_CHARS + CHECKSUM_CHARS;
 /// token, low enough that a runaway pipe cannot exhaust memory.
 pub const MAX_TOKEN_LEN: usize = 4096;
 
-/// A secret bearer token. Its `Debug` is redacted, and its bytes are wiped on drop.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
+/// A secret bearer token. Its `Debug` is redacted, its bytes (the whole buffer) are wiped on
+/// drop, and two are compared in constant time.
+#[derive(Clone)]
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        // How many leading bytes of a guess are right must not show in the time taken.
+        self.0.as_slice().ct_eq(other.0.as_slice()).into()
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     pub fn new(bytes: Vec<u8>) -> Self {
-        Secret(bytes)
+        Secret(Zeroizing::new(bytes))
     }
 
     pub fn expose(&self) -> &[u8] {
@@ -45,11 +57,11 @@ impl Secret {
     /// Reads the token from the first line of `input`, without its line ending. Stops at
     /// the first newline: whoever feeds the line (a terminal, a script) need not close it.
     pub fn read_first_line(input: impl BufRead) -> std::io::Result<Secret> {
-        let mut bytes = Vec::new();
-        // One byte past the limit tells "too long" apart from "exactly at the limit".
-        input
-            .take(MAX_TOKEN_LEN as u64 + 2)
-            .read_until(b'\n', &mut bytes)?;
+        // One byte past the limit tells "too long" apart from "exactly at the limit". All
+        // of it allocated at once: a buffer that grew would leave copies nobody wipes.
+        let limit = MAX_TOKEN_LEN + 2;
+        let mut bytes = Zeroizing::new(Vec::with_capacity(limit));
+        input.take(limit as u64).read_until(b'\n', &mut bytes)?;
         if let Some(end) = bytes.iter().position(|&b| b == b'\n') {
             bytes.truncate(end);
         }
@@ -66,16 +78,6 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        // Best effort: keep the secret from lingering in freed memory.
-        for b in self.0.iter_mut() {
-            // SAFETY: `b` is a valid, aligned, exclusive reference into our own buffer.
-            unsafe { std::ptr::write_volatile(b, 0) };
-        }
     }
 }
 
@@ -268,15 +270,14 @@ impl std::error::Error for TokenError {
 
 /// Mints a new token from 256 bits of the OS CSPRNG.
 pub fn mint() -> Result<Secret, TokenError> {
-    let mut random = [0u8; 32];
-    getrandom::fill(&mut random).map_err(TokenError::NoRandomness)?;
+    let mut random = Zeroizing::new([0u8; 32]);
+    getrandom::fill(random.as_mut_slice()).map_err(TokenError::NoRandomness)?;
     let mut token = String::with_capacity(MINTED_LEN);
     token.push_str(PREFIX);
-    URL_SAFE_NO_PAD.encode_string(random, &mut token);
+    URL_SAFE_NO_PAD.encode_string(random.as_slice(), &mut token);
     let checksum = checksum(token.as_bytes());
     token.push_str(&checksum);
-    random.fill(0);
-    Ok(Secret(token.into_bytes()))
+    Ok(Secret::new(token.into_bytes()))
 }
 
 fn checksum(body: &[u8]) -> String {
