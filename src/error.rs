@@ -444,3 +444,98 @@ impl From<TokenError> for Error {
         Error::Token(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The texts these variants had as `format!`s at their sites: scripts and tests match them.
+    #[test]
+    fn messages_keep_their_text() {
+        let p = || PathBuf::from("/d/t");
+        let e = || io::Error::other("boom");
+        let cases = [
+            (
+                Error::Missing {
+                    path: p(),
+                    make_dir: true,
+                },
+                "/d/t does not exist: create it with `mkdir -p /d && tokenfile --file /d/t init`, \
+                 or point --file / $TOKENFILE at your token file",
+            ),
+            (
+                Error::Missing {
+                    path: p(),
+                    make_dir: false,
+                },
+                "/d/t does not exist: create it with `tokenfile --file /d/t init`, or point \
+                 --file / $TOKENFILE at your token file",
+            ),
+            (
+                Error::MissingDir {
+                    dir: "/d".into(),
+                    file: p(),
+                },
+                "the directory /d (for /d/t) does not exist: create it with `mkdir -p /d`, or \
+                 point --file / $TOKENFILE elsewhere",
+            ),
+            (
+                Error::AlreadyExists(p()),
+                "/d/t already exists; not overwriting it (`tokenfile list` shows what is in it; \
+                 give another --file for a new one)",
+            ),
+            (
+                Error::DanglingSymlink(p()),
+                "/d/t is a symlink to a file that does not exist: fix the link, or point --file \
+                 / $TOKENFILE at the token file itself",
+            ),
+            (
+                Error::Owner {
+                    target: p(),
+                    uid: 1,
+                    gid: 2,
+                    source: e(),
+                },
+                "cannot give the new /d/t its old owner 1:2 (boom); run as that user or root",
+            ),
+            (
+                Error::DirSync {
+                    dir: "/d".into(),
+                    target: p(),
+                    source: e(),
+                    undone: true,
+                },
+                "cannot sync the directory /d (boom); the change to /d/t was undone: nothing was \
+                 changed",
+            ),
+            (
+                Error::DirSync {
+                    dir: "/d".into(),
+                    target: p(),
+                    source: e(),
+                    undone: false,
+                },
+                "/d/t was changed, but syncing its directory /d failed (boom): a crash may still \
+                 undo the change; check the file with `tokenfile list`",
+            ),
+            (
+                Error::EditKept {
+                    why: "locked".into(),
+                    copy: p(),
+                },
+                "locked. Your edit is saved in /d/t — run `tokenfile edit` again and re-apply it",
+            ),
+            (
+                Error::Signals {
+                    what: "handle SIGHUP".into(),
+                    source: Box::new(e()),
+                },
+                "cannot handle SIGHUP: boom",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+            assert_eq!(error.exit(), Exit::Io, "{error}");
+        }
+    }
+}
