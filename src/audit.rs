@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::format::Record;
@@ -35,66 +35,106 @@ impl From<&Record> for AuditRecord {
     }
 }
 
-/// One change to the token file.
+/// What a change did: its `event` field and the details of that kind of change, never a
+/// secret.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Change {
+    Init,
+    Mint {
+        /// `hashed` or `plaintext`.
+        stored: &'static str,
+    },
+    Revoke,
+    Rotate {
+        /// The ID of the record the new one replaces.
+        replaces: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        old_valid_until: Option<String>,
+    },
+    Hash,
+    Edit {
+        added: Vec<String>,
+        removed: Vec<String>,
+        changed: Vec<String>,
+    },
+}
+
+/// One change to the token file and the records it concerns.
 #[derive(Debug, Clone)]
 pub struct Event {
-    pub event: &'static str,
+    pub change: Change,
     pub records: Vec<AuditRecord>,
-    /// Event-specific details (e.g. `replaces` for rotate); never secrets.
-    pub details: Map<String, Value>,
 }
 
 impl Event {
-    pub fn new(event: &'static str, records: Vec<AuditRecord>) -> Self {
-        Event {
-            event,
-            records,
-            details: Map::new(),
-        }
-    }
-
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
-        self.details.insert(key.to_string(), value.into());
-        self
+    pub fn new(change: Change, records: Vec<AuditRecord>) -> Self {
+        Event { change, records }
     }
 }
 
 /// The acting user: uid, user name and, under sudo, who ran sudo.
-fn actor() -> Map<String, Value> {
-    let uid = nix::unistd::getuid();
-    let mut actor = Map::new();
-    actor.insert("uid".into(), uid.as_raw().into());
-    if let Ok(Some(user)) = nix::unistd::User::from_uid(uid) {
-        actor.insert("user".into(), user.name.into());
-    }
-    if let Ok(sudo_user) = std::env::var("SUDO_USER") {
-        actor.insert("sudo_user".into(), sudo_user.into());
-    }
-    actor
+#[derive(Serialize)]
+struct Actor {
+    uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sudo_user: Option<String>,
 }
 
-/// One audit line. Every string in it is redacted (`crate::token::redact`): names, scopes,
-/// the file's path and error messages come from the file or the command line, and a token
-/// pasted into any of them must not reach the log.
-pub fn render(event: &Event, file: &Path) -> String {
-    let mut line = Map::new();
-    line.insert("time".into(), format_timestamp(when::now()).into());
-    line.insert("event".into(), event.event.into());
-    line.insert("file".into(), file.display().to_string().into());
-    line.insert(
-        "ids".into(),
-        event
-            .records
-            .iter()
-            .map(|r| Value::from(r.id.clone()))
-            .collect(),
-    );
-    line.insert(
-        "records".into(),
-        serde_json::to_value(&event.records).unwrap_or(Value::Null),
-    );
-    line.extend(event.details.clone());
-    line.extend(actor());
+impl Actor {
+    fn now() -> Self {
+        let uid = nix::unistd::getuid();
+        Actor {
+            uid: uid.as_raw(),
+            user: nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map(|user| user.name),
+            sudo_user: std::env::var("SUDO_USER").ok(),
+        }
+    }
+}
+
+/// One audit line as written. Its fields come out in the order of their names (serde_json's
+/// map sorts them), the order of every line written so far.
+#[derive(Serialize)]
+struct Line<'a> {
+    time: String,
+    #[serde(flatten)]
+    change: &'a Change,
+    file: String,
+    ids: Vec<&'a str>,
+    records: &'a [AuditRecord],
+    #[serde(flatten)]
+    actor: Actor,
+}
+
+/// One audit line; with `failed`, the line of a change that failed after its own line was
+/// written: the same records and details, the change's kind as `change`, the event `failed`.
+/// Every string in it is redacted (`crate::token::redact`): names, scopes, the file's path
+/// and error messages come from the file or the command line, and a token pasted into any of
+/// them must not reach the log.
+pub fn render(event: &Event, file: &Path, failed: Option<&str>) -> String {
+    let line = Line {
+        time: format_timestamp(when::now()),
+        change: &event.change,
+        file: file.display().to_string(),
+        ids: event.records.iter().map(|r| r.id.as_str()).collect(),
+        records: &event.records,
+        actor: Actor::now(),
+    };
+    let Ok(Value::Object(mut line)) = serde_json::to_value(line) else {
+        unreachable!("an audit line is a struct with string keys: it serializes to an object");
+    };
+    if let Some(error) = failed {
+        let change = line
+            .insert("event".into(), "failed".into())
+            .expect("every change is tagged with its event");
+        line.insert("change".into(), change);
+        line.insert("error".into(), error.into());
+    }
     crate::cli::output::redact_json(&Value::Object(line).to_string(), None)
 }
 
@@ -113,8 +153,8 @@ impl AuditLog {
     }
 
     /// Appends one line and syncs it.
-    pub fn append(&self, event: &Event, file: &Path) -> std::io::Result<()> {
-        let mut line = render(event, file);
+    pub fn append(&self, event: &Event, file: &Path, failed: Option<&str>) -> std::io::Result<()> {
+        let mut line = render(event, file, failed);
         line.push('\n');
         // Judged as the lock is: never blocking (a FIFO at the path would hang the change
         // after its lock was taken), never through a symlink or into another user's file.
@@ -146,8 +186,8 @@ impl AuditLog {
 
     /// Appends, turning a failure into a warning on stderr: a change never fails for want
     /// of its audit line. Says whether the line was written.
-    pub fn record(&self, event: &Event, file: &Path) -> bool {
-        match self.append(event, file) {
+    pub fn record(&self, event: &Event, file: &Path, failed: Option<&str>) -> bool {
+        match self.append(event, file, failed) {
             Ok(()) => true,
             Err(e) => {
                 crate::cli::output::note(&format!(
@@ -190,7 +230,7 @@ impl<'a> Commit<'a> {
 
 impl Landing for Commit<'_> {
     fn before_rename(&mut self, target: &Path) -> Result<()> {
-        self.logged = self.log.record(&self.event, target);
+        self.logged = self.log.record(&self.event, target, None);
         match self.reveal.take() {
             Some(reveal) => reveal(),
             None => Ok(()),
@@ -201,11 +241,67 @@ impl Landing for Commit<'_> {
         if !self.logged {
             return;
         }
-        let mut failed = Event::new("failed", self.event.records.clone());
-        failed.details = self.event.details.clone();
-        let failed = failed
-            .with("change", self.event.event)
-            .with("error", error.to_string());
-        self.log.record(&failed, target);
+        self.log
+            .record(&self.event, target, Some(&error.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields of a line, up to `time` (what follows is the acting user), in the order
+    /// every line written so far has them.
+    fn up_to_time(event: &Event, failed: Option<&str>) -> String {
+        let line = render(event, Path::new("/t"), failed);
+        line[..line.find(",\"time\":").expect("a line has its time")].to_string()
+    }
+
+    #[test]
+    fn lines_keep_their_field_names_and_order() {
+        let record = AuditRecord {
+            id: "0123456789ab".into(),
+            name: "ci".into(),
+            scopes: "read".into(),
+            expires: Some("2027-01-01T00:00:00Z".into()),
+        };
+        let rotate = Event::new(
+            Change::Rotate {
+                replaces: "ba9876543210".into(),
+                old_valid_until: Some("2026-06-01T00:00:00Z".into()),
+            },
+            vec![record.clone()],
+        );
+        let records = r#""records":[{"expires":"2027-01-01T00:00:00Z","id":"0123456789ab","name":"ci","scopes":"read"}]"#;
+        assert_eq!(
+            up_to_time(&rotate, None),
+            format!(
+                r#"{{"event":"rotate","file":"/t","ids":["0123456789ab"],"old_valid_until":"2026-06-01T00:00:00Z",{records},"replaces":"ba9876543210""#
+            )
+        );
+        assert_eq!(
+            up_to_time(&rotate, Some("disk full")),
+            format!(
+                r#"{{"change":"rotate","error":"disk full","event":"failed","file":"/t","ids":["0123456789ab"],"old_valid_until":"2026-06-01T00:00:00Z",{records},"replaces":"ba9876543210""#
+            )
+        );
+        let edit = Event::new(
+            Change::Edit {
+                added: vec!["0123456789ab".into()],
+                removed: Vec::new(),
+                changed: Vec::new(),
+            },
+            vec![record],
+        );
+        assert_eq!(
+            up_to_time(&edit, None),
+            format!(
+                r#"{{"added":["0123456789ab"],"changed":[],"event":"edit","file":"/t","ids":["0123456789ab"],{records},"removed":[]"#
+            )
+        );
+        assert_eq!(
+            up_to_time(&Event::new(Change::Init, Vec::new()), None),
+            r#"{"event":"init","file":"/t","ids":[],"records":[]"#
+        );
     }
 }

@@ -24,7 +24,6 @@
 pub mod audit;
 pub mod check;
 pub mod cli;
-pub mod edit;
 pub mod error;
 pub mod format;
 pub mod index;

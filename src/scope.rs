@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::error::{Error, Result};
+use crate::token::TokenError;
 
 /// `[A-Za-z0-9_.:*-]+`
 fn is_scope_char(b: u8) -> bool {
@@ -107,6 +107,8 @@ impl fmt::Display for ScopeError {
     }
 }
 
+impl std::error::Error for ScopeError {}
+
 impl ScopeSet {
     pub fn all() -> Self {
         ScopeSet(vec![Granted::All])
@@ -144,18 +146,17 @@ impl ScopeSet {
     }
 
     /// Parses scopes given on the command line (`--scope a --scope b,c`) for a new record.
-    pub fn from_args<S: AsRef<str>>(args: &[S]) -> Result<Self> {
+    pub fn from_args<S: AsRef<str>>(args: &[S]) -> Result<Self, ScopeArgError> {
         let joined = args
             .iter()
             .map(|s| s.as_ref())
             .collect::<Vec<_>>()
             .join(",");
         if args.is_empty() {
-            return Err(Error::usage("at least one --scope is required"));
+            return Err(ScopeArgError::NoScope);
         }
-        let set = ScopeSet::parse(joined.as_bytes())
-            .map_err(|e| Error::usage(format!("--scope: {e}")))?;
-        crate::token::refuse_token_in("--scope", &joined)?;
+        let set = ScopeSet::parse(joined.as_bytes()).map_err(ScopeArgError::Field)?;
+        crate::token::refuse_token_in("--scope", &joined).map_err(ScopeArgError::Token)?;
         if let Some(dead) = set.0.iter().find(|item| item.is_dead()) {
             let text = dead.to_string();
             // The prefix form only where the one `*` is at the end (`kafka*`).
@@ -167,11 +168,7 @@ impl ScopeSet {
             } else {
                 format!("`{stem}:*` for every scope that starts with `{stem}:`")
             };
-            return Err(Error::usage(format!(
-                "--scope {text}: a `*` works only alone (`*`, every scope) or as a final `:*` \
-                 after a prefix without `*` (`kafka:*`); `{text}` would never match a check. \
-                 Use {instead}"
-            )));
+            return Err(ScopeArgError::DeadStar { text, instead });
         }
         Ok(set)
     }
@@ -197,42 +194,97 @@ impl ScopeSet {
     }
 }
 
+/// Why scopes given as arguments (`--scope`, a check's required scopes, `serve`'s requests)
+/// were refused.
+#[derive(Debug)]
+pub enum ScopeArgError {
+    /// `mint` without `--scope`.
+    NoScope,
+    /// A new record's scopes break the grammar.
+    Field(ScopeError),
+    /// A new record's scopes hold what looks like a token.
+    Token(TokenError),
+    /// A `*` that would never match a check (`text`); `instead` says what would.
+    DeadStar {
+        text: String,
+        instead: String,
+    },
+    /// A required scope holds what looks like a token: never echoed.
+    TokenAsRequired,
+    EmptyRequired,
+    MalformedRequired(String),
+    StarRequired(String),
+    NoRequired,
+}
+
+impl fmt::Display for ScopeArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScopeArgError::NoScope => f.write_str("at least one --scope is required"),
+            ScopeArgError::Field(e) => write!(f, "--scope: {e}"),
+            ScopeArgError::Token(e) => write!(f, "{e}"),
+            ScopeArgError::DeadStar { text, instead } => write!(
+                f,
+                "--scope {text}: a `*` works only alone (`*`, every scope) or as a final `:*` \
+                 after a prefix without `*` (`kafka:*`); `{text}` would never match a check. \
+                 Use {instead}"
+            ),
+            ScopeArgError::TokenAsRequired => f.write_str(
+                "a required scope holds what looks like a tokenfile token (not shown): \
+                 present the token as the token (stdin, --token-env, the Authorization \
+                 header), never where a scope goes",
+            ),
+            ScopeArgError::EmptyRequired => f.write_str(
+                "empty required scope: an empty scope, or an empty item in a list \
+                 (a stray comma, as in `read,`)",
+            ),
+            ScopeArgError::MalformedRequired(item) => {
+                write!(f, "malformed required scope {item:?}: use [A-Za-z0-9_.:-]")
+            }
+            ScopeArgError::StarRequired(item) => write!(
+                f,
+                "required scope {item:?} contains `*`: a check asks for one concrete scope"
+            ),
+            ScopeArgError::NoRequired => f.write_str("no required scope given (use --scope)"),
+        }
+    }
+}
+
+impl std::error::Error for ScopeArgError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ScopeArgError::Field(e) => Some(e),
+            ScopeArgError::Token(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// The scopes a check requires: at least one, each matching the grammar and without `*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequiredScopes(Vec<Box<str>>);
 
 impl RequiredScopes {
     /// Parses required scopes from several arguments, each possibly comma-separated.
-    /// Anything empty or malformed is a usage error — never a grant (fail closed).
-    pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Self> {
+    /// Anything empty or malformed is an error — never a grant (fail closed).
+    pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Self, ScopeArgError> {
         let mut scopes: Vec<Box<str>> = Vec::new();
         for arg in args {
             // A token is a valid scope word: without this, a check for it would echo it as
             // the scope it lacks (`check --json`'s `required`, a denial, serve's answers).
             if crate::token::redact(arg.as_ref()) != arg.as_ref() {
-                return Err(Error::usage(
-                    "a required scope holds what looks like a tokenfile token (not shown): \
-                     present the token as the token (stdin, --token-env, the Authorization \
-                     header), never where a scope goes",
-                ));
+                return Err(ScopeArgError::TokenAsRequired);
             }
             for raw in arg.as_ref().split(',') {
                 let item = raw.trim_matches(' ');
                 if item.is_empty() {
-                    return Err(Error::usage(
-                        "empty required scope: an empty scope, or an empty item in a list \
-                         (a stray comma, as in `read,`)",
-                    ));
+                    return Err(ScopeArgError::EmptyRequired);
                 }
                 if !is_scope_word(item.as_bytes()) {
-                    return Err(Error::usage(format!(
-                        "malformed required scope {item:?}: use [A-Za-z0-9_.:-]"
-                    )));
+                    return Err(ScopeArgError::MalformedRequired(item.to_string()));
                 }
                 if item.contains('*') {
-                    return Err(Error::usage(format!(
-                        "required scope {item:?} contains `*`: a check asks for one concrete scope"
-                    )));
+                    return Err(ScopeArgError::StarRequired(item.to_string()));
                 }
                 if !scopes.iter().any(|s| **s == *item) {
                     scopes.push(item.into());
@@ -240,7 +292,7 @@ impl RequiredScopes {
             }
         }
         if scopes.is_empty() {
-            return Err(Error::usage("no required scope given (use --scope)"));
+            return Err(ScopeArgError::NoRequired);
         }
         Ok(RequiredScopes(scopes))
     }
@@ -335,7 +387,7 @@ mod tests {
     #[test]
     fn required_scopes_fail_closed() {
         for bad in ["", " ", "*", "kafka:*", "a,,b", "a b", "x\u{0}"] {
-            let err = RequiredScopes::parse(&[bad]).unwrap_err();
+            let err = crate::error::Error::from(RequiredScopes::parse(&[bad]).unwrap_err());
             assert_eq!(err.exit(), crate::error::Exit::Usage, "{bad:?}");
         }
         assert!(RequiredScopes::parse::<&str>(&[]).is_err());
@@ -352,7 +404,7 @@ mod tests {
             format!("x{}", &token[..30]),
             format!("bad {token}"),
         ] {
-            let err = RequiredScopes::parse(&[&arg]).unwrap_err();
+            let err = crate::error::Error::from(RequiredScopes::parse(&[&arg]).unwrap_err());
             assert_eq!(err.exit(), crate::error::Exit::Usage, "{arg}");
             assert!(!err.to_string().contains(&token[..16]), "{err}");
         }

@@ -94,11 +94,7 @@ impl Store {
             Ok(real) => Ok(real),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if fs::symlink_metadata(&self.path).is_ok() {
-                    return Err(Error::File(format!(
-                        "{} is a symlink to a file that does not exist: fix the link, or \
-                         point --file / $TOKENFILE at the token file itself",
-                        self.path.display()
-                    )));
+                    return Err(Error::DanglingSymlink(self.path.clone()));
                 }
                 let name = self.path.file_name().ok_or_else(|| {
                     Error::usage(format!("{} is not a file name", self.path.display()))
@@ -108,13 +104,10 @@ impl Store {
                     _ => Path::new("."),
                 };
                 let dir = fs::canonicalize(parent).map_err(|e| match e.kind() {
-                    io::ErrorKind::NotFound => Error::File(format!(
-                        "the directory {} (for {}) does not exist: create it with \
-                         `mkdir -p {}`, or point --file / $TOKENFILE elsewhere",
-                        parent.display(),
-                        self.path.display(),
-                        parent.display()
-                    )),
+                    io::ErrorKind::NotFound => Error::MissingDir {
+                        dir: parent.to_path_buf(),
+                        file: self.path.clone(),
+                    },
                     _ => Error::io("open the directory of", &self.path, e),
                 })?;
                 Ok(dir.join(name))
@@ -297,21 +290,14 @@ enum Exposed {
 }
 
 pub fn missing_file(path: &Path) -> Error {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let create = match parent {
-        // `init` makes no directories: say so before it fails.
-        Some(dir) if !dir.is_dir() => format!(
-            "mkdir -p {} && tokenfile --file {} init",
-            dir.display(),
-            path.display()
-        ),
-        _ => format!("tokenfile --file {} init", path.display()),
-    };
-    Error::File(format!(
-        "{} does not exist: create it with `{create}`, or point --file / $TOKENFILE at \
-         your token file",
-        path.display(),
-    ))
+    // `init` makes no directories: the message says so before it fails.
+    let make_dir = path
+        .parent()
+        .is_some_and(|dir| !dir.as_os_str().is_empty() && !dir.is_dir());
+    Error::Missing {
+        path: path.to_path_buf(),
+        make_dir,
+    }
 }
 
 /// Proof of holding the lock; released when dropped (the lock file itself stays).
@@ -341,12 +327,11 @@ impl Locked {
         // Another file than the one whose lock we hold (a symlink swapped meanwhile) would
         // be replaced without its writers' lock.
         if trusted.real != self.target {
-            return Err(Error::File(format!(
-                "{} now leads to {} instead of {}, the file that was locked; try again",
-                self.given.display(),
-                trusted.real.display(),
-                self.target.display()
-            )));
+            return Err(Error::Swapped {
+                given: self.given.clone(),
+                now: trusted.real,
+                locked: self.target.clone(),
+            });
         }
         let bytes = trusted.read_all()?;
         Ok(Some((bytes, trusted.meta)))
@@ -395,12 +380,10 @@ impl Locked {
         let mut temp = tempfile::Builder::new()
             .prefix(&temp_prefix(target))
             .tempfile_in(dir)
-            .map_err(|e| {
-                Error::File(format!(
-                    "cannot create a temporary copy of {} in {}: {e}",
-                    target.display(),
-                    dir.display()
-                ))
+            .map_err(|source| Error::TempCopy {
+                target: target.clone(),
+                dir: dir.to_path_buf(),
+                source,
             })?;
         set_mode(temp.as_file(), NEW_FILE_MODE)
             .map_err(|e| Error::io("set the mode of a temporary copy of", target, e))?;
@@ -454,22 +437,22 @@ impl Locked {
             None => Err(io::ErrorKind::Unsupported.into()),
         };
         if undone.is_ok() {
-            let error = Error::File(format!(
-                "cannot sync the directory {} ({e}); the change to {} was undone: nothing \
-                 was changed",
-                dir.display(),
-                target.display()
-            ));
+            let error = Error::DirSync {
+                dir: dir.to_path_buf(),
+                target: target.clone(),
+                source: e,
+                undone: true,
+            };
             landing.failed(target, &error);
             return Err(error);
         }
         remove_backup(backup.as_deref());
-        Err(Error::File(format!(
-            "{} was changed, but syncing its directory {} failed ({e}): a crash may still \
-             undo the change; check the file with `tokenfile list`",
-            target.display(),
-            dir.display()
-        )))
+        Err(Error::DirSync {
+            dir: dir.to_path_buf(),
+            target: target.clone(),
+            source: e,
+            undone: false,
+        })
     }
 
     /// A writer killed mid-write leaves its temp file behind. Holding the lock means no
@@ -715,22 +698,16 @@ mod acl {
             reader::raw(Of::Path(target)).map_err(|e| Error::io("read the ACL of", target, e))?;
         match acl {
             None => Ok(()),
-            Some(acl) => set(temp, &acl).map_err(|e| {
-                Error::File(format!(
-                    "cannot give the new {} the ACL of the old one ({e}); nothing was changed",
-                    target.display()
-                ))
+            Some(acl) => set(temp, &acl).map_err(|source| Error::Acl {
+                target: target.to_path_buf(),
+                source,
             }),
         }
     }
 }
 
 fn already_exists(target: &Path) -> Error {
-    Error::File(format!(
-        "{} already exists; not overwriting it (`tokenfile list` shows what is in it; give \
-         another --file for a new one)",
-        target.display()
-    ))
+    Error::AlreadyExists(target.to_path_buf())
 }
 
 fn keep_owner_and_mode(temp: &File, like: &Metadata, target: &Path) -> Result<()> {
@@ -738,13 +715,13 @@ fn keep_owner_and_mode(temp: &File, like: &Metadata, target: &Path) -> Result<()
         .metadata()
         .map_err(|e| Error::io("stat a temporary copy of", target, e))?;
     if mine.uid() != like.uid() || mine.gid() != like.gid() {
-        std::os::unix::fs::fchown(temp, Some(like.uid()), Some(like.gid())).map_err(|e| {
-            Error::File(format!(
-                "cannot give the new {} its old owner {}:{} ({e}); run as that user or root",
-                target.display(),
-                like.uid(),
-                like.gid()
-            ))
+        std::os::unix::fs::fchown(temp, Some(like.uid()), Some(like.gid())).map_err(|source| {
+            Error::Owner {
+                target: target.to_path_buf(),
+                uid: like.uid(),
+                gid: like.gid(),
+                source,
+            }
         })?;
     }
     let mode = like.mode() & 0o7777;
@@ -803,7 +780,7 @@ mod tests {
             self.seen
                 .push(format!("before:{}", String::from_utf8_lossy(&now)));
             match self.fail {
-                true => Err(Error::File("refused".into())),
+                true => Err(Error::usage("refused")),
                 false => Ok(()),
             }
         }

@@ -11,8 +11,8 @@ use std::io::BufRead;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest as _, Sha256};
-
-use crate::error::{Error, Result};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
 pub const PREFIX: &str = "tf_";
 const RANDOM_CHARS: usize = 43; // 32 bytes, base64url without padding
@@ -23,13 +23,23 @@ pub const MINTED_LEN: usize = PREFIX.len() + RANDOM_CHARS + CHECKSUM_CHARS;
 /// token, low enough that a runaway pipe cannot exhaust memory.
 pub const MAX_TOKEN_LEN: usize = 4096;
 
-/// A secret bearer token. Its `Debug` is redacted, and its bytes are wiped on drop.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
+/// A secret bearer token. Its `Debug` is redacted, its bytes (the whole buffer) are wiped on
+/// drop, and two are compared in constant time.
+#[derive(Clone)]
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        // How many leading bytes of a guess are right must not show in the time taken.
+        self.0.as_slice().ct_eq(other.0.as_slice()).into()
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     pub fn new(bytes: Vec<u8>) -> Self {
-        Secret(bytes)
+        Secret(Zeroizing::new(bytes))
     }
 
     pub fn expose(&self) -> &[u8] {
@@ -47,11 +57,11 @@ impl Secret {
     /// Reads the token from the first line of `input`, without its line ending. Stops at
     /// the first newline: whoever feeds the line (a terminal, a script) need not close it.
     pub fn read_first_line(input: impl BufRead) -> std::io::Result<Secret> {
-        let mut bytes = Vec::new();
-        // One byte past the limit tells "too long" apart from "exactly at the limit".
-        input
-            .take(MAX_TOKEN_LEN as u64 + 2)
-            .read_until(b'\n', &mut bytes)?;
+        // One byte past the limit tells "too long" apart from "exactly at the limit". All
+        // of it allocated at once: a buffer that grew would leave copies nobody wipes.
+        let limit = MAX_TOKEN_LEN + 2;
+        let mut bytes = Zeroizing::new(Vec::with_capacity(limit));
+        input.take(limit as u64).read_until(b'\n', &mut bytes)?;
         if let Some(end) = bytes.iter().position(|&b| b == b'\n') {
             bytes.truncate(end);
         }
@@ -68,16 +78,6 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        // Best effort: keep the secret from lingering in freed memory.
-        for b in self.0.iter_mut() {
-            // SAFETY: `b` is a valid, aligned, exclusive reference into our own buffer.
-            unsafe { std::ptr::write_volatile(b, 0) };
-        }
     }
 }
 
@@ -179,8 +179,8 @@ pub struct Id([u8; ID_LEN]);
 
 impl Id {
     pub fn as_str(&self) -> &str {
-        // Built only from hex digits.
-        std::str::from_utf8(&self.0).unwrap_or("????????????")
+        std::str::from_utf8(&self.0)
+            .expect("an Id is built only by Digest::id, from ASCII hex digits")
     }
 }
 
@@ -201,7 +201,7 @@ impl fmt::Debug for Id {
 pub struct IdPrefix(String);
 
 impl IdPrefix {
-    pub fn parse(text: &str) -> Result<Self> {
+    pub fn parse(text: &str) -> Result<Self, TokenError> {
         let lower = text.trim().to_ascii_lowercase();
         if lower.len() < MIN_ID_PREFIX
             || lower.len() > ID_LEN
@@ -210,14 +210,11 @@ impl IdPrefix {
             // A mistyped ID is worth showing; something longer may be a (legacy, shapeless)
             // token pasted in the wrong place, and is not echoed — nor the start of a minted
             // one, however short.
-            let given = match text.chars().count() <= ID_LEN + 4 && !text.contains(PREFIX) {
+            let shown = match text.chars().count() <= ID_LEN + 4 && !text.contains(PREFIX) {
                 true => format!("{text:?}"),
                 false => format!("the argument ({} characters)", text.chars().count()),
             };
-            return Err(Error::usage(format!(
-                "{given} is not a record ID: give {MIN_ID_PREFIX} to {ID_LEN} hex digits \
-                 as shown by `tokenfile list`"
-            )));
+            return Err(TokenError::NotAnId { shown });
         }
         Ok(IdPrefix(lower))
     }
@@ -231,18 +228,56 @@ impl IdPrefix {
     }
 }
 
+/// Why an ID, a value meant for a record, or the making of a token was refused.
+#[derive(Debug)]
+pub enum TokenError {
+    /// Not 4 to 12 hex digits; `shown` is the argument as the message may show it (quoted,
+    /// or only its length when it could be a token).
+    NotAnId { shown: String },
+    /// A name or scope (`flag`) holds what looks like a token.
+    TokenInValue { flag: &'static str },
+    /// The OS CSPRNG failed.
+    NoRandomness(getrandom::Error),
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenError::NotAnId { shown } => write!(
+                f,
+                "{shown} is not a record ID: give {MIN_ID_PREFIX} to {ID_LEN} hex digits \
+                 as shown by `tokenfile list`"
+            ),
+            TokenError::TokenInValue { flag } => write!(
+                f,
+                "{flag}: the value holds what looks like a tokenfile token; a token never goes on the \
+                 command line (it would show in `ps` and in your shell history) nor into a {}",
+                flag.trim_start_matches('-')
+            ),
+            TokenError::NoRandomness(e) => write!(f, "cannot get randomness from the OS: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TokenError::NoRandomness(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Mints a new token from 256 bits of the OS CSPRNG.
-pub fn mint() -> Result<Secret> {
-    let mut random = [0u8; 32];
-    getrandom::fill(&mut random)
-        .map_err(|e| Error::File(format!("cannot get randomness from the OS: {e}")))?;
+pub fn mint() -> Result<Secret, TokenError> {
+    let mut random = Zeroizing::new([0u8; 32]);
+    getrandom::fill(random.as_mut_slice()).map_err(TokenError::NoRandomness)?;
     let mut token = String::with_capacity(MINTED_LEN);
     token.push_str(PREFIX);
-    URL_SAFE_NO_PAD.encode_string(random, &mut token);
+    URL_SAFE_NO_PAD.encode_string(random.as_slice(), &mut token);
     let checksum = checksum(token.as_bytes());
     token.push_str(&checksum);
-    random.fill(0);
-    Ok(Secret(token.into_bytes()))
+    Ok(Secret::new(token.into_bytes()))
 }
 
 fn checksum(body: &[u8]) -> String {
@@ -279,15 +314,11 @@ pub fn shape(token: &[u8]) -> Shape {
 /// Refuses a value for a record (a name, a scope) that holds something shaped like a
 /// tokenfile token, whole or cut: it would be stored in the file and the audit log, and
 /// it came through the command line, where `ps` and shell history show it.
-pub fn refuse_token_in(flag: &str, value: &str) -> Result<()> {
+pub fn refuse_token_in(flag: &'static str, value: &str) -> Result<(), TokenError> {
     if redact(value) == value {
         return Ok(());
     }
-    Err(Error::usage(format!(
-        "{flag}: the value holds what looks like a tokenfile token; a token never goes on the \
-         command line (it would show in `ps` and in your shell history) nor into a {}",
-        flag.trim_start_matches('-')
-    )))
+    Err(TokenError::TokenInValue { flag })
 }
 
 /// What stands in for a token in a message.

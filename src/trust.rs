@@ -91,10 +91,7 @@ impl Refusal {
     pub fn into_error(self, given: &Path) -> Error {
         match self {
             Refusal::Missing => crate::store::missing_file(given),
-            Refusal::Changed => Error::File(format!(
-                "{} kept changing while it was being opened; try again",
-                given.display()
-            )),
+            Refusal::Changed => Error::ChangedWhileOpened(given.to_path_buf()),
             Refusal::Io {
                 action,
                 path,

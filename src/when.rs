@@ -5,7 +5,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::error::{Error, Result};
+use std::fmt;
 
 pub type Timestamp = OffsetDateTime;
 
@@ -106,19 +106,51 @@ fn duration(text: &str) -> std::result::Result<Duration, BadDuration> {
     Ok(total)
 }
 
-/// A `DURATION` argument (see [`duration`]); a usage error that says what is wrong.
-pub fn parse_duration(text: &str) -> Result<Duration> {
+/// Why a `DURATION`, `WHEN` or lock timeout argument was refused; each holds the argument
+/// as given, which the message quotes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WhenError {
+    NotADuration(String),
+    DurationTooLong(String),
+    TooFarInTheFuture(String),
+    NeitherTimeNorDuration(String),
+    LockTimeoutOutOfRange(String),
+}
+
+impl fmt::Display for WhenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WhenError::NotADuration(text) => write!(
+                f,
+                "{text:?} is not a duration: use a number and a unit, e.g. 90d, 12h, 30m, 45s"
+            ),
+            WhenError::DurationTooLong(text) => write!(f, "{text:?} is too long a duration"),
+            WhenError::TooFarInTheFuture(text) => write!(f, "{text:?} is too far in the future"),
+            WhenError::NeitherTimeNorDuration(text) => write!(
+                f,
+                "{text:?} is neither an RFC 3339 time (2026-05-05T14:23:00Z) nor a duration (90d, 12h, 30m)"
+            ),
+            WhenError::LockTimeoutOutOfRange(text) => write!(
+                f,
+                "{text:?} is out of range: give 0 to 999999999 seconds, or a duration such as 10s"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for WhenError {}
+
+/// A `DURATION` argument (see [`duration`]); the error says what is wrong.
+pub fn parse_duration(text: &str) -> Result<Duration, WhenError> {
     duration(text).map_err(|why| match why {
-        BadDuration::Malformed => Error::usage(format!(
-            "{text:?} is not a duration: use a number and a unit, e.g. 90d, 12h, 30m, 45s"
-        )),
-        BadDuration::TooLong => Error::usage(format!("{text:?} is too long a duration")),
+        BadDuration::Malformed => WhenError::NotADuration(text.to_string()),
+        BadDuration::TooLong => WhenError::DurationTooLong(text.to_string()),
     })
 }
 
 /// `WHEN`: an RFC 3339 time, or a duration from `now`. Either must land in a year this
-/// tool can write (up to 9999); anything past it is a usage error.
-pub fn parse_when(text: &str, now: Timestamp) -> Result<Timestamp> {
+/// tool can write (up to 9999); anything past it is refused.
+pub fn parse_when(text: &str, now: Timestamp) -> Result<Timestamp, WhenError> {
     When::parse(text)?.resolve(now)
 }
 
@@ -138,17 +170,17 @@ enum WhenAt {
 }
 
 impl When {
-    /// A usage error that says what is wrong when `text` is neither a time nor a duration.
-    pub fn parse(text: &str) -> Result<When> {
+    /// Refused with what is wrong when `text` is neither a time nor a duration.
+    pub fn parse(text: &str) -> Result<When, WhenError> {
         let at = match parse_timestamp(text.trim().as_bytes()) {
             Some(t) => WhenAt::Time(t),
             None => match duration(text) {
                 Ok(duration) => WhenAt::FromNow(duration),
-                Err(BadDuration::TooLong) => return Err(too_far(text)),
+                Err(BadDuration::TooLong) => {
+                    return Err(WhenError::TooFarInTheFuture(text.to_string()));
+                }
                 Err(BadDuration::Malformed) => {
-                    return Err(Error::usage(format!(
-                        "{text:?} is neither an RFC 3339 time (2026-05-05T14:23:00Z) nor a duration (90d, 12h, 30m)"
-                    )));
+                    return Err(WhenError::NeitherTimeNorDuration(text.to_string()));
                 }
             },
         };
@@ -159,13 +191,13 @@ impl When {
     }
 
     /// The time meant, a duration counted from `now`.
-    pub fn resolve(&self, now: Timestamp) -> Result<Timestamp> {
+    pub fn resolve(&self, now: Timestamp) -> Result<Timestamp, WhenError> {
         match self.at {
             WhenAt::Time(t) => Ok(t),
             WhenAt::FromNow(duration) => time::Duration::try_from(duration)
                 .ok()
                 .and_then(|duration| now.checked_add(duration))
-                .ok_or_else(|| too_far(&self.text)),
+                .ok_or_else(|| WhenError::TooFarInTheFuture(self.text.clone())),
         }
     }
 
@@ -175,19 +207,13 @@ impl When {
     }
 }
 
-fn too_far(text: &str) -> Error {
-    Error::usage(format!("{text:?} is too far in the future"))
-}
-
 /// The lock timeout: a duration, or a plain number of seconds.
-pub fn parse_lock_timeout(text: &str) -> Result<Duration> {
+pub fn parse_lock_timeout(text: &str) -> Result<Duration, WhenError> {
     if let Ok(secs) = text.trim().parse::<f64>() {
         if secs.is_finite() && (0.0..1e9).contains(&secs) {
             return Ok(Duration::from_secs_f64(secs));
         }
-        return Err(Error::usage(format!(
-            "{text:?} is out of range: give 0 to 999999999 seconds, or a duration such as 10s"
-        )));
+        return Err(WhenError::LockTimeoutOutOfRange(text.to_string()));
     }
     parse_duration(text)
 }

@@ -10,7 +10,7 @@ use super::Context;
 use super::args::{CheckArgs, Cli, Command, LintArgs, MintArgs, RotateArgs, ServeArgs};
 use super::json::{CheckReport, Issued, LintReport, ListedRecord, Listing};
 use super::output::{self, Stdout, note, printable};
-use crate::audit::{AuditRecord, Commit, Event};
+use crate::audit::{AuditRecord, Change, Commit, Event};
 use crate::check::{self, Decision, Unauthorized};
 use crate::error::{Error, Exit, Result};
 use crate::format::{Classified, Credential, Document, Record, Unresolved};
@@ -31,7 +31,7 @@ pub fn dispatch(ctx: &Context, command: Command) -> Result<Exit> {
         Command::Id => id(ctx),
         Command::Lint(args) => lint(ctx, args),
         Command::Hash => hash(ctx),
-        Command::Edit => crate::edit::edit(&ctx.store, &ctx.audit()?),
+        Command::Edit => super::edit::edit(&ctx.store, &ctx.audit()?),
         Command::Serve(args) => serve(ctx, args),
         Command::Completions { shell } => {
             let mut out = Vec::new();
@@ -64,7 +64,7 @@ fn init(ctx: &Context) -> Result<Exit> {
     let locked = ctx.store.lock()?;
     locked.create_new(
         HEADER.as_bytes(),
-        &mut Commit::new(&audit, Event::new("init", Vec::new())),
+        &mut Commit::new(&audit, Event::new(Change::Init, Vec::new())),
     )?;
     note(&format!("created {}", ctx.store.path().display()));
     // The new file is there either way; an unsafe place is said now rather than by the
@@ -83,7 +83,7 @@ fn check_name(name: &str) -> Result<()> {
             "--name must not contain a TAB or a line break",
         ));
     }
-    token::refuse_token_in("--name", name)
+    Ok(token::refuse_token_in("--name", name)?)
 }
 
 /// The shortest plaintext credential of the file that `mint` looks for in a new name or
@@ -134,9 +134,7 @@ fn reveal(issued: &Issued, json: bool) -> Result<()> {
     };
     // Not an `Error::Io`: a closed pipe here is a failed change, never a quiet success.
     shown.map_err(|e| match e {
-        Error::Io { source, .. } => Error::File(format!(
-            "cannot write the new token to standard output ({source}), so nothing was changed"
-        )),
+        Error::Io { source, .. } => Error::TokenNotShown(source),
         other => other,
     })
 }
@@ -200,8 +198,12 @@ fn mint(ctx: &Context, args: MintArgs) -> Result<Exit> {
         created: Some(now),
         expires,
     };
-    let event = Event::new("mint", vec![AuditRecord::from(&record)])
-        .with("stored", stored_form(args.plaintext));
+    let event = Event::new(
+        Change::Mint {
+            stored: stored_form(args.plaintext),
+        },
+        vec![AuditRecord::from(&record)],
+    );
     let issued = issued(&token, &record, now, None);
     let audit = ctx.audit()?;
     let ((), invalid) = ctx.store.update_and(
@@ -278,7 +280,7 @@ fn revoke(ctx: &Context, given: &[String]) -> Result<Exit> {
             doc.remove_records(&ids);
             Ok(removed)
         },
-        |records| Commit::new(&audit, Event::new("revoke", records.clone())),
+        |records| Commit::new(&audit, Event::new(Change::Revoke, records.clone())),
     )?;
     for r in &records {
         match r.name.as_str() {
@@ -335,11 +337,13 @@ fn rotate(ctx: &Context, args: RotateArgs) -> Result<Exit> {
         },
         |(old, new)| {
             let issued = issued(&token, new, now, Some((old, grace_until)));
-            let mut event = Event::new("rotate", vec![AuditRecord::from(new)])
-                .with("replaces", old.id().to_string());
-            if let Some(until) = &issued.old_valid_until {
-                event = event.with("old_valid_until", until.clone());
-            }
+            let event = Event::new(
+                Change::Rotate {
+                    replaces: old.id().to_string(),
+                    old_valid_until: issued.old_valid_until.clone(),
+                },
+                vec![AuditRecord::from(new)],
+            );
             Commit::new(&audit, event).revealing(move || reveal(&issued, args.output.json))
         },
         |doc| doc.invalid_lines(),
@@ -792,7 +796,7 @@ fn hash(ctx: &Context) -> Result<Exit> {
         },
         |(hashed, _)| {
             let records = hashed.iter().map(AuditRecord::from).collect();
-            Commit::new(&audit, Event::new("hash", records))
+            Commit::new(&audit, Event::new(Change::Hash, records))
         },
     )?;
     note(&format!(

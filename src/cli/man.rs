@@ -77,7 +77,7 @@ fn escape(text: &str) -> String {
 }
 
 fn render_error(e: io::Error) -> Error {
-    Error::File(format!("cannot render the man page: {e}"))
+    Error::ManPage(e)
 }
 
 /// Writes every page into `dir` (man pages are for every user: the umask's mode, not 0600).

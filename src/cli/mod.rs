@@ -3,11 +3,11 @@
 
 mod args;
 mod commands;
+mod edit;
 mod json;
 mod man;
 pub(crate) mod output;
 
-use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -50,12 +50,12 @@ pub fn main() -> ExitCode {
                      history, so rotate it (`tokenfile rotate ID`)\n",
                 );
             }
-            // As clap's own printing: a closed stream (`--help >&-`) is no reason to panic.
-            let _ = if e.use_stderr() {
-                io::stderr().write_all(text.as_bytes())
+            if e.use_stderr() {
+                output::note_raw(&text);
             } else {
-                io::stdout().write_all(text.as_bytes())
-            };
+                // As clap's own printing: a closed stdout (`--help >&-`) is no reason to fail.
+                let _ = output::print(&text);
+            }
             // --help and --version are successes; everything else clap rejects is usage.
             return ExitCode::from(if e.use_stderr() {
                 Exit::Usage.code()

@@ -22,11 +22,11 @@ pub fn print(text: &str) -> Result<()> {
 /// Writes the token that `mint` or `rotate` hands out, alone on a line: the one output that
 /// is not redacted, and it takes a [`Secret`] so that nothing else can pass for it.
 pub fn print_token(token: &Secret) -> Result<()> {
-    let mut line = token.expose().to_vec();
+    // Sized once: a buffer that grew would leave a copy nobody wipes.
+    let mut line = zeroize::Zeroizing::new(Vec::with_capacity(token.expose().len() + 1));
+    line.extend_from_slice(token.expose());
     line.push(b'\n');
-    let written = write_secret(&line);
-    line.fill(0);
-    written
+    write_secret(&line)
 }
 
 /// The write of a secret, which must fail loudly whenever nobody can see it (docs/writing.md:
@@ -84,8 +84,7 @@ pub fn print_json_revealing(value: &impl Serialize, token: &Secret) -> Result<()
 }
 
 fn write_json(value: &impl Serialize, revealed: Option<&Secret>) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::File(format!("cannot encode JSON: {e}")))?;
+    let text = serde_json::to_string_pretty(value).map_err(Error::Json)?;
     let mut text = redact_json(&text, revealed);
     text.push('\n');
     match revealed {

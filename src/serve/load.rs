@@ -321,10 +321,7 @@ pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>, Option<Dur
             Reading::Unstable | Reading::Busy => thread::sleep(FIRST_READ_PAUSE),
         }
     }
-    Err(Error::File(format!(
-        "{} kept changing while being read; is something writing it continuously?",
-        path.display()
-    )))
+    Err(Error::ChangedWhileRead(path.to_path_buf()))
 }
 
 #[cfg(test)]

@@ -55,14 +55,22 @@ pub fn run(options: ServeOptions) -> Result<Exit> {
     let socket = options.socket.as_deref().map(socket::bind).transpose()?;
     let http = options.http.map(http::bind).transpose()?;
 
-    let reloader = watch::Reloader::start(shared.clone(), fingerprint, recheck)
-        .map_err(|e| Error::File(format!("cannot start the reloader thread: {e}")))?;
+    let reloader =
+        watch::Reloader::start(shared.clone(), fingerprint, recheck).map_err(|source| {
+            Error::Start {
+                what: "the reloader thread",
+                source,
+            }
+        })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("tokenfile-serve")
         .enable_all()
         .build()
-        .map_err(|e| Error::File(format!("cannot start the async runtime: {e}")))?;
+        .map_err(|source| Error::Start {
+            what: "the async runtime",
+            source,
+        })?;
     let (socket_listener, socket_file) = match socket {
         Some((listener, file)) => (Some(listener), Some(file)),
         None => (None, None),
@@ -91,7 +99,10 @@ async fn serve(
     options: &ServeOptions,
 ) -> Result<()> {
     let signals = |kind: SignalKind, name: &str| {
-        signal(kind).map_err(|e| Error::File(format!("cannot handle {name}: {e}")))
+        signal(kind).map_err(|e| Error::Signals {
+            what: format!("handle {name}"),
+            source: Box::new(e),
+        })
     };
     let mut hangup = signals(SignalKind::hangup(), "SIGHUP")?;
     let mut terminate = signals(SignalKind::terminate(), "SIGTERM")?;
@@ -102,7 +113,10 @@ async fn serve(
         Some(&stop_signals()),
         None,
     )
-    .map_err(|e| Error::File(format!("cannot unblock SIGTERM and SIGINT: {e}")))?;
+    .map_err(|e| Error::Signals {
+        what: "unblock SIGTERM and SIGINT".into(),
+        source: Box::new(e),
+    })?;
 
     let (stop, stopping) = signal_watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
@@ -115,8 +129,11 @@ async fn serve(
     }
     if let Some(listener) = http {
         let addr = listener.local_addr().ok();
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(|e| Error::File(format!("cannot listen on {}: {e}", display_addr(addr))))?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Listen {
+                addr: display_addr(addr).to_string(),
+                source,
+            })?;
         servers.spawn(http::serve(listener, shared.clone(), stopping.clone()));
         info!(http = %display_addr(addr), "listening");
     }
@@ -279,13 +296,16 @@ fn early_signals() -> Result<()> {
     use nix::sys::signal::{SigHandler, SigmaskHow, Signal, pthread_sigmask, signal};
     for sig in [Signal::SIGIO, Signal::SIGHUP] {
         // SAFETY: installs SIG_IGN, so no handler code ever runs.
-        unsafe { signal(sig, SigHandler::SigIgn) }
-            .map_err(|e| Error::File(format!("cannot set up {sig}: {e}")))?;
+        unsafe { signal(sig, SigHandler::SigIgn) }.map_err(|e| Error::Signals {
+            what: format!("set up {sig}"),
+            source: Box::new(e),
+        })?;
     }
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&stop_signals()), None).map_err(|e| {
-        Error::File(format!(
-            "cannot block SIGTERM and SIGINT during start-up: {e}"
-        ))
+        Error::Signals {
+            what: "block SIGTERM and SIGINT during start-up".into(),
+            source: Box::new(e),
+        }
     })
 }
 

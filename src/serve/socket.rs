@@ -102,16 +102,10 @@ fn remove_stale(path: &Path) -> Result<()> {
         Err(e) => return Err(Error::io("stat the socket", path, e)),
     };
     if !meta.file_type().is_socket() {
-        return Err(Error::File(format!(
-            "{} exists and is not a socket; not replacing it",
-            path.display()
-        )));
+        return Err(Error::NotASocket(path.to_path_buf()));
     }
     match StdUnixStream::connect(path) {
-        Ok(_) => Err(Error::File(format!(
-            "{} is in use: another server is listening on it",
-            path.display()
-        ))),
+        Ok(_) => Err(Error::SocketInUse(path.to_path_buf())),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             info!(socket = %path.display(), "removing a stale socket");
             fs::remove_file(path).map_err(|e| Error::io("remove the stale socket", path, e))
@@ -293,7 +287,7 @@ fn check(shared: &Shared, args: &[u8], out: &mut Vec<u8>) {
     };
     let required = match std::str::from_utf8(scopes)
         .map_err(|_| Error::usage("malformed required scope: not UTF-8"))
-        .and_then(|s| RequiredScopes::parse(&[s]))
+        .and_then(|s| Ok(RequiredScopes::parse(&[s])?))
     {
         Ok(required) => required,
         Err(e) => {

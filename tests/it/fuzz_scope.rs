@@ -161,7 +161,7 @@ fn fuzz_scope_matcher() {
                 let parsed = RequiredScopes::parse(&required);
                 prop_assert_eq!(parsed.is_ok(), model_required(&required).is_some());
                 if let Err(e) = parsed {
-                    prop_assert_eq!(e.exit(), Exit::Usage);
+                    prop_assert_eq!(tokenfile::error::Error::from(e).exit(), Exit::Usage);
                 }
                 Ok(())
             }),

@@ -20,7 +20,7 @@ use std::process::Command;
 
 use tempfile::NamedTempFile;
 
-use crate::audit::{AuditLog, AuditRecord, Commit, Event};
+use crate::audit::{AuditLog, AuditRecord, Change, Commit, Event};
 use crate::cli::output::{note, note_raw};
 use crate::error::{Error, Exit, Result};
 use crate::format::{Document, Line};
@@ -70,11 +70,12 @@ fn run_editor(path: &Path) -> Result<()> {
         .arg("sh")
         .arg(path)
         .status()
-        .map_err(|e| Error::File(format!("cannot start the editor `{editor}`: {e}")))?;
+        .map_err(|source| Error::EditorStart {
+            editor: editor.clone(),
+            source,
+        })?;
     if !status.success() {
-        return Err(Error::File(format!(
-            "the editor `{editor}` failed ({status}); nothing was installed"
-        )));
+        return Err(Error::EditorFailed { editor, status });
     }
     Ok(())
 }
@@ -124,10 +125,14 @@ fn audit_event(before: &[u8], after: &[u8]) -> Event {
             records.push(record.clone());
         }
     }
-    Event::new("edit", records)
-        .with("added", added)
-        .with("removed", removed)
-        .with("changed", changed)
+    Event::new(
+        Change::Edit {
+            added,
+            removed,
+            changed,
+        },
+        records,
+    )
 }
 
 /// Removes the editing copy when a signal ends the process (docs/writing.md: no full copy of the
@@ -246,14 +251,14 @@ fn keep_edit(copy: NamedTempFile, guard: &on_signal::Guard, why: impl fmt::Displ
         _ => kept,
     });
     match kept {
-        Ok(kept) => Error::File(format!(
-            "{why}. Your edit is saved in {} — run `tokenfile edit` again and re-apply it",
-            kept.display()
-        )),
-        Err(e) => Error::File(format!(
-            "{why}; your edited copy could not be kept either: {}",
-            e.error
-        )),
+        Ok(copy) => Error::EditKept {
+            why: why.to_string(),
+            copy,
+        },
+        Err(e) => Error::EditLost {
+            why: why.to_string(),
+            source: e.error,
+        },
     }
 }
 
