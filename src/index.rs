@@ -709,7 +709,10 @@ mod tests {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&bytes).unwrap();
         let size = bytes.len() as u64;
-        assert!(split_point(&file, size).unwrap().is_some(), "read as two halves");
+        assert!(
+            split_point(&file, size).unwrap().is_some(),
+            "read as two halves"
+        );
         let read = TokenIndex::read_file(&file, size).unwrap();
         let (whole, problems) = TokenIndex::load(&bytes);
         assert_eq!(read.problems, problems);
@@ -720,9 +723,18 @@ mod tests {
         let want: Vec<_> = whole.iter().map(|(_, g)| g.to_grant()).collect();
         assert_eq!(names, want);
         // The duplicate in the second half of the first line's token is reported there.
-        assert!(matches!(problems.last(), Some(LoadProblem::Duplicate { first: 1, .. })));
+        assert!(matches!(
+            problems.last(),
+            Some(LoadProblem::Duplicate { first: 1, .. })
+        ));
         // Another version of the file has another content digest; the same one the same.
-        assert_eq!(TokenIndex::read_file(&file, size).unwrap().content, read.content);
-        assert_ne!(TokenIndex::read_file(&file, size - 1).unwrap().content, read.content);
+        assert_eq!(
+            TokenIndex::read_file(&file, size).unwrap().content,
+            read.content
+        );
+        assert_ne!(
+            TokenIndex::read_file(&file, size - 1).unwrap().content,
+            read.content
+        );
     }
 }

@@ -10,14 +10,17 @@
 use std::io::{self, Read};
 use std::ops::ControlFlow;
 
+use subtle::ConstantTimeEq;
+
 use crate::check::Grant;
 use crate::format::{self, Entry, HASH_PREFIX};
 use crate::lines;
 use crate::token::Secret;
 
-/// Equality that does not stop at the first differing byte.
+/// Equality that does not stop at the first differing byte (only a difference in length
+/// does: a credential's length is no secret).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.ct_eq(b).into()
 }
 
 /// Recognizes the lines whose credential is a given token, without parsing them.
