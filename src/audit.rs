@@ -116,7 +116,7 @@ struct Line<'a> {
 /// Every string in it is redacted (`crate::token::redact`): names, scopes, the file's path
 /// and error messages come from the file or the command line, and a token pasted into any of
 /// them must not reach the log.
-pub fn render(event: &Event, file: &Path, failed: Option<&str>) -> String {
+pub(crate) fn render(event: &Event, file: &Path, failed: Option<&str>) -> String {
     let line = Line {
         time: format_timestamp(when::now()),
         change: &event.change,
@@ -204,7 +204,7 @@ impl AuditLog {
 /// The landing of a change (see [`Landing`]): its audit line is written and synced before
 /// the rename, then `reveal` shows the secret it hands out; a change that fails after its
 /// line was written gets a second line, event `failed`, with the same records.
-pub struct Commit<'a> {
+pub(crate) struct Commit<'a> {
     log: &'a AuditLog,
     event: Event,
     reveal: Option<Box<dyn FnOnce() -> Result<()> + 'a>>,
@@ -212,7 +212,7 @@ pub struct Commit<'a> {
 }
 
 impl<'a> Commit<'a> {
-    pub fn new(log: &'a AuditLog, event: Event) -> Self {
+    pub(crate) fn new(log: &'a AuditLog, event: Event) -> Self {
         Commit {
             log,
             event,
@@ -222,7 +222,7 @@ impl<'a> Commit<'a> {
     }
 
     /// `reveal` prints the secret; when it fails, nothing is changed.
-    pub fn revealing(mut self, reveal: impl FnOnce() -> Result<()> + 'a) -> Self {
+    pub(crate) fn revealing(mut self, reveal: impl FnOnce() -> Result<()> + 'a) -> Self {
         self.reveal = Some(Box::new(reveal));
         self
     }

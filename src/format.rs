@@ -1049,7 +1049,7 @@ mod tests {
         let input =
             "a\tread\n a-not\na\t*\tn\t\t2026-01-01T00:00:00Z\na\t*\t\t\t2030-01-01T00:00:00Z\n";
         let after = changed(input, |doc| {
-            doc.shorten_expiry(id_of("a"), at("2027-01-01T00:00:00Z"))
+            doc.shorten_expiry(id_of("a"), at("2027-01-01T00:00:00Z"));
         });
         assert_eq!(
             after,
@@ -1073,7 +1073,7 @@ mod tests {
         assert_eq!(now, format!("# c\n{new_line}\n"));
         let until = at("2026-06-02T00:00:00Z");
         let later = changed(input, |doc| {
-            doc.replace_record(id_of("old"), &new, Some(until))
+            doc.replace_record(id_of("old"), &new, Some(until));
         });
         let marker = String::from_utf8(Replaced::line(id_of("old"), new.id())).unwrap();
         assert_eq!(

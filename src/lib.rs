@@ -21,18 +21,18 @@
 //! | [`cli`] | the command line: arguments, one function per command, `--json` documents, output, `edit` | README "Commands", docs/exit-codes.md |
 //! | [`serve`] | `serve`: reload policy and watcher, socket and HTTP listeners, metrics | docs/protocols.md |
 
-pub mod audit;
+pub(crate) mod audit;
 pub mod check;
 pub mod cli;
 pub mod error;
 pub mod format;
 pub mod index;
 pub mod lines;
-pub mod lint;
+pub(crate) mod lint;
 pub mod scan;
 pub mod scope;
-pub mod serve;
-pub mod store;
+pub(crate) mod serve;
+pub(crate) mod store;
 pub mod token;
-pub mod trust;
+pub(crate) mod trust;
 pub mod when;

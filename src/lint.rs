@@ -12,7 +12,7 @@ use crate::when::{Timestamp, format_timestamp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Severity {
+pub(crate) enum Severity {
     /// Makes `lint` exit 5: the file does not mean what it says.
     Error,
     /// Worth fixing, but the file works as written (`lint --strict` fails on these too).
@@ -20,7 +20,7 @@ pub enum Severity {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Finding {
+pub(crate) struct Finding {
     pub severity: Severity,
     /// A short stable name for scripts: `invalid`, `duplicate`, `expired`, ...
     pub kind: &'static str,
@@ -49,7 +49,7 @@ impl Finding {
 }
 
 /// Content problems: invalid lines, duplicates, expired and plaintext records, dead scopes.
-pub fn lint_document(doc: &Document, now: Timestamp) -> Vec<Finding> {
+pub(crate) fn lint_document(doc: &Document, now: Timestamp) -> Vec<Finding> {
     let mut findings = Vec::new();
     if doc.has_bom() {
         findings.push(Finding::new(
@@ -157,7 +157,7 @@ fn network_fs_name(path: &Path) -> Option<&'static str> {
 /// an admin's choice), its plaintext if others can read it (an error: every reader refuses
 /// it, docs/trust.md), digests others can read, a lock file or audit log that a change would
 /// refuse (`audit_log`: where the audit log is), and a network file system.
-pub fn lint_file(trusted: &Trusted, doc: &Document, audit_log: &Path) -> Vec<Finding> {
+pub(crate) fn lint_file(trusted: &Trusted, doc: &Document, audit_log: &Path) -> Vec<Finding> {
     let mut findings: Vec<Finding> = group_writable(&trusted.warnings).collect();
     let path = &trusted.real;
     if let Some(reason) =
@@ -240,7 +240,7 @@ pub fn lint_file(trusted: &Trusted, doc: &Document, audit_log: &Path) -> Vec<Fin
 
 /// What `lint` reports of a file that [`trust::open`] refused: each reason an error, each
 /// group-writable component a warning.
-pub fn lint_refusal(why: &Unsafe) -> Vec<Finding> {
+pub(crate) fn lint_refusal(why: &Unsafe) -> Vec<Finding> {
     let errors = why
         .reasons
         .iter()

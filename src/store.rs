@@ -16,7 +16,6 @@ use crate::error::{Error, Result};
 use crate::format::Document;
 use crate::trust::{self, Refusal, Trusted};
 
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 const NEW_FILE_MODE: u32 = 0o600;
 
 #[derive(Debug, Clone)]
@@ -26,7 +25,7 @@ pub struct Store {
 }
 
 /// Appends `suffix` to the full file name: `tokens` → `tokens.lock`.
-pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
@@ -289,7 +288,7 @@ enum Exposed {
     MayFix,
 }
 
-pub fn missing_file(path: &Path) -> Error {
+pub(crate) fn missing_file(path: &Path) -> Error {
     // `init` makes no directories: the message says so before it fails.
     let make_dir = path
         .parent()
@@ -506,7 +505,7 @@ fn remove_backup(backup: Option<&Path>) {
 }
 
 /// The name prefix of `edit`'s private copies: `.tokens.edit-<pid>-<random>`.
-pub fn edit_copy_prefix(target: &Path) -> String {
+pub(crate) fn edit_copy_prefix(target: &Path) -> String {
     sidecar_prefix(target, "edit")
 }
 
@@ -514,7 +513,7 @@ pub fn edit_copy_prefix(target: &Path) -> String {
 /// could not catch): each is a full copy of the file, credentials and all. A copy whose
 /// process still runs is being edited and is not listed; neither are copies an `edit`
 /// kept on purpose after a failed install (`.edit-saved-…`, named in its message).
-pub fn stale_edit_copies(target: &Path) -> Vec<PathBuf> {
+pub(crate) fn stale_edit_copies(target: &Path) -> Vec<PathBuf> {
     edit_copies(target, |rest| {
         let Some(pid) = rest
             .split_once('-')
@@ -531,7 +530,7 @@ pub fn stale_edit_copies(target: &Path) -> Vec<PathBuf> {
 
 /// The copies an `edit` kept on purpose (`.…edit-saved-…`) when it could not install them:
 /// each holds every credential until its admin re-applies it and deletes it.
-pub fn saved_edit_copies(target: &Path) -> Vec<PathBuf> {
+pub(crate) fn saved_edit_copies(target: &Path) -> Vec<PathBuf> {
     edit_copies(target, |rest| rest.starts_with("saved-"))
 }
 
@@ -558,14 +557,14 @@ fn edit_copies(target: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
 }
 
 /// Sets a descriptor's mode exactly: the umask applies at open(2), not to fchmod(2).
-pub fn set_mode(file: &File, mode: u32) -> io::Result<()> {
+pub(crate) fn set_mode(file: &File, mode: u32) -> io::Result<()> {
     file.set_permissions(fs::Permissions::from_mode(mode))
 }
 
 /// Why a sidecar could not be opened: an error, or a file planted where it is looked for
 /// that must not be used (see [`trust::sidecar_refusal`]).
 #[derive(Debug)]
-pub enum SidecarError {
+pub(crate) enum SidecarError {
     Io(io::Error),
     Untrusted(String),
 }
@@ -587,7 +586,7 @@ impl std::fmt::Display for SidecarError {
 /// fchmod'ed to exactly 0600 before anything is written to it, so the umask (0277 would
 /// leave it 0400, unwritable) never decides its mode; an existing file keeps its mode.
 /// `file_owner` is the token file's owner, if it exists.
-pub fn open_sidecar(
+pub(crate) fn open_sidecar(
     path: &Path,
     options: &OpenOptions,
     create: bool,
@@ -642,7 +641,7 @@ fn open_private(path: &Path, options: &OpenOptions, create: bool) -> io::Result<
 }
 
 /// The owner of the token file `target` (its real path), if it exists.
-pub fn owner_of(target: &Path) -> Option<u32> {
+pub(crate) fn owner_of(target: &Path) -> Option<u32> {
     fs::metadata(target).ok().map(|meta| meta.uid())
 }
 
@@ -692,7 +691,7 @@ mod acl {
 
     /// Gives `temp` the ACL of `target`. Set after the mode: a chmod rewrites an ACL's
     /// mask entry, while this sets the mode bits the ACL carries.
-    pub fn copy(target: &Path, temp: &File) -> Result<()> {
+    pub(super) fn copy(target: &Path, temp: &File) -> Result<()> {
         // `target` is the real file, never a symlink.
         let acl =
             reader::raw(Of::Path(target)).map_err(|e| Error::io("read the ACL of", target, e))?;
@@ -854,7 +853,7 @@ mod tests {
         fs::set_permissions(&real, fs::Permissions::from_mode(0o600)).unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        Store::new(&link, DEFAULT_LOCK_TIMEOUT)
+        Store::new(&link, Duration::from_secs(10))
             .update(
                 |doc| {
                     doc.push_line(b"b".to_vec());

@@ -56,7 +56,7 @@ pub struct Trusted {
 
 /// Why the file cannot be used.
 #[derive(Debug)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The file, or a directory on the way to it, does not exist (or a symlink dangles).
     Missing,
     /// The file kept changing between the walk and the open: try again shortly.
@@ -74,7 +74,7 @@ pub enum Refusal {
 
 /// Every reason a file is unsafe, each naming the component and the fix — never a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unsafe {
+pub(crate) struct Unsafe {
     pub reasons: Vec<String>,
     /// Group-writable components found on the way, for `lint`.
     pub warnings: Vec<String>,
@@ -88,7 +88,7 @@ impl fmt::Display for Unsafe {
 
 impl Refusal {
     /// The crate error for a reader of `given` (the path as the user gave it).
-    pub fn into_error(self, given: &Path) -> Error {
+    pub(crate) fn into_error(self, given: &Path) -> Error {
         match self {
             Refusal::Missing => crate::store::missing_file(given),
             Refusal::Changed => Error::ChangedWhileOpened(given.to_path_buf()),
@@ -103,7 +103,7 @@ impl Refusal {
 }
 
 /// The error (exit 5) for a file that is unsafe for `reason`.
-pub fn unsafe_error(reason: &str) -> Error {
+pub(crate) fn unsafe_error(reason: &str) -> Error {
     Error::Unsafe(format!("refusing to use the token file: {reason}"))
 }
 
@@ -113,7 +113,7 @@ pub fn unsafe_error(reason: &str) -> Error {
 /// itself is a regular file that others cannot write. The content rule (plaintext that
 /// others can read) is the caller's next step: [`Trusted::ensure_content_safe`] or
 /// [`ensure_not_exposed`].
-pub fn open(path: &Path) -> Result<Trusted, Refusal> {
+pub(crate) fn open(path: &Path) -> Result<Trusted, Refusal> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -128,7 +128,7 @@ pub fn open(path: &Path) -> Result<Trusted, Refusal> {
 
 /// [`open`] for a reader that needs the file: a missing one is an error that says how to
 /// create it.
-pub fn open_existing(path: &Path) -> Result<Trusted> {
+pub(crate) fn open_existing(path: &Path) -> Result<Trusted> {
     open(path).map_err(|refusal| refusal.into_error(path))
 }
 
@@ -433,14 +433,14 @@ fn open_once(path: &Path) -> Result<Trusted, Refusal> {
 
 /// Whether others may read the file (the mode's `o+r` bit; a group-readable 0640 is how
 /// `serve` runs as its own group, and is fine).
-pub fn readable_by_others(meta: &Metadata) -> bool {
+pub(crate) fn readable_by_others(meta: &Metadata) -> bool {
     meta.mode() & OTHERS_READ != 0
 }
 
 /// The content half of the rule: why the file at `path` (with `meta`) is unsafe, if others
 /// can read it (`o+r`, or a named user of its ACL) and `holds_plaintext` says it holds a plaintext credential — asked only then,
 /// so that the common case (not readable by others) costs no look at the content.
-pub fn exposed_reason(
+pub(crate) fn exposed_reason(
     path: &Path,
     meta: &Metadata,
     holds_plaintext: impl FnOnce() -> bool,
@@ -457,7 +457,7 @@ pub fn exposed_reason(
 }
 
 /// [`exposed_reason`] as an error (exit 5).
-pub fn ensure_not_exposed(
+pub(crate) fn ensure_not_exposed(
     path: &Path,
     meta: &Metadata,
     holds_plaintext: impl FnOnce() -> bool,
@@ -473,7 +473,7 @@ pub fn ensure_not_exposed(
 /// credential is) and not a well-formed `sha256:` digest. An invalid line grants nothing, but
 /// its first field may well be a token (a typo in its scopes, a space pasted after it, does
 /// not make it less of one), so it counts too; a first field of several words is no token.
-pub fn line_holds_plaintext(content: &[u8]) -> bool {
+pub(crate) fn line_holds_plaintext(content: &[u8]) -> bool {
     let Some(first) = format::credential_field(content) else {
         return false;
     };
@@ -487,14 +487,14 @@ pub fn line_holds_plaintext(content: &[u8]) -> bool {
 }
 
 /// Whether a parsed file holds a plaintext credential ([`line_holds_plaintext`]).
-pub fn document_holds_plaintext(doc: &Document) -> bool {
+pub(crate) fn document_holds_plaintext(doc: &Document) -> bool {
     doc.lines()
         .iter()
         .any(|line| line_holds_plaintext(&line.content))
 }
 
 /// [`document_holds_plaintext`] of everything `reader` yields, read line by line.
-pub fn plaintext_in(reader: impl Read) -> io::Result<bool> {
+pub(crate) fn plaintext_in(reader: impl Read) -> io::Result<bool> {
     crate::lines::read(reader, true, |content, _| {
         match line_holds_plaintext(content) {
             true => ControlFlow::Break(()),
@@ -531,7 +531,7 @@ impl Trusted {
 /// the mode bits do not show (they show the ACL's mask in the group bits), so the rule of
 /// docs/trust.md is applied to them too. Read here for the walk and, by `store`, to copy a
 /// file's ACL to its replacement.
-pub mod acl {
+pub(crate) mod acl {
     use std::ffi::CString;
     use std::fs::File;
     use std::io;
@@ -546,18 +546,18 @@ pub mod acl {
     const USER: u16 = 0x02;
     const GROUP: u16 = 0x08;
     const MASK: u16 = 0x10;
-    pub const READ: u16 = 4;
-    pub const WRITE: u16 = 2;
+    pub(crate) const READ: u16 = 4;
+    pub(crate) const WRITE: u16 = 2;
 
     /// Whose ACL: a path, not followed if it is a symlink (`lgetxattr`), or an open file.
     #[derive(Clone, Copy)]
-    pub enum Of<'a> {
+    pub(crate) enum Of<'a> {
         Path(&'a Path),
         File(&'a File),
     }
 
     /// The raw value, or `None` when there is none (or the file system has no xattrs).
-    pub fn raw(of: Of) -> io::Result<Option<Vec<u8>>> {
+    pub(crate) fn raw(of: Of) -> io::Result<Option<Vec<u8>>> {
         let path = match of {
             Of::Path(path) => Some(
                 CString::new(path.as_os_str().as_bytes())
@@ -571,6 +571,7 @@ pub mod acl {
                 // SAFETY: NUL-terminated strings; `buf` is valid for `size` bytes (or null
                 // with size 0, which asks the size).
                 (Some(path), _) => unsafe { libc::lgetxattr(path.as_ptr(), name, buf, size) },
+                // SAFETY: as above; the descriptor is open for as long as `file` lives.
                 (None, Of::File(file)) => unsafe {
                     libc::fgetxattr(file.as_raw_fd(), name, buf, size)
                 },
@@ -582,7 +583,7 @@ pub mod acl {
             if size < 0 {
                 let e = io::Error::last_os_error();
                 return match e.raw_os_error() {
-                    Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => Ok(None),
+                    Some(libc::ENODATA | libc::EOPNOTSUPP) => Ok(None),
                     _ => Err(e),
                 };
             }
@@ -602,7 +603,7 @@ pub mod acl {
 
     /// The named users and named groups whose *effective* permission (masked by the ACL's
     /// mask entry) includes `perm`: `(users, groups)`.
-    pub fn named_with(raw: &[u8], perm: u16) -> (Vec<u32>, Vec<u32>) {
+    pub(crate) fn named_with(raw: &[u8], perm: u16) -> (Vec<u32>, Vec<u32>) {
         let mut entries = Vec::new();
         if raw.len() >= 4 && u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) == VERSION {
             for e in raw[4..].chunks_exact(8) {
@@ -627,7 +628,7 @@ pub mod acl {
     }
 
     /// [`named_with`] of what `of` has, with no ACL (or none readable) granting nothing.
-    pub fn named(of: Of, perm: u16) -> (Vec<u32>, Vec<u32>) {
+    pub(crate) fn named(of: Of, perm: u16) -> (Vec<u32>, Vec<u32>) {
         match raw(of) {
             Ok(Some(raw)) => named_with(&raw, perm),
             _ => (Vec::new(), Vec::new()),
@@ -697,7 +698,7 @@ fn judge_acls(walk: &Walk, file: &File, owner: u32) -> Unsafe {
 /// the token file's owner (`file_owner`), or others may write it (mode or ACL). In a sticky
 /// directory another user can plant any of these; `path` had no symlink at its end (it was
 /// opened with `O_NOFOLLOW`).
-pub fn sidecar_refusal(
+pub(crate) fn sidecar_refusal(
     path: &Path,
     file: &File,
     meta: &Metadata,

@@ -11,7 +11,7 @@ use crate::when::{When, parse_duration, parse_lock_timeout};
 pub const DEFAULT_FILE: &str = "/etc/tokenfile/tokens";
 
 /// Also the man page's EXIT STATUS and SECURITY sections (split at the blank line).
-pub const AFTER_HELP: &str = "\
+pub(super) const AFTER_HELP: &str = "\
 Exit codes:
   0   success; for `check`: granted
   1   check: the token is valid but lacks a required scope

@@ -20,7 +20,7 @@ use crate::scope::{RequiredScopes, ScopeSet};
 use crate::token::{self, Id, IdPrefix, Secret, Shape};
 use crate::when::{self, Timestamp, When, format_timestamp};
 
-pub fn dispatch(ctx: &Context, command: Command) -> Result<Exit> {
+pub(super) fn dispatch(ctx: &Context, command: Command) -> Result<Exit> {
     match command {
         Command::Init => init(ctx),
         Command::Mint(args) => mint(ctx, args),

@@ -176,10 +176,10 @@ mod on_signal {
     }
 
     /// While alive, the signals remove `path` and then end the process as they would have.
-    pub struct Guard;
+    pub(super) struct Guard;
 
     impl Guard {
-        pub fn new(path: &Path) -> Guard {
+        pub(super) fn new(path: &Path) -> Guard {
             if let Ok(path) = CString::new(path.as_os_str().as_bytes()) {
                 let old = COPY.swap(path.into_raw(), Ordering::SeqCst);
                 free(old);
@@ -197,7 +197,7 @@ mod on_signal {
         }
 
         /// Runs the editor; a Ctrl-C meanwhile ends the edit once the editor returns.
-        pub fn editing<T>(&self, run: impl FnOnce() -> T) -> T {
+        pub(super) fn editing<T>(&self, run: impl FnOnce() -> T) -> T {
             IN_EDITOR.store(true, Ordering::SeqCst);
             let result = run();
             IN_EDITOR.store(false, Ordering::SeqCst);
@@ -208,7 +208,7 @@ mod on_signal {
         }
 
         /// The copy is no longer ours to remove (kept for the admin, or gone).
-        pub fn forget(&self) {
+        pub(super) fn forget(&self) {
             free(COPY.swap(ptr::null_mut(), Ordering::SeqCst));
         }
     }
@@ -262,7 +262,7 @@ fn keep_edit(copy: NamedTempFile, guard: &on_signal::Guard, why: impl fmt::Displ
     }
 }
 
-pub fn edit(store: &Store, audit: &AuditLog) -> Result<Exit> {
+pub(super) fn edit(store: &Store, audit: &AuditLog) -> Result<Exit> {
     let target = store.target()?;
     let original = store.read()?;
     let dir = target.parent().unwrap_or(Path::new("/"));

@@ -21,7 +21,7 @@ fn built() -> clap::Command {
 }
 
 /// `tokenfile(1)` alone (`tokenfile man`).
-pub fn tool_page() -> Result<Vec<u8>> {
+pub(super) fn tool_page() -> Result<Vec<u8>> {
     main_page(&built()).map_err(render_error)
 }
 
@@ -81,7 +81,7 @@ fn render_error(e: io::Error) -> Error {
 }
 
 /// Writes every page into `dir` (man pages are for every user: the umask's mode, not 0600).
-pub fn write_pages(dir: &Path) -> Result<Vec<String>> {
+pub(super) fn write_pages(dir: &Path) -> Result<Vec<String>> {
     let mut written = Vec::new();
     for (name, roff) in pages()? {
         let path = dir.join(&name);

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{Error, Exit, Result};
-pub use crate::token::redact;
+pub(crate) use crate::token::redact;
 use crate::token::{REDACTED, Secret};
 
 fn stdout_error(e: io::Error) -> Error {
@@ -15,13 +15,13 @@ fn stdout_error(e: io::Error) -> Error {
 
 /// Writes `text` to stdout, redacted: what a command prints comes from the file and the
 /// command line, either of which may hold a pasted token (a name, a scope, a path).
-pub fn print(text: &str) -> Result<()> {
+pub(crate) fn print(text: &str) -> Result<()> {
     write_stdout(redact(text).as_bytes())
 }
 
 /// Writes the token that `mint` or `rotate` hands out, alone on a line: the one output that
 /// is not redacted, and it takes a [`Secret`] so that nothing else can pass for it.
-pub fn print_token(token: &Secret) -> Result<()> {
+pub(crate) fn print_token(token: &Secret) -> Result<()> {
     // Sized once: a buffer that grew would leave a copy nobody wipes.
     let mut line = zeroize::Zeroizing::new(Vec::with_capacity(token.expose().len() + 1));
     line.extend_from_slice(token.expose());
@@ -73,13 +73,13 @@ fn write_stdout(bytes: &[u8]) -> Result<()> {
 }
 
 /// Writes one JSON document and a newline to stdout, every string in it redacted.
-pub fn print_json(value: &impl Serialize) -> Result<()> {
+pub(crate) fn print_json(value: &impl Serialize) -> Result<()> {
     write_json(value, None)
 }
 
 /// [`print_json`] of the document of `mint`/`rotate`, which carries `token`: a string equal
 /// to that very secret is shown, every other string is redacted as always.
-pub fn print_json_revealing(value: &impl Serialize, token: &Secret) -> Result<()> {
+pub(crate) fn print_json_revealing(value: &impl Serialize, token: &Secret) -> Result<()> {
     write_json(value, Some(token))
 }
 
@@ -96,7 +96,7 @@ fn write_json(value: &impl Serialize, revealed: Option<&Secret>) -> Result<()> {
 /// `json` (a document serde_json wrote) with every string literal, keys too, redacted —
 /// except one equal to `revealed`. Done on the text, not on a `Value`, so the fields keep
 /// their order; a string that does not decode (it cannot happen) is replaced whole.
-pub fn redact_json(json: &str, revealed: Option<&Secret>) -> String {
+pub(crate) fn redact_json(json: &str, revealed: Option<&Secret>) -> String {
     let bytes = json.as_bytes();
     let mut out = String::with_capacity(json.len());
     let mut copied = 0;
@@ -140,7 +140,7 @@ pub fn redact_json(json: &str, revealed: Option<&Secret>) -> String {
 
 /// What a command's stdout is to it, for [`conclude`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stdout {
+pub(crate) enum Stdout {
     /// The output is the job (`list`, `id`, `lint`, `completions`): output lost to a full
     /// disk is a failure, and a reader that went away (`list | head`) is not.
     Job,
@@ -153,7 +153,7 @@ pub enum Stdout {
 /// reader that went away (EPIPE) leaves the decision as it is, and so does any other write
 /// failure of a report or of a command that already failed; only a job whose output was
 /// lost otherwise (`list > /dev/full`) fails for it.
-pub fn conclude(decision: Exit, printed: Result<()>, stdout: Stdout) -> Result<Exit> {
+pub(crate) fn conclude(decision: Exit, printed: Result<()>, stdout: Stdout) -> Result<Exit> {
     let e = match printed {
         Ok(()) => return Ok(decision),
         Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => {
@@ -173,13 +173,13 @@ pub fn conclude(decision: Exit, printed: Result<()>, stdout: Stdout) -> Result<E
 /// Every line for a person goes through here or [`note_raw`]: redacted, and never a panic
 /// when stderr is closed or full (`2>/dev/full`): a failing stderr must not turn a decision
 /// or a landed change into exit 101, so a line that cannot be written is dropped.
-pub fn note(text: &str) {
+pub(crate) fn note(text: &str) {
     note_raw(&format!("tokenfile: {text}\n"));
 }
 
 /// [`note`] without the `tokenfile: ` prefix or the line ending (a prompt, a `file:line:`
 /// finding).
-pub fn note_raw(text: &str) {
+pub(crate) fn note_raw(text: &str) {
     let mut stderr = io::stderr().lock();
     let _ = stderr.write_all(redact(text).as_bytes());
     let _ = stderr.flush();
@@ -187,7 +187,7 @@ pub fn note_raw(text: &str) {
 
 /// Names come from the file and may hold anything but TAB; keep terminal control
 /// sequences out of a human's terminal.
-pub fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .flat_map(|c| {
             if c.is_control() {
@@ -200,7 +200,7 @@ pub fn printable(text: &str) -> String {
 }
 
 /// A plain text table with aligned columns.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

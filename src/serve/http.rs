@@ -53,13 +53,13 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 /// In-flight requests get this long to finish at shutdown.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest `X-Token-Name` sent; names are for logs, not for storage.
 const MAX_NAME_HEADER: usize = 256;
 
 type Body = Full<Bytes>;
 
-pub fn bind(addr: SocketAddr) -> Result<StdTcpListener> {
+pub(super) fn bind(addr: SocketAddr) -> Result<StdTcpListener> {
     let shown = addr.to_string();
     let listener =
         StdTcpListener::bind(addr).map_err(|e| Error::io("listen on", Path::new(&shown), e))?;
@@ -77,7 +77,11 @@ pub fn bind(addr: SocketAddr) -> Result<StdTcpListener> {
 }
 
 /// Accepts until `shutdown`, then lets in-flight requests finish (bounded).
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut builder = http1::Builder::new();
@@ -220,7 +224,7 @@ fn header_value(text: &str) -> HeaderValue {
 /// A name as a header value: printable ASCII kept, everything else (UTF-8, control bytes)
 /// and `%` percent-encoded — so it is lossless for a reader who decodes it, and can never
 /// split or inject a header. Capped at [`MAX_NAME_HEADER`] bytes.
-pub fn header_safe(name: &str) -> String {
+pub(super) fn header_safe(name: &str) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(name.len().min(MAX_NAME_HEADER));
     for b in name.bytes() {

@@ -24,7 +24,7 @@ use super::state::{FileStatus, Snapshot, log_problems};
 /// What identifies one version of the file without reading it. Any write changes the
 /// times; a rename or a symlink swap changes the inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint {
+pub(super) struct Fingerprint {
     dev: u64,
     ino: u64,
     size: u64,
@@ -36,7 +36,7 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    pub fn of(meta: &Metadata) -> Self {
+    pub(super) fn of(meta: &Metadata) -> Self {
         Fingerprint {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -54,7 +54,7 @@ impl Fingerprint {
     /// The same file with another size but the very same times: caught in the middle of an
     /// in-place truncate. (Linux sets the new size before the new times, and a truncate can
     /// wait for disk I/O in between; its inotify event comes only at the end.)
-    pub fn resized_without_times(&self, before: &Fingerprint) -> bool {
+    pub(super) fn resized_without_times(&self, before: &Fingerprint) -> bool {
         self.dev == before.dev
             && self.ino == before.ino
             && self.size != before.size
@@ -63,18 +63,18 @@ impl Fingerprint {
     }
 
     /// The file's size in bytes.
-    pub fn size(&self) -> u64 {
+    pub(super) fn size(&self) -> u64 {
         self.size
     }
 
     /// The same file (device and inode), whatever its content.
-    pub fn same_file(&self, other: &Fingerprint) -> bool {
+    pub(super) fn same_file(&self, other: &Fingerprint) -> bool {
         self.dev == other.dev && self.ino == other.ino
     }
 
     /// A made-up fingerprint for the reload policy's timelines.
     #[cfg(test)]
-    pub fn fake(ino: u64, size: u64, mtime: i64) -> Self {
+    pub(super) fn fake(ino: u64, size: u64, mtime: i64) -> Self {
         Fingerprint {
             dev: 1,
             ino,
@@ -90,12 +90,12 @@ impl Fingerprint {
 
 /// The fingerprint of the file behind `path` (symlinks followed), `None` if it cannot be
 /// stat'ed — a missing file, or a directory on the way that went away.
-pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
+pub(super) fn fingerprint(path: &Path) -> Option<Fingerprint> {
     fs::metadata(path).ok().map(|m| Fingerprint::of(&m))
 }
 
 #[derive(Debug)]
-pub enum Reading {
+pub(super) enum Reading {
     /// The file's state, built while reading it (the bytes are not kept), and what was
     /// wrong in it.
     Read {
@@ -135,7 +135,7 @@ pub enum Reading {
 /// becomes, while the previous index is still in use, is what made a reload's peak memory
 /// three times the file. The price is a longer lease (a writer opening the file meanwhile
 /// waits for the index to be built, a fraction of a second for a million records).
-pub fn read(path: &Path, wait_for_writers: bool, hold_tail: bool) -> Reading {
+pub(super) fn read(path: &Path, wait_for_writers: bool, hold_tail: bool) -> Reading {
     // Judged (docs/trust.md) and opened without blocking: a FIFO at the path is refused, not
     // waited on.
     let Trusted { file, real, .. } = match trust::open(path) {
@@ -200,7 +200,7 @@ pub fn read(path: &Path, wait_for_writers: bool, hold_tail: bool) -> Reading {
 
 /// How long a last line without a line ending, read without a lease, grants nothing after
 /// the file last changed (docs/protocols.md).
-pub const TAIL_HOLD: Duration = Duration::from_secs(1);
+pub(super) const TAIL_HOLD: Duration = Duration::from_secs(1);
 
 /// How much of the end of the file is read at a time to find its last line end.
 const TAIL_WINDOW: usize = 64 * 1024;
@@ -284,7 +284,7 @@ const FIRST_READ_PAUSE: Duration = Duration::from_millis(20);
 /// An unsafe file starts in the refused state (no token accepted) so that fixing its mode
 /// is enough.
 /// The last element: read the file again after this long (its last line was held back).
-pub fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>, Option<Duration>)> {
+pub(super) fn initial(path: &Path) -> Result<(Snapshot, Option<Fingerprint>, Option<Duration>)> {
     for attempt in 1..=FIRST_READ_TRIES {
         // In the end, a file held open for writing all along is read anyway.
         match read(path, attempt < FIRST_READ_TRIES, true) {

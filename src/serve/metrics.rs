@@ -10,7 +10,7 @@ use crate::check::Decision;
 
 /// How one check ended, the `outcome` label of `tokenfile_checks_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(super) enum Outcome {
     Granted,
     Forbidden,
     Unauthorized,
@@ -26,7 +26,7 @@ impl Outcome {
         Outcome::Invalid,
     ];
 
-    pub fn of(decision: &Decision) -> Self {
+    pub(super) fn of(decision: &Decision) -> Self {
         match decision {
             Decision::Granted { .. } => Outcome::Granted,
             Decision::Forbidden { .. } => Outcome::Forbidden,
@@ -47,7 +47,7 @@ impl Outcome {
 /// What the exposition reports of the state in use, taken from it by whoever holds it:
 /// the counters need not know how a state is made.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Gauges {
+pub(super) struct Gauges {
     pub records: usize,
     pub invalid_lines: usize,
     /// Read from the file, rather than missing, unreadable or unsafe.
@@ -57,7 +57,7 @@ pub struct Gauges {
 }
 
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(super) struct Metrics {
     checks: [AtomicU64; 4],
     /// New states installed from the file (content changed, or SIGHUP).
     reloads: AtomicU64,
@@ -66,28 +66,28 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn count_check(&self, outcome: Outcome) {
+    pub(super) fn count_check(&self, outcome: Outcome) {
         self.checks[outcome as usize].fetch_add(1, Relaxed);
     }
 
-    pub fn count_reload(&self) {
+    pub(super) fn count_reload(&self) {
         self.reloads.fetch_add(1, Relaxed);
     }
 
-    pub fn count_reload_failure(&self) {
+    pub(super) fn count_reload_failure(&self) {
         self.reload_failures.fetch_add(1, Relaxed);
     }
 
-    pub fn reloads(&self) -> u64 {
+    pub(super) fn reloads(&self) -> u64 {
         self.reloads.load(Relaxed)
     }
 
-    pub fn reload_failures(&self) -> u64 {
+    pub(super) fn reload_failures(&self) -> u64 {
         self.reload_failures.load(Relaxed)
     }
 
     /// The whole exposition, with the gauges of the state in use.
-    pub fn render(&self, gauges: &Gauges) -> String {
+    pub(super) fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(1536);
         let name = "tokenfile_checks_total";
         let _ = writeln!(

@@ -35,7 +35,7 @@ use crate::error::{Error, Exit, Result};
 use state::Shared;
 
 #[derive(Debug, Clone)]
-pub struct ServeOptions {
+pub(crate) struct ServeOptions {
     /// The token file as the user named it (may be a symlink, e.g. a Kubernetes `..data` link).
     pub file: PathBuf,
     /// The listeners: with neither, nothing is served (the command line requires one).
@@ -44,7 +44,7 @@ pub struct ServeOptions {
 }
 
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully and returns success.
-pub fn run(options: ServeOptions) -> Result<Exit> {
+pub(crate) fn run(options: ServeOptions) -> Result<Exit> {
     init_logging();
     raise_open_files_limit();
     early_signals()?;
@@ -131,7 +131,7 @@ async fn serve(
         let addr = listener.local_addr().ok();
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Listen {
-                addr: display_addr(addr).to_string(),
+                addr: display_addr(addr).clone(),
                 source,
             })?;
         servers.spawn(http::serve(listener, shared.clone(), stopping.clone()));

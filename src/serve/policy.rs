@@ -32,28 +32,28 @@ use super::load::Fingerprint;
 use crate::token::Digest;
 
 /// Quiet time after the last change before reading (a burst of writes is read once).
-pub const QUIET: Duration = Duration::from_millis(50);
+pub(super) const QUIET: Duration = Duration::from_millis(50);
 /// Pause before reading again a file that was busy, unstable or just written again.
-pub const RETRY: Duration = Duration::from_millis(30);
+pub(super) const RETRY: Duration = Duration::from_millis(30);
 /// How long after the last in-place write a state that takes something away, or a
 /// vanished file, is waited for (a rewrite that truncated first may not be done yet).
-pub const CONFIRM: Duration = Duration::from_millis(300);
+pub(super) const CONFIRM: Duration = Duration::from_millis(300);
 /// Every wait ends this long after the first change not yet in use, leaving time for the
 /// read itself within the promised second.
-pub const MAX_HOLD: Duration = Duration::from_millis(700);
+pub(super) const MAX_HOLD: Duration = Duration::from_millis(700);
 /// A read without a lease that looks like a truncate caught halfway (see
 /// [`Fingerprint::resized_without_times`]) is believed only this long after the last write
 /// (a file system clock coarse enough can make a finished rewrite look like that). No longer
 /// than [`MAX_HOLD`]: the promise is 1 s after the last write, and a writer that keeps a
 /// truncated file without a sign for longer is not one serve can tell from a finished one.
-pub const SUSPECT_LIMIT: Duration = MAX_HOLD;
+pub(super) const SUSPECT_LIMIT: Duration = MAX_HOLD;
 /// How often a read that failed for a passing reason is tried again.
-pub const PASSING_RETRY: Duration = Duration::from_millis(250);
+pub(super) const PASSING_RETRY: Duration = Duration::from_millis(250);
 /// The periodic stat (network file systems, lost events).
-pub const TICK: Duration = Duration::from_secs(1);
+pub(super) const TICK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Input {
+pub(super) enum Input {
     /// The file's data was written in place (inotify `IN_MODIFY` on a name of it).
     Written { at: Instant },
     /// A writer closed the file; its fingerprint right after, if it could be taken.
@@ -82,7 +82,7 @@ pub enum Input {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadResult {
+pub(super) enum ReadResult {
     Loaded {
         fingerprint: Fingerprint,
         /// Read under a read lease: a finished version of the file.
@@ -111,7 +111,7 @@ pub enum ReadResult {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(super) enum Action {
     /// Read the file now; with `wait_for_writers`, a file open for writing is `Busy`; with
     /// `hold_tail`, a last line without a line ending that changed within the last second
     /// is left out (the change may be an in-place append; a file renamed in is complete).
@@ -132,7 +132,7 @@ pub enum Action {
 }
 
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(super) struct Policy {
     /// The file the state in use came from (or the refused one); a tick that sees
     /// another one is a change.
     seen: Option<Fingerprint>,
@@ -181,7 +181,7 @@ pub struct Policy {
 impl Policy {
     /// The state in use came from a file with `fingerprint` (`None`: none); `recheck`: read
     /// it again then (its last line was held back).
-    pub fn new(fingerprint: Option<Fingerprint>, recheck: Option<Instant>) -> Self {
+    pub(super) fn new(fingerprint: Option<Fingerprint>, recheck: Option<Instant>) -> Self {
         Policy {
             seen: fingerprint,
             observed: fingerprint,
@@ -205,13 +205,13 @@ impl Policy {
     }
 
     /// Whether the last read failed for a passing reason.
-    pub fn failing(&self) -> bool {
+    pub(super) fn failing(&self) -> bool {
         self.failing
     }
 
     /// After [`Action::Install`], [`Action::Keep`] or [`Action::FailClosed`], the driver
     /// does it and steps [`Input::Due`] for what comes next.
-    pub fn step(&mut self, input: Input) -> Action {
+    pub(super) fn step(&mut self, input: Input) -> Action {
         let now = match input {
             Input::Written { at } => {
                 self.writer_open = true;
@@ -724,7 +724,7 @@ mod tests {
                     ),
                     // Gone for good: fails closed within the second.
                     None if self.file(w + 1000).is_none() => {
-                        assert_eq!(got, None, "a missing file not in use within 1 s")
+                        assert_eq!(got, None, "a missing file not in use within 1 s");
                     }
                     None => {}
                 }

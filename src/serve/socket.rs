@@ -36,7 +36,7 @@ use super::state::{Shared, log_decision};
 use super::{AcceptFailures, next_connection, stopped};
 
 /// Longest request line, without its newline. A token is at most 4 KiB.
-pub const MAX_LINE: usize = 8 * 1024;
+pub(super) const MAX_LINE: usize = 8 * 1024;
 const SOCKET_MODE: u32 = 0o660;
 const MAX_CONNECTIONS: usize = 1024;
 /// A connection that sends nothing for this long is closed. (Each read restarts it: a client
@@ -48,7 +48,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The socket file we created; removed when dropped, if it is still ours.
 #[derive(Debug)]
-pub struct SocketFile {
+pub(super) struct SocketFile {
     path: PathBuf,
     dev: u64,
     ino: u64,
@@ -72,7 +72,7 @@ impl Drop for SocketFile {
 ///
 /// Must run before any other thread exists: the mode is set through the process umask,
 /// which is shared by all threads.
-pub fn bind(path: &Path) -> Result<(StdUnixListener, SocketFile)> {
+pub(super) fn bind(path: &Path) -> Result<(StdUnixListener, SocketFile)> {
     remove_stale(path)?;
     let old = umask(Mode::from_bits_truncate(0o777 & !SOCKET_MODE));
     let bound = StdUnixListener::bind(path);
@@ -115,7 +115,11 @@ fn remove_stale(path: &Path) -> Result<()> {
 }
 
 /// Accepts until `shutdown`, then waits for every connection to finish what it has read.
-pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+pub(super) async fn serve(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     let mut stop = shutdown.clone();
@@ -225,7 +229,7 @@ async fn send(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Appends the answer to one request line (without its newline) to `out`.
-pub fn answer(shared: &Shared, line: &[u8], out: &mut Vec<u8>) {
+pub(super) fn answer(shared: &Shared, line: &[u8], out: &mut Vec<u8>) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let (verb, args) = match line.iter().position(|&b| b == b' ') {
         Some(space) => (&line[..space], Some(&line[space + 1..])),
@@ -257,10 +261,10 @@ impl Reply<'_> {
     fn write(self, out: &mut Vec<u8>) {
         match self {
             Reply::Decision(Decision::Granted { id, .. }) => {
-                out.extend_from_slice(format!("OK {id}\n").as_bytes())
+                out.extend_from_slice(format!("OK {id}\n").as_bytes());
             }
             Reply::Decision(Decision::Forbidden { id, .. }) => {
-                out.extend_from_slice(format!("FORBIDDEN {id}\n").as_bytes())
+                out.extend_from_slice(format!("FORBIDDEN {id}\n").as_bytes());
             }
             Reply::Decision(Decision::Unauthorized(_)) => out.extend_from_slice(b"UNAUTHORIZED\n"),
             Reply::Pong => out.extend_from_slice(b"PONG\n"),
@@ -302,8 +306,8 @@ fn check(shared: &Shared, args: &[u8], out: &mut Vec<u8>) {
     }
     shared.check(&Secret::new(token.to_vec()), &required, |decision| {
         log_decision("socket", &decision);
-        Reply::Decision(decision).write(out)
-    })
+        Reply::Decision(decision).write(out);
+    });
 }
 
 #[cfg(test)]

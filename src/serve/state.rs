@@ -17,7 +17,7 @@ use super::metrics::{Gauges, Metrics, Outcome};
 
 /// Where the state in use came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileStatus {
+pub(super) enum FileStatus {
     /// Read and parsed; invalid lines were skipped.
     Loaded,
     /// The file does not exist: no token is accepted (fail closed).
@@ -28,12 +28,12 @@ pub enum FileStatus {
 }
 
 impl FileStatus {
-    pub fn is_loaded(&self) -> bool {
+    pub(super) fn is_loaded(&self) -> bool {
         matches!(self, FileStatus::Loaded)
     }
 
     /// Short machine-readable word for `/healthz`.
-    pub fn word(&self) -> &'static str {
+    pub(super) fn word(&self) -> &'static str {
         match self {
             FileStatus::Loaded => "ok",
             FileStatus::Missing => "missing",
@@ -43,7 +43,7 @@ impl FileStatus {
 }
 
 #[derive(Debug)]
-pub struct Snapshot {
+pub(super) struct Snapshot {
     pub index: TokenIndex,
     pub status: FileStatus,
     pub invalid_lines: usize,
@@ -56,7 +56,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds the state of a file's bytes, returning the problems for the caller to log.
     #[cfg(test)]
-    pub fn from_bytes(bytes: &[u8]) -> (Snapshot, Vec<LoadProblem>) {
+    pub(super) fn from_bytes(bytes: &[u8]) -> (Snapshot, Vec<LoadProblem>) {
         let (index, problems) = TokenIndex::load(bytes);
         (
             Snapshot::loaded(index, &problems, Digest::of(bytes)),
@@ -65,7 +65,7 @@ impl Snapshot {
     }
 
     /// The state of a file whose records are `index` and whose bytes hash to `content`.
-    pub fn loaded(index: TokenIndex, problems: &[LoadProblem], content: Digest) -> Snapshot {
+    pub(super) fn loaded(index: TokenIndex, problems: &[LoadProblem], content: Digest) -> Snapshot {
         let invalid_lines = problems
             .iter()
             .filter(|p| matches!(p, LoadProblem::Invalid { .. }))
@@ -80,7 +80,7 @@ impl Snapshot {
     }
 
     /// A state that grants nothing.
-    pub fn empty(status: FileStatus) -> Snapshot {
+    pub(super) fn empty(status: FileStatus) -> Snapshot {
         Snapshot {
             index: TokenIndex::default(),
             status,
@@ -94,19 +94,18 @@ impl Snapshot {
     /// a token's scopes or expiry (conservatively, any change counts). Such a state might
     /// be a file caught halfway through an in-place rewrite, so the reloader confirms it
     /// before installing it; a state that only adds is installed at once.
-    pub fn withdraws_from(&self, current: &Snapshot) -> bool {
+    pub(super) fn withdraws_from(&self, current: &Snapshot) -> bool {
         !self.index.grants_all_of(&current.index)
     }
 
-    pub fn installed_unix(&self) -> f64 {
+    pub(super) fn installed_unix(&self) -> f64 {
         self.installed
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0)
+            .map_or(0.0, |d| d.as_secs_f64())
     }
 
     /// What `/metrics` reports of this state.
-    pub fn gauges(&self) -> Gauges {
+    pub(super) fn gauges(&self) -> Gauges {
         Gauges {
             records: self.index.records,
             invalid_lines: self.invalid_lines,
@@ -118,14 +117,14 @@ impl Snapshot {
 
 /// Everything the listeners and the reloader share.
 #[derive(Debug)]
-pub struct Shared {
+pub(super) struct Shared {
     file: PathBuf,
     current: ArcSwap<Snapshot>,
     pub metrics: Metrics,
 }
 
 impl Shared {
-    pub fn new(file: PathBuf, initial: Snapshot) -> Self {
+    pub(super) fn new(file: PathBuf, initial: Snapshot) -> Self {
         Shared {
             file,
             current: ArcSwap::from_pointee(initial),
@@ -133,25 +132,25 @@ impl Shared {
         }
     }
 
-    pub fn file(&self) -> &Path {
+    pub(super) fn file(&self) -> &Path {
         &self.file
     }
 
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub(super) fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
     }
 
     /// Puts `snapshot` in use, stamped with the time it is (what `/metrics` reports as the
     /// last reload). Returns the state it replaces, for the caller to drop where freeing a
     /// large index costs no check anything.
-    pub fn install(&self, mut snapshot: Snapshot) -> Arc<Snapshot> {
+    pub(super) fn install(&self, mut snapshot: Snapshot) -> Arc<Snapshot> {
         snapshot.installed = SystemTime::now();
         self.current.swap(Arc::new(snapshot))
     }
 
     /// The one decision both listeners use, counted by outcome and handed to `answer`
     /// (it borrows the record's name from the state in use, which stays alive meanwhile).
-    pub fn check<R>(
+    pub(super) fn check<R>(
         &self,
         token: &Secret,
         required: &RequiredScopes,
@@ -169,14 +168,14 @@ impl Shared {
     }
 
     /// A request that could not be decided (no or malformed scope).
-    pub fn count_invalid(&self) {
+    pub(super) fn count_invalid(&self) {
         self.metrics.count_check(Outcome::Invalid);
     }
 }
 
 /// One debug line per decision: the record's ID and the outcome. Never the token — nor the
 /// required scopes, in case a client put the token in their place.
-pub fn log_decision(via: &str, decision: &Decision) {
+pub(super) fn log_decision(via: &str, decision: &Decision) {
     match decision {
         Decision::Granted { id, .. } => tracing::debug!(via, %id, "granted"),
         Decision::Forbidden { id, .. } => tracing::debug!(via, %id, "forbidden"),
@@ -185,7 +184,7 @@ pub fn log_decision(via: &str, decision: &Decision) {
 }
 
 /// Logs what was skipped in a freshly loaded file: line numbers and reasons, never content.
-pub fn log_problems(file: &Path, problems: &[LoadProblem]) {
+pub(super) fn log_problems(file: &Path, problems: &[LoadProblem]) {
     const SHOWN: usize = 50;
     for problem in problems.iter().take(SHOWN) {
         tracing::warn!(file = %file.display(), "{problem}");
@@ -210,7 +209,7 @@ mod tests {
         let shared = Shared::new(PathBuf::from("t"), snapshot);
         let required = RequiredScopes::parse(&["read"]).unwrap();
         shared.check(&Secret::new(long.into_bytes()), &required, |decision| {
-            assert_eq!(decision, Decision::Unauthorized(Unauthorized::Unknown))
+            assert_eq!(decision, Decision::Unauthorized(Unauthorized::Unknown));
         });
         let text = shared.metrics.render(&shared.snapshot().gauges());
         assert!(text.contains("tokenfile_checks_total{outcome=\"unauthorized\"} 1"));
@@ -236,7 +235,7 @@ mod tests {
         let shared = Shared::new(PathBuf::from("t"), Snapshot::empty(FileStatus::Missing));
         let required = RequiredScopes::parse(&["read"]).unwrap();
         shared.check(&Secret::new(b"tok".to_vec()), &required, |decision| {
-            assert_eq!(decision, Decision::Unauthorized(Unauthorized::Unknown))
+            assert_eq!(decision, Decision::Unauthorized(Unauthorized::Unknown));
         });
     }
 }

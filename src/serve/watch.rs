@@ -60,20 +60,20 @@ struct Flags {
 
 /// Handle to ask the reloader for a forced reload (SIGHUP).
 #[derive(Clone)]
-pub struct Trigger {
+pub(super) struct Trigger {
     tx: SyncSender<Msg>,
     flags: Arc<Flags>,
 }
 
 impl Trigger {
-    pub fn reload(&self) {
+    pub(super) fn reload(&self) {
         self.flags.forced.store(true, Ordering::SeqCst);
         // If the queue is full the reloader is busy draining it and sees the flag anyway.
         let _ = self.tx.try_send(Msg::Wake);
     }
 }
 
-pub struct Reloader {
+pub(super) struct Reloader {
     trigger: Trigger,
     thread: Option<JoinHandle<()>>,
 }
@@ -81,7 +81,7 @@ pub struct Reloader {
 impl Reloader {
     /// Starts watching `shared.file()`, whose state in use was read with `fingerprint`;
     /// `recheck`: read it again after this long (its last line was held back).
-    pub fn start(
+    pub(super) fn start(
         shared: Arc<Shared>,
         fingerprint: Option<Fingerprint>,
         recheck: Option<Duration>,
@@ -146,11 +146,11 @@ impl Reloader {
         })
     }
 
-    pub fn trigger(&self) -> Trigger {
+    pub(super) fn trigger(&self) -> Trigger {
         self.trigger.clone()
     }
 
-    pub fn stop(mut self) {
+    pub(super) fn stop(mut self) {
         self.shutdown();
     }
 
@@ -580,7 +580,7 @@ impl Reload {
                 "the token file is gone: every token is refused until it is back"
             ),
             FileStatus::Refused(reason) => {
-                error!(file = %self.path.display(), "every token is refused: {reason}")
+                error!(file = %self.path.display(), "every token is refused: {reason}");
             }
             FileStatus::Loaded => {}
         }

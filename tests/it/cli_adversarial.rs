@@ -309,7 +309,11 @@ fn an_argument_out_of_range_is_a_usage_error_never_a_crash() {
         "+10000-01-01T00:00:00Z",
     ];
     let mut runs: Vec<Vec<String>> = Vec::new();
-    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let s = |v: &[&str]| {
+        v.iter()
+            .map(std::string::ToString::to_string)
+            .collect::<Vec<_>>()
+    };
     // Too long to count (past u64 seconds) for --lock-timeout; every one of them lands past
     // year 9999 for --expires and --grace.
     for d in durations.iter().filter(|d| **d != "99999999999999d") {

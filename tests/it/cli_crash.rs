@@ -125,8 +125,10 @@ fn rotate_grace_reports_the_real_end_and_list_names_the_replacement() {
         .err()
         .lines()
         .find(|l| l.contains("stays valid until"))
-        .map(|l| l.rsplit(' ').next().unwrap().to_string())
-        .unwrap_or_else(|| panic!("{out:?}"));
+        .map_or_else(
+            || panic!("{out:?}"),
+            |l| l.rsplit(' ').next().unwrap().to_string(),
+        );
     assert_eq!(parse_time(&said), parse_time(&stamp), "{out:?}");
 
     // A grace shorter than the record's life ends the old token at now+grace.

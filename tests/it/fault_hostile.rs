@@ -378,7 +378,7 @@ fn slow_clients(serve: &Serve, count: usize, until: Instant) -> Tally {
     let mut byte = 0u8;
     while Instant::now() < until.max(cut_off_by) {
         byte = b'a' + (byte + 1) % 26;
-        for slot in http.iter_mut() {
+        for slot in &mut http {
             let Some(stream) = slot else { continue };
             let mut buf = [0; 512];
             let closed = match stream.read(&mut buf) {

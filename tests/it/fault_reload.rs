@@ -283,9 +283,9 @@ impl Checkers {
                 let (serve, tally, stop) = (serve.clone(), tally.clone(), stop.clone());
                 thread::spawn(move || {
                     if i % 2 == 0 {
-                        check_socket(&serve, &tally, &stop)
+                        check_socket(&serve, &tally, &stop);
                     } else {
-                        check_http(&serve, &tally, &stop)
+                        check_http(&serve, &tally, &stop);
                     }
                 })
             })

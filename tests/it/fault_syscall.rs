@@ -655,7 +655,7 @@ fn check_order(scenario: Scenario, run_dir: &Path, trace: &str) -> Vec<String> {
     match (audit_write, audit_sync) {
         (None, _) => wrong.push("the audit line is never written".into()),
         (Some(w), _) if w > rename => {
-            wrong.push("the audit line is written after the rename".into())
+            wrong.push("the audit line is written after the rename".into());
         }
         (_, None) => wrong.push("the audit log is never synced".into()),
         (_, Some(s)) if s > rename => wrong.push("the audit log is synced after the rename".into()),
@@ -809,8 +809,7 @@ fn every_failing_syscall_leaves_the_old_file_or_the_whole_change() {
                     let verdict = judge(case.scenario, &references[index], &run, &out);
                     let target = calls(&out.trace)
                         .find(|c| c.line.contains("(INJECTED)"))
-                        .map(|c| target(&c, run.dir.path()))
-                        .unwrap_or_else(|| "not reached".into());
+                        .map_or_else(|| "not reached".into(), |c| target(&c, run.dir.path()));
                     let mut wrong = verdict.wrong;
                     if !wrong.is_empty() {
                         let stderr: Vec<&str> = out.stderr.lines().take(3).collect();

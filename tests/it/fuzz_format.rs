@@ -110,8 +110,8 @@ fn record_line() -> impl Strategy<Value = String> {
                 }
                 fields.join("\t")
             }),
-        1 => "#[ -~\\t]{0,10}".prop_map(|s| s.to_string()),
-        1 => "[ \\t]{0,3}".prop_map(|s| s.to_string()),
+        1 => "#[ -~\\t]{0,10}".prop_map(|s| s.clone()),
+        1 => "[ \\t]{0,3}".prop_map(|s| s.clone()),
     ]
 }
 

@@ -86,7 +86,7 @@ fn blocks() -> Vec<Block> {
                     line: i + 1,
                     info: info.trim().to_string(),
                     body: String::new(),
-                })
+                });
             }
             (Some(_), Some("")) => blocks.push(open.take().expect("open block")),
             (Some(block), _) => {

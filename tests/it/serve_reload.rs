@@ -381,7 +381,7 @@ fn revocation_is_not_held_back_by_a_stream_of_mints() {
         thread::sleep(Duration::from_millis(10));
     }
     let mut minted = 0;
-    for (token, at) in rx.iter() {
+    for (token, at) in &rx {
         while client.ask(&format!("CHECK read {token}")) != ok(&token) {
             assert!(
                 at.elapsed() < bound,

@@ -137,7 +137,7 @@ fn a_lock_symlink_swapped_during_parallel_mints_loses_no_update() {
         .collect();
     let succeeded = mints
         .into_iter()
-        .map(|m| m.wait())
+        .map(super::support::Running::wait)
         .filter(|out| out.code == OK)
         .count();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -17,7 +17,7 @@ use tokenfile::index::TokenIndex;
 use tokenfile::token::{Digest, Secret};
 
 /// The scale of the run: 1 in CI, 10 for the long run.
-pub fn rounds() -> usize {
+pub(crate) fn rounds() -> usize {
     std::env::var("TOKENFILE_FAULT_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -26,27 +26,26 @@ pub fn rounds() -> usize {
 }
 
 /// A small deterministic PRNG (xorshift64*): reproducible from the printed seed.
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn from_env() -> Rng {
+    pub(crate) fn from_env() -> Rng {
         let seed = std::env::var("TOKENFILE_FAULT_SEED")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| {
                 SystemTime::now()
                     .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
+                    .map_or(1, |d| d.as_nanos() as u64)
             });
         Rng(seed.max(1))
     }
 
-    pub fn seed(&self) -> u64 {
+    pub(crate) fn seed(&self) -> u64 {
         self.0
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -55,25 +54,25 @@ impl Rng {
 
     /// A second generator for another thread, derived from this one (so the printed seed
     /// still replays both).
-    pub fn split(&mut self) -> Rng {
+    pub(crate) fn split(&mut self) -> Rng {
         Rng(self.next().max(1))
     }
 
     /// Uniform in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         if n == 0 { 0 } else { self.next() % n }
     }
 }
 
 /// A scratch directory with a token file of `records` hashed records (and its lock file
 /// and audit log beside it, as after a first `mint`).
-pub struct Scratch {
+pub(crate) struct Scratch {
     pub dir: tempfile::TempDir,
     pub file: PathBuf,
 }
 
 impl Scratch {
-    pub fn new(records: usize) -> Scratch {
+    pub(crate) fn new(records: usize) -> Scratch {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("tokens");
         let mut content = String::from("# fault suite\n");
@@ -89,15 +88,15 @@ impl Scratch {
         Scratch { dir, file }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
-    pub fn lock_path(&self) -> PathBuf {
+    pub(crate) fn lock_path(&self) -> PathBuf {
         self.path().join("tokens.lock")
     }
 
-    pub fn mint(&self) -> Command {
+    pub(crate) fn mint(&self) -> Command {
         let mut cmd = tokenfile_command();
         cmd.arg("--file").arg(&self.file).args([
             "--lock-timeout",
@@ -110,13 +109,13 @@ impl Scratch {
     }
 
     /// Leftover temp files of the atomic replace.
-    pub fn temp_files(&self) -> Vec<String> {
+    pub(crate) fn temp_files(&self) -> Vec<String> {
         leftovers_in(self.path())
     }
 }
 
 /// The token a `mint` printed: its whole first line of stdout, if it got that far.
-pub fn printed_token(out: &Output) -> Option<String> {
+pub(crate) fn printed_token(out: &Output) -> Option<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.split_inclusive('\n').next()?;
     let token = line.strip_suffix('\n')?;
@@ -124,7 +123,7 @@ pub fn printed_token(out: &Output) -> Option<String> {
 }
 
 /// What a reader makes of the file now.
-pub struct FileState {
+pub(crate) struct FileState {
     pub bytes: Vec<u8>,
     pub invalid_lines: Vec<usize>,
     pub records: usize,
@@ -132,7 +131,7 @@ pub struct FileState {
 }
 
 impl FileState {
-    pub fn read(file: &Path) -> FileState {
+    pub(crate) fn read(file: &Path) -> FileState {
         let bytes = fs::read(file).expect("the token file must exist and be readable");
         let doc = Document::parse(&bytes);
         let mut invalid_lines = Vec::new();
@@ -153,7 +152,7 @@ impl FileState {
         }
     }
 
-    pub fn holds(&self, token: &str) -> bool {
+    pub(crate) fn holds(&self, token: &str) -> bool {
         self.index
             .get(&Secret::new(token.as_bytes().to_vec()))
             .is_some()

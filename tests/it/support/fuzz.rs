@@ -15,14 +15,14 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRu
 use super::report;
 
 /// One property of a target.
-pub struct Property<'a> {
+pub(crate) struct Property<'a> {
     pub name: &'static str,
     #[allow(clippy::type_complexity)]
     pub run: Box<dyn FnMut(&mut TestRunner) -> Result<(), String> + 'a>,
 }
 
 impl<'a> Property<'a> {
-    pub fn new<S, F>(name: &'static str, strategy: S, test: F) -> Property<'a>
+    pub(crate) fn new<S, F>(name: &'static str, strategy: S, test: F) -> Property<'a>
     where
         S: Strategy + 'a,
         S::Value: Clone + std::fmt::Debug,
@@ -41,7 +41,7 @@ fn env_number(name: &str) -> Option<u64> {
 
 /// Runs every property of a target, batch after batch, until the case count or the time
 /// budget is spent; prints `fuzz <target>: cases=… failures=… seconds=… seed=…`.
-pub fn fuzz(target: &str, default_cases: u32, mut properties: Vec<Property<'_>>) {
+pub(crate) fn fuzz(target: &str, default_cases: u32, mut properties: Vec<Property<'_>>) {
     let per_batch = env_number("TOKENFILE_FUZZ_CASES")
         .map_or(default_cases, |n| n as u32)
         .max(1);
@@ -49,8 +49,7 @@ pub fn fuzz(target: &str, default_cases: u32, mut properties: Vec<Property<'_>>)
     let mut seed = env_number("TOKENFILE_FUZZ_SEED").unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
+            .map_or(1, |d| d.as_nanos() as u64)
     });
     let first_seed = seed;
     let started = Instant::now();

@@ -7,9 +7,9 @@
 //! Every child process gets a generous hang guard (it is killed and the test fails); no test
 //! asserts on speed.
 
-pub mod fault;
-pub mod fuzz;
-pub mod serve;
+pub(crate) mod fault;
+pub(crate) mod fuzz;
+pub(crate) mod serve;
 
 use std::borrow::BorrowMut;
 use std::fmt;
@@ -27,7 +27,7 @@ use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_tokenfile");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_tokenfile");
 
 /// The variables tokenfile reads, cleared from every child so that no test depends on the
 /// caller's environment; a test that wants one sets it on the command.
@@ -41,7 +41,7 @@ const READ_FROM_ENV: &[&str] = &[
 ];
 
 /// The binary with the variables it reads cleared; every test starts tokenfile from here.
-pub fn tokenfile_command() -> Command {
+pub(crate) fn tokenfile_command() -> Command {
     let mut cmd = Command::new(BIN);
     clear_env(&mut cmd);
     cmd
@@ -49,7 +49,7 @@ pub fn tokenfile_command() -> Command {
 
 /// Clears what tokenfile reads from `cmd`'s environment, for a wrapper (strace, setpriv)
 /// that starts [`BIN`] in turn.
-pub fn clear_env(cmd: &mut Command) -> &mut Command {
+pub(crate) fn clear_env(cmd: &mut Command) -> &mut Command {
     for name in READ_FROM_ENV {
         cmd.env_remove(name);
     }
@@ -58,19 +58,19 @@ pub fn clear_env(cmd: &mut Command) -> &mut Command {
 
 /// A child that runs longer than this is hung: it is killed and the test fails. This is a
 /// guard against a stuck test, not an assertion on speed.
-pub const HANG_GUARD: Duration = Duration::from_secs(90);
+pub(crate) const HANG_GUARD: Duration = Duration::from_secs(90);
 
 /// Exit codes of docs/exit-codes.md.
-pub const OK: i32 = 0;
-pub const FORBIDDEN: i32 = 1;
-pub const USAGE: i32 = 2;
-pub const UNAUTHORIZED: i32 = 3;
-pub const NO_SUCH_ID: i32 = 4;
-pub const PROBLEMS: i32 = 5;
-pub const IO: i32 = 10;
+pub(crate) const OK: i32 = 0;
+pub(crate) const FORBIDDEN: i32 = 1;
+pub(crate) const USAGE: i32 = 2;
+pub(crate) const UNAUTHORIZED: i32 = 3;
+pub(crate) const NO_SUCH_ID: i32 = 4;
+pub(crate) const PROBLEMS: i32 = 5;
+pub(crate) const IO: i32 = 10;
 
 /// What a finished `tokenfile` run produced.
-pub struct Out {
+pub(crate) struct Out {
     pub what: String,
     /// The exit code, or -1000 - the signal that ended the child.
     pub code: i32,
@@ -93,36 +93,36 @@ impl fmt::Debug for Out {
 }
 
 impl Out {
-    pub fn out(&self) -> String {
+    pub(crate) fn out(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
-    pub fn err(&self) -> String {
+    pub(crate) fn err(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
 
     /// Asserts the exit code, showing everything the command printed when it differs.
     #[track_caller]
-    pub fn code(self, expected: i32) -> Self {
+    pub(crate) fn code(self, expected: i32) -> Self {
         assert_eq!(self.code, expected, "unexpected exit code: {self:?}");
         self
     }
 
     #[track_caller]
-    pub fn ok(self) -> Self {
+    pub(crate) fn ok(self) -> Self {
         self.code(OK)
     }
 
     /// stdout as exactly one JSON document.
     #[track_caller]
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:?}"))
     }
 
     /// Asserts that stderr mentions `needle`.
     #[track_caller]
-    pub fn err_has(self, needle: &str) -> Self {
+    pub(crate) fn err_has(self, needle: &str) -> Self {
         assert!(
             self.err().contains(needle),
             "stderr should mention {needle:?}: {self:?}"
@@ -132,7 +132,7 @@ impl Out {
 }
 
 /// A started child with its output being collected.
-pub struct Running {
+pub(crate) struct Running {
     what: String,
     child: Child,
     stdout: JoinHandle<Vec<u8>>,
@@ -158,13 +158,13 @@ fn describe(cmd: &Command) -> String {
 }
 
 /// Starts `cmd` with piped stdout/stderr; stdin gets `stdin` then EOF, or is /dev/null.
-pub fn spawn(cmd: impl BorrowMut<Command>, stdin: Option<&[u8]>) -> Running {
+pub(crate) fn spawn(cmd: impl BorrowMut<Command>, stdin: Option<&[u8]>) -> Running {
     start(cmd, stdin, None)
 }
 
 /// Runs `cmd` to completion with its stdout sent to `stdout` (a file, a closed pipe) rather
 /// than collected.
-pub fn run_to(cmd: impl BorrowMut<Command>, stdout: Stdio) -> Out {
+pub(crate) fn run_to(cmd: impl BorrowMut<Command>, stdout: Stdio) -> Out {
     start(cmd, None, Some(stdout)).wait()
 }
 
@@ -216,17 +216,17 @@ fn exit_code(status: ExitStatus) -> i32 {
 
 impl Running {
     /// Whether the child has exited, without waiting.
-    pub fn has_exited(&mut self) -> bool {
+    pub(crate) fn has_exited(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_some()
     }
 
     /// Sends `signal` to the child; one that has exited already is no failure.
-    pub fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         let _ = send_signal(self.child.id() as i32, signal);
     }
 
     /// Waits for the child (killing it after [`HANG_GUARD`]) and collects its output.
-    pub fn wait(mut self) -> Out {
+    pub(crate) fn wait(mut self) -> Out {
         let deadline = Instant::now() + HANG_GUARD;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -253,12 +253,12 @@ impl Running {
 }
 
 /// Runs `cmd` to completion.
-pub fn run(cmd: impl BorrowMut<Command>, stdin: Option<&[u8]>) -> Out {
+pub(crate) fn run(cmd: impl BorrowMut<Command>, stdin: Option<&[u8]>) -> Out {
     spawn(cmd, stdin).wait()
 }
 
 /// A temp dir holding the token file `tokens` (not created by `new`).
-pub struct Env {
+pub(crate) struct Env {
     pub dir: TempDir,
     pub file: PathBuf,
 }
@@ -270,7 +270,7 @@ impl Default for Env {
 }
 
 impl Env {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tokenfile-test-")
             .tempdir()
@@ -280,34 +280,34 @@ impl Env {
     }
 
     /// An env whose file holds exactly `bytes`, mode 0600.
-    pub fn with_bytes(bytes: &[u8]) -> Self {
+    pub(crate) fn with_bytes(bytes: &[u8]) -> Self {
         let env = Env::new();
         env.write(bytes);
         env
     }
 
     /// An env with a file made by `tokenfile init`.
-    pub fn init() -> Self {
+    pub(crate) fn init() -> Self {
         let env = Env::new();
         env.tokenfile(&["init"]).ok();
         env
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    pub fn dir_str(&self) -> String {
+    pub(crate) fn dir_str(&self) -> String {
         self.dir.path().display().to_string()
     }
 
-    pub fn file_str(&self) -> String {
+    pub(crate) fn file_str(&self) -> String {
         self.file.display().to_string()
     }
 
     /// The binary with `TOKENFILE` set to this env's file and the other variables it reads
     /// cleared, so the tests do not depend on the caller's environment.
-    pub fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = tokenfile_command();
         cmd.args(args)
             .env("TOKENFILE", &self.file)
@@ -315,17 +315,17 @@ impl Env {
         cmd
     }
 
-    pub fn tokenfile(&self, args: &[&str]) -> Out {
+    pub(crate) fn tokenfile(&self, args: &[&str]) -> Out {
         run(self.command(args), None)
     }
 
-    pub fn tokenfile_stdin(&self, args: &[&str], stdin: &[u8]) -> Out {
+    pub(crate) fn tokenfile_stdin(&self, args: &[&str], stdin: &[u8]) -> Out {
         run(self.command(args), Some(stdin))
     }
 
     /// Mints a token with these extra arguments; returns the token printed on stdout.
     #[track_caller]
-    pub fn mint(&self, args: &[&str]) -> String {
+    pub(crate) fn mint(&self, args: &[&str]) -> String {
         let mut all = vec!["mint"];
         all.extend_from_slice(args);
         let out = self.tokenfile(&all).ok();
@@ -338,11 +338,11 @@ impl Env {
     }
 
     /// `check --scope …` with the token on stdin; returns the exit code.
-    pub fn check(&self, token: &str, scopes: &[&str]) -> i32 {
+    pub(crate) fn check(&self, token: &str, scopes: &[&str]) -> i32 {
         self.check_out(token, scopes).code
     }
 
-    pub fn check_out(&self, token: &str, scopes: &[&str]) -> Out {
+    pub(crate) fn check_out(&self, token: &str, scopes: &[&str]) -> Out {
         let mut args = vec!["check"];
         for s in scopes {
             args.push("--scope");
@@ -353,58 +353,57 @@ impl Env {
 
     /// The ID `tokenfile id` prints for `token`.
     #[track_caller]
-    pub fn id(&self, token: &str) -> String {
+    pub(crate) fn id(&self, token: &str) -> String {
         let out = self
             .tokenfile_stdin(&["id"], format!("{token}\n").as_bytes())
             .ok();
         out.out().trim_end_matches('\n').to_string()
     }
 
-    pub fn list_json(&self) -> serde_json::Value {
+    pub(crate) fn list_json(&self) -> serde_json::Value {
         self.tokenfile(&["list", "--json"]).ok().json()
     }
 
     /// Every record `list --json` shows, as JSON.
-    pub fn records(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn records(&self) -> Vec<serde_json::Value> {
         self.list_json()["records"]
             .as_array()
             .expect("records array")
             .clone()
     }
 
-    pub fn ids(&self) -> Vec<String> {
+    pub(crate) fn ids(&self) -> Vec<String> {
         self.records()
             .iter()
             .map(|r| r["id"].as_str().expect("id").to_string())
             .collect()
     }
 
-    pub fn read(&self) -> Vec<u8> {
+    pub(crate) fn read(&self) -> Vec<u8> {
         fs::read(&self.file).expect("read the token file")
     }
 
-    pub fn write(&self, bytes: &[u8]) {
+    pub(crate) fn write(&self, bytes: &[u8]) {
         fs::write(&self.file, bytes).expect("write the token file");
         self.chmod(0o600);
     }
 
-    pub fn chmod(&self, mode: u32) {
+    pub(crate) fn chmod(&self, mode: u32) {
         fs::set_permissions(&self.file, fs::Permissions::from_mode(mode)).expect("chmod");
     }
 
-    pub fn mode(&self) -> u32 {
+    pub(crate) fn mode(&self) -> u32 {
         fs::metadata(&self.file).expect("stat").mode() & 0o7777
     }
 
-    pub fn audit_path(&self) -> PathBuf {
+    pub(crate) fn audit_path(&self) -> PathBuf {
         self.path("tokens.audit.jsonl")
     }
 
     /// The audit log's lines, each parsed as JSON (none if there is no log).
-    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
-        let text = match fs::read_to_string(self.audit_path()) {
-            Ok(text) => text,
-            Err(_) => return Vec::new(),
+    pub(crate) fn audit_lines(&self) -> Vec<serde_json::Value> {
+        let Ok(text) = fs::read_to_string(self.audit_path()) else {
+            return Vec::new();
         };
         text.lines()
             .map(|l| {
@@ -415,13 +414,16 @@ impl Env {
     }
 
     /// Names in the dir that look like temp files of a writer or an editing copy.
-    pub fn leftovers(&self) -> Vec<String> {
+    pub(crate) fn leftovers(&self) -> Vec<String> {
         leftovers_in(self.dir.path())
     }
 }
 
 /// Whether `lint --json` output `lint` has a finding that `matches`.
-pub fn has_finding(lint: &serde_json::Value, matches: impl Fn(&serde_json::Value) -> bool) -> bool {
+pub(crate) fn has_finding(
+    lint: &serde_json::Value,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> bool {
     lint["findings"]
         .as_array()
         .expect("lint --json has findings")
@@ -431,7 +433,7 @@ pub fn has_finding(lint: &serde_json::Value, matches: impl Fn(&serde_json::Value
 
 /// Names in `dir` that look like temp files of a writer (`.tmp-`) or an editing copy
 /// (`.edit-`), sorted.
-pub fn leftovers_in(dir: &Path) -> Vec<String> {
+pub(crate) fn leftovers_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("read_dir")
         .map(|e| {
@@ -447,7 +449,7 @@ pub fn leftovers_in(dir: &Path) -> Vec<String> {
 }
 
 /// `^tf_[A-Za-z0-9_-]+$`
-pub fn is_minted_shape(token: &str) -> bool {
+pub(crate) fn is_minted_shape(token: &str) -> bool {
     token.len() > 3
         && token.starts_with("tf_")
         && token[3..]
@@ -455,7 +457,7 @@ pub fn is_minted_shape(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -463,17 +465,17 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// A record's ID as docs/format.md defines it: the first 12 hex digits of its token's SHA-256.
-pub fn id_of(token: &[u8]) -> String {
+pub(crate) fn id_of(token: &[u8]) -> String {
     sha256_hex(token)[..12].to_string()
 }
 
 /// `sha256:<hex>` of a token, as `mint` stores it.
-pub fn hashed(token: &[u8]) -> String {
+pub(crate) fn hashed(token: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(token))
 }
 
 /// Writes an executable `/bin/sh` script.
-pub fn write_script(path: &Path, body: &str) {
+pub(crate) fn write_script(path: &Path, body: &str) {
     fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("write script");
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod script");
 }
@@ -486,24 +488,24 @@ static MACHINE: RwLock<()> = RwLock::new(());
 
 /// Taken by a test that loads the machine: it runs with no other such test and no
 /// [`timed`] one beside it.
-pub fn serial() -> RwLockWriteGuard<'static, ()> {
+pub(crate) fn serial() -> RwLockWriteGuard<'static, ()> {
     MACHINE.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Taken by a test with a deadline (a reload answered within a second): it may run beside
 /// other tests, but not beside a [`serial`] one.
-pub fn timed() -> RwLockReadGuard<'static, ()> {
+pub(crate) fn timed() -> RwLockReadGuard<'static, ()> {
     MACHINE.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// kill(2): `pid`, or with a negative `pid` its process group.
-pub fn send_signal(pid: i32, signal: Signal) -> nix::Result<()> {
+pub(crate) fn send_signal(pid: i32, signal: Signal) -> nix::Result<()> {
     nix::sys::signal::kill(Pid::from_raw(pid), signal)
 }
 
 /// Whether `unshare -r -m` gives a test its own user + mount namespace in which it may mount
 /// a tmpfs (a full or read-only disk of its own); `Err` says why not.
-pub fn mount_namespaces_work() -> Result<(), String> {
+pub(crate) fn mount_namespaces_work() -> Result<(), String> {
     let probe = Command::new("unshare")
         .args([
             "-r",
@@ -524,12 +526,12 @@ pub fn mount_namespaces_work() -> Result<(), String> {
     }
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
 /// Polls `probe` every few milliseconds until it returns true; panics after `within`.
-pub fn eventually(what: &str, within: Duration, mut probe: impl FnMut() -> bool) {
+pub(crate) fn eventually(what: &str, within: Duration, mut probe: impl FnMut() -> bool) {
     let end = Instant::now() + within;
     loop {
         if probe() {
@@ -544,14 +546,14 @@ pub fn eventually(what: &str, within: Duration, mut probe: impl FnMut() -> bool)
 
 /// An exclusive lock on a file (the writers' `<file>.lock`), held until dropped: closing the
 /// file releases it.
-pub struct HeldLock {
+pub(crate) struct HeldLock {
     _file: fs::File,
 }
 
 /// Takes the exclusive lock on `path` (creating the file), failing the test if someone else
 /// holds it.
 #[track_caller]
-pub fn hold_lock(path: &Path) -> HeldLock {
+pub(crate) fn hold_lock(path: &Path) -> HeldLock {
     let file = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -566,7 +568,7 @@ pub fn hold_lock(path: &Path) -> HeldLock {
 }
 
 /// Whether nobody holds the lock on `path`: taking it without waiting succeeds.
-pub fn lock_is_free(path: &Path) -> bool {
+pub(crate) fn lock_is_free(path: &Path) -> bool {
     let Ok(file) = fs::File::open(path) else {
         // No lock file at all: nobody can be holding it.
         return true;
@@ -577,7 +579,7 @@ pub fn lock_is_free(path: &Path) -> bool {
 
 /// Prints a figure line (`cargo test -- --nocapture` or `--show-output` shows it) and
 /// appends it to `$TOKENFILE_FAULT_REPORT` when set (.ci/run collects them).
-pub fn report(line: &str) {
+pub(crate) fn report(line: &str) {
     println!("{line}");
     if let Ok(path) = std::env::var("TOKENFILE_FAULT_REPORT")
         && let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(path)
@@ -586,19 +588,19 @@ pub fn report(line: &str) {
     }
 }
 
-pub fn now() -> time::OffsetDateTime {
+pub(crate) fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
 #[track_caller]
-pub fn parse_time(text: &str) -> time::OffsetDateTime {
+pub(crate) fn parse_time(text: &str) -> time::OffsetDateTime {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
 }
 
 /// Asserts that `haystack` contains none of `secrets`.
 #[track_caller]
-pub fn assert_no_secret(haystack: &[u8], secrets: &[&[u8]], where_: &str) {
+pub(crate) fn assert_no_secret(haystack: &[u8], secrets: &[&[u8]], where_: &str) {
     for secret in secrets {
         assert!(
             !secret.is_empty() && !haystack.windows(secret.len()).any(|w| w == *secret),
@@ -611,18 +613,18 @@ pub fn assert_no_secret(haystack: &[u8], secrets: &[&[u8]], where_: &str) {
 
 // --- An independent reading of the docs/format.md grammar, the oracle of the lossless tests. ---
 
-pub const BOM: &[u8] = b"\xEF\xBB\xBF";
+pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// One line of a file: its content (without the ending, and without the BOM on line 1) and
 /// its ending (`\n`, `\r\n` or nothing for a last line without one).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawLine {
+pub(crate) struct RawLine {
     pub content: Vec<u8>,
     pub ending: &'static [u8],
 }
 
 /// Splits a file into lines; `(bom, lines)`.
-pub fn split_lines(bytes: &[u8]) -> (bool, Vec<RawLine>) {
+pub(crate) fn split_lines(bytes: &[u8]) -> (bool, Vec<RawLine>) {
     let (bom, mut rest) = match bytes.strip_prefix(BOM) {
         Some(rest) => (true, rest),
         None => (false, bytes),
@@ -656,7 +658,7 @@ pub fn split_lines(bytes: &[u8]) -> (bool, Vec<RawLine>) {
     (bom, lines)
 }
 
-pub fn join_lines(bom: bool, lines: &[RawLine]) -> Vec<u8> {
+pub(crate) fn join_lines(bom: bool, lines: &[RawLine]) -> Vec<u8> {
     let mut out = Vec::new();
     if bom {
         out.extend_from_slice(BOM);
@@ -669,7 +671,7 @@ pub fn join_lines(bom: bool, lines: &[RawLine]) -> Vec<u8> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Blank,
     Comment,
     /// A valid record whose credential is the token itself.
@@ -714,7 +716,7 @@ fn time_ok(field: &[u8]) -> bool {
 }
 
 /// Classifies one line's content by docs/format.md.
-pub fn classify(content: &[u8]) -> Kind {
+pub(crate) fn classify(content: &[u8]) -> Kind {
     if content.first() == Some(&b'#') {
         return Kind::Comment;
     }
@@ -743,7 +745,7 @@ pub fn classify(content: &[u8]) -> Kind {
 
 /// What `hash` must make of a file: every plaintext record's credential field replaced by
 /// its `sha256:` form, every other byte kept.
-pub fn expected_after_hash(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn expected_after_hash(bytes: &[u8]) -> Vec<u8> {
     let (bom, mut lines) = split_lines(bytes);
     for line in &mut lines {
         if let Kind::Plain(token) = classify(&line.content) {
@@ -757,7 +759,7 @@ pub fn expected_after_hash(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// 1-based numbers of the invalid lines of a file.
-pub fn invalid_line_numbers(bytes: &[u8]) -> Vec<usize> {
+pub(crate) fn invalid_line_numbers(bytes: &[u8]) -> Vec<usize> {
     let (_, lines) = split_lines(bytes);
     lines
         .iter()
@@ -768,7 +770,7 @@ pub fn invalid_line_numbers(bytes: &[u8]) -> Vec<usize> {
 }
 
 /// The line ending a file's new lines get: its first line's ending, else `\n`.
-pub fn file_ending(bytes: &[u8]) -> &'static [u8] {
+pub(crate) fn file_ending(bytes: &[u8]) -> &'static [u8] {
     let (_, lines) = split_lines(bytes);
     lines
         .iter()
@@ -779,7 +781,7 @@ pub fn file_ending(bytes: &[u8]) -> &'static [u8] {
 
 /// What a file looks like once a line has been appended and removed again: the same bytes,
 /// except that a last line without an ending gets the file's ending.
-pub fn with_final_ending(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn with_final_ending(bytes: &[u8]) -> Vec<u8> {
     let body = bytes.strip_prefix(BOM).unwrap_or(bytes);
     let mut out = bytes.to_vec();
     if body.ends_with(b"\r") {

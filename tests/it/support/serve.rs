@@ -17,36 +17,36 @@ use tokenfile::token::Digest;
 use super::{run, send_signal, tokenfile_command};
 
 /// docs/protocols.md / the issue: a change is answered within one second.
-pub const RELOAD: Duration = Duration::from_secs(1);
+pub(crate) const RELOAD: Duration = Duration::from_secs(1);
 /// Generous bound for things that are not about speed (start-up, shutdown).
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A hashed record line for `token`.
-pub fn record(token: &str, scopes: &str, name: &str) -> String {
+pub(crate) fn record(token: &str, scopes: &str, name: &str) -> String {
     format!(
         "sha256:{}\t{scopes}\t{name}\n",
         Digest::of(token.as_bytes()).to_hex()
     )
 }
 
-pub fn id(token: &str) -> String {
+pub(crate) fn id(token: &str) -> String {
     Digest::of(token.as_bytes()).id().to_string()
 }
 
-pub fn ok(token: &str) -> String {
+pub(crate) fn ok(token: &str) -> String {
     format!("OK {}", id(token))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listen {
+pub(crate) enum Listen {
     Socket,
     Http,
     Both,
 }
 
 /// A running `tokenfile serve`; killed and reaped when dropped.
-pub struct Serve {
+pub(crate) struct Serve {
     child: Option<Child>,
     pub socket: Option<PathBuf>,
     pub http: Option<SocketAddr>,
@@ -55,11 +55,16 @@ pub struct Serve {
 
 impl Serve {
     /// Starts serving `file`; the socket and the log go into `dir`.
-    pub fn start(file: &Path, dir: &Path, listen: Listen) -> Serve {
+    pub(crate) fn start(file: &Path, dir: &Path, listen: Listen) -> Serve {
         Self::start_with(file, dir, listen, &[])
     }
 
-    pub fn start_with(file: &Path, dir: &Path, listen: Listen, env: &[(&str, &str)]) -> Serve {
+    pub(crate) fn start_with(
+        file: &Path,
+        dir: &Path,
+        listen: Listen,
+        env: &[(&str, &str)],
+    ) -> Serve {
         Self::start_configured(file, dir, listen, &|cmd| {
             for (k, v) in env {
                 cmd.env(k, v);
@@ -69,7 +74,7 @@ impl Serve {
 
     /// Like [`Serve::start`], with `configure` applied to the command last (environment,
     /// user, limits).
-    pub fn start_configured(
+    pub(crate) fn start_configured(
         file: &Path,
         dir: &Path,
         listen: Listen,
@@ -97,7 +102,7 @@ impl Serve {
     }
 
     /// Starts serving `file` on a socket in `dir` without waiting for it to be ready.
-    pub fn spawn_socket(file: &Path, dir: &Path) -> Serve {
+    pub(crate) fn spawn_socket(file: &Path, dir: &Path) -> Serve {
         let socket = dir.join("serve.sock");
         let log = dir.join("serve.log");
         Serve {
@@ -129,11 +134,11 @@ impl Serve {
         }
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 
-    pub fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         send_signal(self.pid(), signal).expect("kill");
     }
 
@@ -144,7 +149,7 @@ impl Serve {
     }
 
     /// Waits (bounded) for the server to exit by itself.
-    pub fn wait_exit(&mut self) -> ExitStatus {
+    pub(crate) fn wait_exit(&mut self) -> ExitStatus {
         let end = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.try_status() {
@@ -157,20 +162,20 @@ impl Serve {
     }
 
     /// Everything the server logged so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn ask(&self, line: &str) -> String {
+    pub(crate) fn ask(&self, line: &str) -> String {
         ask_once(self.socket.as_ref().expect("no socket"), line)
     }
 
-    pub fn get(&self, target: &str, headers: &[(&str, &str)]) -> Response {
+    pub(crate) fn get(&self, target: &str, headers: &[(&str, &str)]) -> Response {
         http(self.http.expect("no http"), "GET", target, headers)
     }
 
     /// Polls a socket answer until it is `want`.
-    pub fn answers(&self, line: &str, want: &str, within: Duration) {
+    pub(crate) fn answers(&self, line: &str, want: &str, within: Duration) {
         let end = Instant::now() + within;
         loop {
             let got = self.ask(line);
@@ -188,7 +193,7 @@ impl Serve {
     }
 
     /// A Prometheus sample of `/metrics` (the first line starting with `name`).
-    pub fn metric(&self, name: &str) -> f64 {
+    pub(crate) fn metric(&self, name: &str) -> f64 {
         let text = self.get("/metrics", &[]).text();
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
@@ -232,24 +237,24 @@ fn spawn(
         .expect("spawn tokenfile serve")
 }
 
-pub fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr")
 }
 
 /// One request on a fresh connection.
-pub fn ask_once(socket: &Path, line: &str) -> String {
+pub(crate) fn ask_once(socket: &Path, line: &str) -> String {
     Client::connect(socket).ask(line)
 }
 
 /// A persistent socket connection.
-pub struct Client {
+pub(crate) struct Client {
     writer: UnixStream,
     reader: BufReader<UnixStream>,
 }
 
 impl Client {
-    pub fn connect(socket: &Path) -> Client {
+    pub(crate) fn connect(socket: &Path) -> Client {
         let stream = UnixStream::connect(socket).expect("connect to the socket");
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -259,18 +264,18 @@ impl Client {
         }
     }
 
-    pub fn send(&mut self, bytes: &[u8]) {
+    pub(crate) fn send(&mut self, bytes: &[u8]) {
         self.writer.write_all(bytes).expect("write to the socket");
     }
 
-    pub fn read_line(&mut self) -> String {
+    pub(crate) fn read_line(&mut self) -> String {
         self.try_read_line()
             .unwrap_or_else(|e| panic!("read from the socket: {e}"))
     }
 
     /// One answer line; an error if the server closed, timed out or sent a line without
     /// its newline (the answers are ASCII, so bytes that are not UTF-8 are an error too).
-    pub fn try_read_line(&mut self) -> std::io::Result<String> {
+    pub(crate) fn try_read_line(&mut self) -> std::io::Result<String> {
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
         match line.strip_suffix('\n') {
@@ -281,20 +286,20 @@ impl Client {
         }
     }
 
-    pub fn ask(&mut self, line: &str) -> String {
+    pub(crate) fn ask(&mut self, line: &str) -> String {
         self.send(format!("{line}\n").as_bytes());
         self.read_line()
     }
 
     /// Whatever the server still sends until it closes (errors count as the end).
-    pub fn rest(mut self) -> String {
+    pub(crate) fn rest(mut self) -> String {
         let mut rest = Vec::new();
         let _ = self.reader.read_to_end(&mut rest);
         String::from_utf8_lossy(&rest).into_owned()
     }
 
     /// Closes our writing half and returns everything the server still sends.
-    pub fn finish(mut self) -> String {
+    pub(crate) fn finish(mut self) -> String {
         self.writer.shutdown(Shutdown::Write).unwrap();
         let mut rest = String::new();
         self.reader
@@ -305,27 +310,32 @@ impl Client {
 }
 
 #[derive(Debug)]
-pub struct Response {
+pub(crate) struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 /// A minimal HTTP/1.1 client: one request, `Connection: close`, read to the end.
-pub fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Response {
+pub(crate) fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Response {
     let mut request =
         format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
@@ -336,13 +346,13 @@ pub fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str
 }
 
 /// Sends raw bytes and parses the (first) response.
-pub fn raw_http(addr: SocketAddr, request: &[u8]) -> Response {
+pub(crate) fn raw_http(addr: SocketAddr, request: &[u8]) -> Response {
     try_raw_http(addr, request).expect("HTTP exchange")
 }
 
 /// Like [`raw_http`], but a server that closes early (and resets the connection) is an
 /// error rather than a panic.
-pub fn try_raw_http(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response> {
+pub(crate) fn try_raw_http(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     // The server may answer and close before taking all of an oversized request.
@@ -354,13 +364,13 @@ pub fn try_raw_http(addr: SocketAddr, request: &[u8]) -> std::io::Result<Respons
 
 /// A kept-alive HTTP/1.1 connection, for tests that send many requests (one connection per
 /// request would pile up thousands of sockets in TIME_WAIT).
-pub struct HttpConn {
+pub(crate) struct HttpConn {
     addr: SocketAddr,
     stream: BufReader<TcpStream>,
 }
 
 impl HttpConn {
-    pub fn connect(addr: SocketAddr) -> std::io::Result<HttpConn> {
+    pub(crate) fn connect(addr: SocketAddr) -> std::io::Result<HttpConn> {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -372,7 +382,11 @@ impl HttpConn {
     }
 
     /// One `GET` on this connection; the response is read by its `Content-Length`.
-    pub fn get(&mut self, target: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+    pub(crate) fn get(
+        &mut self,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<Response> {
         let mut request = format!("GET {target} HTTP/1.1\r\nHost: {}\r\n", self.addr);
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
@@ -401,7 +415,7 @@ impl HttpConn {
     }
 }
 
-pub fn parse_response(raw: &[u8]) -> Response {
+pub(crate) fn parse_response(raw: &[u8]) -> Response {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -427,7 +441,7 @@ pub fn parse_response(raw: &[u8]) -> Response {
 
 /// Replaces `path` atomically the way careful writers do: a temp file, created 0600 (a
 /// token file with plaintext must not be readable by others, docs/trust.md), then rename.
-pub fn replace_by_rename(path: &Path, content: &str) {
+pub(crate) fn replace_by_rename(path: &Path, content: &str) {
     use std::os::unix::fs::OpenOptionsExt;
     let temp = path.with_extension("tmp-test");
     let mut file = fs::OpenOptions::new()
@@ -443,7 +457,7 @@ pub fn replace_by_rename(path: &Path, content: &str) {
 }
 
 /// Runs `tokenfile --file FILE args…` with `stdin`, returning (exit code, stdout).
-pub fn cli(file: &Path, args: &[&str], stdin: &str) -> (i32, String) {
+pub(crate) fn cli(file: &Path, args: &[&str], stdin: &str) -> (i32, String) {
     let mut cmd = tokenfile_command();
     cmd.arg("--file").arg(file).args(args);
     let out = run(cmd, Some(stdin.as_bytes()));
@@ -451,12 +465,12 @@ pub fn cli(file: &Path, args: &[&str], stdin: &str) -> (i32, String) {
 }
 
 /// The user tests run a serve as when it must take no read lease (nobody).
-pub const NOBODY: u32 = 65534;
+pub(crate) const NOBODY: u32 = 65534;
 
 /// `content` in a file of root's that serve's group may read (docs/trust.md: a
 /// group-readable 0640 file), served by a serve running as nobody: it can take no read
 /// lease on the file, so it has only the file's times and events to go by.
-pub fn served_as_nobody(content: &str) -> (tempfile::TempDir, PathBuf, Serve) {
+pub(crate) fn served_as_nobody(content: &str) -> (tempfile::TempDir, PathBuf, Serve) {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::fs::chown;
     use std::os::unix::process::CommandExt;
