@@ -11,15 +11,20 @@ use crate::when::Timestamp;
 /// [`Grant`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GrantRef<'a> {
+    /// The record's ID (of its token's digest).
     pub id: Id,
+    /// The record's name, empty if it has none (invalid UTF-8 replaced).
     pub name: &'a str,
+    /// What the record grants.
     pub scopes: &'a ScopeSet,
+    /// When the record stops granting, if ever.
     pub expires: Option<Timestamp>,
     /// 1-based line number in the file it was loaded from.
     pub line: usize,
 }
 
 impl GrantRef<'_> {
+    /// The same grant, owning its parts.
     pub fn to_grant(&self) -> Grant {
         Grant {
             id: self.id,
@@ -34,15 +39,20 @@ impl GrantRef<'_> {
 /// A [`GrantRef`] that owns its parts: what the one-shot scan finds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
+    /// As in [`GrantRef::id`].
     pub id: Id,
+    /// As in [`GrantRef::name`].
     pub name: String,
+    /// As in [`GrantRef::scopes`].
     pub scopes: ScopeSet,
+    /// As in [`GrantRef::expires`].
     pub expires: Option<Timestamp>,
     /// 1-based line number in the file it was loaded from.
     pub line: usize,
 }
 
 impl Grant {
+    /// What `record`, found at 1-based `line`, grants.
     pub fn from_record(record: &Record, line: usize) -> Self {
         Grant {
             id: record.id(),
@@ -53,6 +63,7 @@ impl Grant {
         }
     }
 
+    /// The grant, borrowed, as [`decide`] takes it.
     pub fn view(&self) -> GrantRef<'_> {
         GrantRef {
             id: self.id,
@@ -68,21 +79,36 @@ impl Grant {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision<'a> {
     /// Exit 0, HTTP 204.
-    Granted { id: Id, name: &'a str },
+    Granted {
+        /// The record that granted it.
+        id: Id,
+        /// Its name (shown to the proxy as `X-Token-Name`).
+        name: &'a str,
+    },
     /// Exit 1, HTTP 403: a valid token without (all) the required scopes.
-    Forbidden { id: Id, name: &'a str },
+    Forbidden {
+        /// The record that lacks a scope.
+        id: Id,
+        /// Its name.
+        name: &'a str,
+    },
     /// Exit 3, HTTP 401.
     Unauthorized(Unauthorized),
 }
 
+/// Why a check is unauthorized (exit 3, HTTP 401).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unauthorized {
+    /// No token was presented (empty stdin, variable or header).
     NoToken,
+    /// No valid record has the token.
     Unknown,
+    /// The record that has it has expired.
     Expired(Id),
 }
 
 impl Unauthorized {
+    /// The documented word for scripts (`check --json`'s `reason`).
     pub fn reason(self) -> &'static str {
         match self {
             Unauthorized::NoToken => "no token",

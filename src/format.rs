@@ -19,14 +19,18 @@ use crate::scope::{ScopeError, ScopeSet};
 use crate::token::{Digest, ID_LEN, Id, IdPrefix, Secret};
 use crate::when::{Timestamp, parse_timestamp};
 
+/// What starts a stored digest; a credential that starts with it is never a token.
 pub const HASH_PREFIX: &[u8] = b"sha256:";
+/// credential, scopes, name, created, expires.
 pub const MAX_FIELDS: usize = 5;
 
+/// One line of a [`Document`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct Line<'a> {
     /// The bytes of the line without its ending (and without the BOM on line 1): borrowed
     /// from the parsed input, or owned once the line is changed or new.
     pub content: Cow<'a, [u8]>,
+    /// How it ends, kept on rewrite.
     pub ending: Ending,
 }
 
@@ -38,6 +42,7 @@ impl fmt::Debug for Line<'_> {
 }
 
 impl Line<'_> {
+    /// What the line is ([`parse_line`]).
     pub fn entry(&self) -> Entry {
         parse_line(&self.content)
     }
@@ -76,6 +81,7 @@ impl<'a> Document<'a> {
         &self.lines
     }
 
+    /// The file's bytes: the parsed input itself for an unchanged document.
     pub fn to_bytes(&self) -> Vec<u8> {
         let len = self
             .lines
@@ -384,6 +390,7 @@ impl Ids {
 /// Why an ID prefix resolves to no single record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unresolved {
+    /// No record's ID starts with it.
     NoMatch,
     /// Every ID it matches, with the name of its record.
     Ambiguous(Vec<(Id, String)>),
@@ -392,8 +399,11 @@ pub enum Unresolved {
 /// A line as [`Document::classify`] sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Classified {
+    /// Empty or only spaces and TABs.
     Blank,
+    /// Its first byte is `#`.
     Comment,
+    /// Meant as a record but not a valid one: it grants nothing.
     Invalid(Invalid),
     /// The record that counts for its token.
     Record(Record),
@@ -404,9 +414,11 @@ pub enum Classified {
 /// A record line whose token an earlier record line already has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Duplicate {
-    /// 1-based numbers of this line and of the first line with the token.
+    /// The 1-based number of this line.
     pub line: usize,
+    /// The 1-based number of the first line with the token, the one that counts.
     pub first: usize,
+    /// The token's ID.
     pub id: Id,
 }
 
@@ -425,7 +437,9 @@ impl fmt::Display for Duplicate {
 /// `edit` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replaced<'a> {
+    /// The ID of the record kept for the grace period.
     pub old: &'a str,
+    /// The ID of the record that replaced it.
     pub new: &'a str,
 }
 
@@ -451,15 +465,22 @@ impl<'a> Replaced<'a> {
 /// What one line is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
+    /// Empty or only spaces and TABs.
     Blank,
+    /// Its first byte is `#`.
     Comment,
+    /// A valid record.
     Record(Record),
+    /// Meant as a record but not a valid one: it grants nothing.
     Invalid(Invalid),
 }
 
+/// What a record stores of its token.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credential {
+    /// The token itself (legacy lines, `mint --plaintext`).
     Plain(Secret),
+    /// Its SHA-256, stored as `sha256:<hex>`.
     Hashed(Digest),
 }
 
@@ -473,6 +494,7 @@ impl fmt::Debug for Credential {
 }
 
 impl Credential {
+    /// The token's SHA-256, which a presented token is compared by.
     pub fn digest(&self) -> Digest {
         match self {
             Credential::Plain(secret) => secret.digest(),
@@ -480,6 +502,7 @@ impl Credential {
         }
     }
 
+    /// Whether the token itself is stored.
     pub fn is_plaintext(&self) -> bool {
         matches!(self, Credential::Plain(_))
     }
@@ -503,26 +526,35 @@ impl Credential {
 /// A valid record line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// The token or its digest.
     pub credential: Credential,
+    /// What it grants (`*` for a legacy one-field line).
     pub scopes: ScopeSet,
+    /// Free text without TAB, as stored (not necessarily UTF-8); empty if none.
     pub name: Vec<u8>,
+    /// When it was minted, if the line says.
     pub created: Option<Timestamp>,
+    /// When it stops granting, if ever.
     pub expires: Option<Timestamp>,
 }
 
 impl Record {
+    /// The token's SHA-256.
     pub fn digest(&self) -> Digest {
         self.credential.digest()
     }
 
+    /// The record's public identifier.
     pub fn id(&self) -> Id {
         self.digest().id()
     }
 
+    /// The name, invalid UTF-8 replaced.
     pub fn name_lossy(&self) -> String {
         String::from_utf8_lossy(&self.name).into_owned()
     }
 
+    /// Whether it grants nothing any more at `now` (expires ≤ now).
     pub fn is_expired(&self, now: Timestamp) -> bool {
         self.expires.is_some_and(|e| e <= now)
     }
@@ -543,12 +575,19 @@ impl Record {
 /// Why a line is invalid. It never carries credential bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalid {
+    /// More than [`MAX_FIELDS`] fields (how many).
     TooManyFields(usize),
+    /// Nothing before the first TAB.
     EmptyCredential,
+    /// A space, CR or other whitespace inside the credential.
     WhitespaceInCredential,
+    /// `sha256:` not followed by exactly 64 lowercase hex digits.
     BadDigest,
+    /// The scopes field does not parse.
     Scopes(ScopeError),
+    /// The created field is neither empty nor an RFC 3339 time.
     Created,
+    /// The expires field is neither empty nor an RFC 3339 time.
     Expires,
 }
 
@@ -586,11 +625,11 @@ fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0B | 0x0C)
 }
 
-pub fn is_comment(content: &[u8]) -> bool {
+fn is_comment(content: &[u8]) -> bool {
     content.first() == Some(&b'#')
 }
 
-pub fn is_blank(content: &[u8]) -> bool {
+fn is_blank(content: &[u8]) -> bool {
     content.iter().all(|&b| b == b' ' || b == b'\t')
 }
 
@@ -651,7 +690,9 @@ pub struct RecordFields<'a, S> {
     pub scopes: S,
     /// Empty when the line has no name field.
     pub name: &'a [u8],
+    /// The created field, parsed.
     pub created: Option<Timestamp>,
+    /// The expires field, parsed.
     pub expires: Option<Timestamp>,
 }
 
@@ -665,22 +706,22 @@ impl<S> RecordFields<'_, S> {
 /// The TAB-separated fields of a line, borrowed: the first [`MAX_FIELDS`] (missing ones
 /// empty, which is what an empty field means too) and how many there are.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Fields<'a> {
-    pub fields: [&'a [u8]; MAX_FIELDS],
-    pub count: usize,
+struct Fields<'a> {
+    fields: [&'a [u8]; MAX_FIELDS],
+    count: usize,
 }
 
 impl<'a> Fields<'a> {
     /// Adds the next field.
     #[inline]
-    pub fn push(&mut self, field: &'a [u8]) {
+    fn push(&mut self, field: &'a [u8]) {
         if self.count < MAX_FIELDS {
             self.fields[self.count] = field;
         }
         self.count += 1;
     }
 
-    pub fn split(content: &'a [u8]) -> Fields<'a> {
+    fn split(content: &'a [u8]) -> Fields<'a> {
         let mut fields = Fields::default();
         let mut start = 0;
         for tab in memchr::memchr_iter(b'\t', content) {
@@ -703,7 +744,7 @@ pub fn split_record<'a, S>(
 }
 
 /// [`split_record`] of a line already split into its fields.
-pub fn check_fields<'a, S>(
+fn check_fields<'a, S>(
     fields: Fields<'a>,
     scopes: impl FnOnce(Option<&'a [u8]>) -> Result<S, ScopeError>,
 ) -> Result<RecordFields<'a, S>, Invalid> {
@@ -744,14 +785,6 @@ fn check_credential(field: &[u8]) -> Result<Option<Digest>, Invalid> {
     Ok(None)
 }
 
-/// Parses a credential field: a `sha256:` digest or a plaintext token.
-pub fn parse_credential(field: &[u8]) -> Result<Credential, Invalid> {
-    Ok(match check_credential(field)? {
-        Some(digest) => Credential::Hashed(digest),
-        None => Credential::Plain(Secret::new(field.to_vec())),
-    })
-}
-
 fn parse_optional_time(field: &[u8]) -> Result<Option<Timestamp>, ()> {
     match field {
         [] => Ok(None),
@@ -771,8 +804,9 @@ pub fn with_field(content: &[u8], index: usize, value: &[u8]) -> Vec<u8> {
     fields.join(&b'\t')
 }
 
-pub const FIELD_CREDENTIAL: usize = 0;
-pub const FIELD_EXPIRES: usize = 4;
+/// Positions of fields, for [`with_field`].
+const FIELD_CREDENTIAL: usize = 0;
+const FIELD_EXPIRES: usize = 4;
 
 /// Formats a new record line; trailing empty fields after the scopes are left out.
 pub fn format_record(

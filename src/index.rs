@@ -23,8 +23,22 @@ use crate::when::Timestamp;
 /// A problem found while loading: an invalid line or a duplicate token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoadProblem {
-    Invalid { line: usize, why: Invalid },
-    Duplicate { line: usize, first: usize, id: Id },
+    /// An invalid line, which grants nothing.
+    Invalid {
+        /// Its 1-based number.
+        line: usize,
+        /// What is wrong with it.
+        why: Invalid,
+    },
+    /// A later record of a token that an earlier line has (see [`format::Duplicate`]).
+    Duplicate {
+        /// Its 1-based number.
+        line: usize,
+        /// The 1-based number of the line that counts.
+        first: usize,
+        /// The token's ID.
+        id: Id,
+    },
 }
 
 impl std::fmt::Display for LoadProblem {
@@ -269,10 +283,12 @@ impl TokenIndex {
         }
     }
 
+    /// The record that counts for `token`.
     pub fn get(&self, token: &Secret) -> Option<GrantRef<'_>> {
         self.get_digest(&token.digest())
     }
 
+    /// How many tokens the index holds (a token once, however many records it has).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -336,10 +352,12 @@ impl TokenIndex {
             .map(|entry| (&entry.digest, self.view(entry)))
     }
 
+    /// Whether the index holds no token.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// The decision for `token` asking for `required` at `now` (an empty token is none).
     pub fn check(&self, token: &Secret, required: &RequiredScopes, now: Timestamp) -> Decision<'_> {
         decide(!token.is_empty(), self.get(token), required, now)
     }
@@ -353,7 +371,9 @@ const SPLIT_WINDOW: usize = 64 * 1024;
 /// What [`TokenIndex::read_file`] read.
 #[derive(Debug)]
 pub struct Indexed {
+    /// The records.
     pub index: TokenIndex,
+    /// The invalid lines and duplicates, in line order.
     pub problems: Vec<LoadProblem>,
     /// Tells versions of the file apart: the SHA-256 of its bytes, or for a file read as two
     /// halves the SHA-256 of the halves' digests (as good, since the split depends only on
@@ -632,7 +652,7 @@ impl Loader {
 /// the file, whose writer can grant itself anything anyway, so there is no flooding to
 /// defend against.
 #[derive(Default, Clone, Copy)]
-pub struct FieldHasher(u64);
+struct FieldHasher(u64);
 
 impl std::hash::Hasher for FieldHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -653,7 +673,7 @@ impl std::hash::Hasher for FieldHasher {
     }
 }
 
-pub type FieldHash = std::hash::BuildHasherDefault<FieldHasher>;
+type FieldHash = std::hash::BuildHasherDefault<FieldHasher>;
 
 #[cfg(test)]
 mod tests {

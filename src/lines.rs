@@ -13,18 +13,22 @@
 use std::io::{self, Read};
 use std::ops::ControlFlow;
 
+/// The UTF-8 byte order mark.
 pub const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// How a line ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
+    /// `\n`.
     Lf,
+    /// `\r\n`.
     CrLf,
     /// Only the last line of a file can lack an ending.
     None,
 }
 
 impl Ending {
+    /// The ending's bytes (none for [`Ending::None`]).
     pub fn as_bytes(self) -> &'static [u8] {
         match self {
             Ending::Lf => b"\n",
