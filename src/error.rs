@@ -16,24 +16,36 @@ use crate::when::WhenError;
 /// unauthorized) are expressed as an `Exit` directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
+    /// The command did what was asked; for `check`: granted.
     Success = 0,
+    /// `check`: the token is valid but lacks a required scope (HTTP 403).
     Forbidden = 1,
+    /// A bad flag or argument, or one out of range.
     Usage = 2,
+    /// `check`: no token, an unknown token or an expired one (HTTP 401).
     Unauthorized = 3,
+    /// No record has that ID, or the prefix is ambiguous; `id`: no record has the token.
     NoSuchId = 4,
+    /// `lint`/`edit` found problems in the file, or the file is unsafe to use.
     Problems = 5,
+    /// Reading or writing failed, the lock timed out, `init` found the file there, or a new
+    /// token could not be shown.
     Io = 10,
 }
 
 impl Exit {
+    /// The process exit status for this outcome.
     pub fn code(self) -> u8 {
         self as u8
     }
 }
 
+/// Every way a command can fail. [`Error::exit`] is its exit code, `Display` the message
+/// `main` prints after `error:`.
 #[derive(Debug)]
 pub enum Error {
-    /// Bad flag value, ...
+    /// An argument clap accepted that the command refuses (a `--name` with a TAB, an
+    /// `--expires` in the past, no token on stdin); the message is complete.
     Usage(String),
     /// Malformed, empty or dead scopes given as arguments.
     Scope(ScopeArgError),
@@ -42,12 +54,20 @@ pub enum Error {
     /// A bad ID, a token where a name or scope goes, or no randomness to mint with.
     Token(TokenError),
     /// No record in `file` has that ID.
-    NoSuchId { id: String, file: PathBuf },
-    /// The ID prefix matches more than one record of `file`; the candidates are listed
-    /// (ID and name).
+    NoSuchId {
+        /// The ID or prefix as the user gave it.
+        id: String,
+        /// The token file as given (`--file`), so that a wrong one shows.
+        file: PathBuf,
+    },
+    /// The ID prefix matches more than one record of `file`.
     AmbiguousId {
+        /// The prefix as the user gave it.
         prefix: String,
+        /// Each matching record for the user to choose from: its ID, and its name in
+        /// parentheses when it has one.
         candidates: Vec<String>,
+        /// The token file as given (`--file`).
         file: PathBuf,
     },
     /// The file has problems (lint, edit) — the message says which.
@@ -56,17 +76,35 @@ pub enum Error {
     Unsafe(String),
     /// An I/O operation on a named path failed.
     Io {
+        /// What was being done, worded to read before the path: `read`, `set the mode of`.
         action: &'static str,
+        /// The path acted on; `standard output` when output failed, and then no hint follows.
         path: PathBuf,
+        /// The system's error; its kind picks the hint on what to do next.
         source: io::Error,
     },
     /// The advisory lock could not be taken in time.
-    LockTimeout { lock: PathBuf, waited: Duration },
-    /// The token file (`path`, as given) does not exist; `make_dir`: its directory does
-    /// not either, and `init` makes none.
-    Missing { path: PathBuf, make_dir: bool },
-    /// The directory of the token file (`file`, as given) does not exist.
-    MissingDir { dir: PathBuf, file: PathBuf },
+    LockTimeout {
+        /// The lock file beside the token file, for `fuser` to find its holder.
+        lock: PathBuf,
+        /// How long this command waited, at least `--lock-timeout`.
+        waited: Duration,
+    },
+    /// The token file does not exist.
+    Missing {
+        /// The token file as given.
+        path: PathBuf,
+        /// Its directory does not exist either, and `init` makes none: the message adds a
+        /// `mkdir -p` to the way out.
+        make_dir: bool,
+    },
+    /// The directory of the token file does not exist.
+    MissingDir {
+        /// That directory, as given.
+        dir: PathBuf,
+        /// The token file as given.
+        file: PathBuf,
+    },
     /// `init` found the file already there.
     AlreadyExists(PathBuf),
     /// The path is a symlink to nothing.
@@ -75,32 +113,53 @@ pub enum Error {
     ChangedWhileOpened(PathBuf),
     /// `serve`'s first read never found the file at rest.
     ChangedWhileRead(PathBuf),
-    /// After locking, the path leads to another file than the one locked.
+    /// After locking, the path leads to another file than the one locked (a symlink was
+    /// swapped meanwhile), so writing would bypass the other writers' lock.
     Swapped {
+        /// The token file as given.
         given: PathBuf,
+        /// The real file it leads to now.
         now: PathBuf,
+        /// The real file whose lock this command holds.
         locked: PathBuf,
     },
-    /// The temporary copy of `target` could not be created in `dir`.
+    /// The temporary copy that would replace the file could not be created.
     TempCopy {
+        /// The real file the copy was to replace.
         target: PathBuf,
+        /// The target's directory: the copy must be made there for the rename to be atomic.
         dir: PathBuf,
+        /// Why creating it failed.
         source: io::Error,
     },
-    /// The new file could not be given the old one's ACL.
-    Acl { target: PathBuf, source: io::Error },
-    /// The new file could not be given the old one's owner.
+    /// The new file could not be given the old one's ACL; nothing was changed.
+    Acl {
+        /// The real file whose ACL the new copy was to carry.
+        target: PathBuf,
+        /// Why setting the ACL failed.
+        source: io::Error,
+    },
+    /// The new file could not be given the old one's owner; nothing was changed.
     Owner {
+        /// The real file being replaced.
         target: PathBuf,
+        /// The old file's owner (user ID), which the new copy was to get.
         uid: u32,
+        /// The old file's group ID.
         gid: u32,
+        /// Why `fchown` failed: typically neither root nor that user.
         source: io::Error,
     },
-    /// The directory sync after the rename failed; `undone`: the old file is back.
+    /// The directory sync after the rename failed, so the change might not survive a crash.
     DirSync {
+        /// The directory that could not be synced.
         dir: PathBuf,
+        /// The real file that was replaced.
         target: PathBuf,
+        /// Why the sync failed.
         source: io::Error,
+        /// The old file was put back, so nothing was changed; otherwise the change stands
+        /// but a crash may still undo it.
         undone: bool,
     },
     /// The token that `mint`/`rotate` made could not be shown, so nothing was changed.
@@ -110,28 +169,55 @@ pub enum Error {
     /// The man page could not be rendered.
     ManPage(io::Error),
     /// `$VISUAL`/`$EDITOR` could not be started.
-    EditorStart { editor: String, source: io::Error },
-    /// The editor exited with a failure.
-    EditorFailed {
+    EditorStart {
+        /// The editor command (`$VISUAL`, else `$EDITOR`, else `vi`), run through `sh -c`.
         editor: String,
-        status: std::process::ExitStatus,
-    },
-    /// An edit failed to install (`why`); the admin's copy is kept at `copy`.
-    EditKept { why: String, copy: PathBuf },
-    /// An edit failed to install (`why`) and its copy could not be kept either.
-    EditLost { why: String, source: io::Error },
-    /// `serve` could not start a thread or its runtime (`what`).
-    Start {
-        what: &'static str,
+        /// Why `sh` could not be started.
         source: io::Error,
     },
-    /// `serve` could not set up its signal handling (`what`, e.g. "handle SIGHUP").
+    /// The editor exited with a failure; nothing was installed.
+    EditorFailed {
+        /// The editor command, as run through `sh -c`.
+        editor: String,
+        /// Its exit code or the signal that ended it.
+        status: std::process::ExitStatus,
+    },
+    /// An edit failed to install; the admin's copy is kept for another try.
+    EditKept {
+        /// The failure, as a full message: the lock timed out, someone else changed the
+        /// file meanwhile, replacing it failed.
+        why: String,
+        /// Where the edited copy now is, beside the token file.
+        copy: PathBuf,
+    },
+    /// An edit failed to install and its copy could not be kept either: the edit is lost.
+    EditLost {
+        /// The failure to install, as a full message.
+        why: String,
+        /// Why the copy could not be kept.
+        source: io::Error,
+    },
+    /// `serve` could not start a thread or its runtime.
+    Start {
+        /// What could not be started (`the reloader thread`, `the async runtime`).
+        what: &'static str,
+        /// Why it could not.
+        source: io::Error,
+    },
+    /// `serve` could not set up its signal handling.
     Signals {
+        /// The step that failed, worded to follow "cannot" (`handle SIGHUP`).
         what: String,
+        /// The error of tokio or of the system call.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// `serve` could not listen on an address.
-    Listen { addr: String, source: io::Error },
+    Listen {
+        /// The HTTP address, or a placeholder when even that could not be read back.
+        addr: String,
+        /// Why listening failed.
+        source: io::Error,
+    },
     /// The socket path is taken by something that is not a socket.
     NotASocket(PathBuf),
     /// Another server listens on the socket path.
@@ -140,9 +226,11 @@ pub enum Error {
     Internal(&'static str),
 }
 
+/// The crate's results: by default failing with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An [`Error::Io`]: `action` is worded to read before the path (`read`, `set the mode of`).
     pub fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
         Error::Io {
             action,
@@ -151,6 +239,7 @@ impl Error {
         }
     }
 
+    /// An [`Error::Usage`] whose message is all the user sees.
     pub fn usage(msg: impl Into<String>) -> Self {
         Error::Usage(msg.into())
     }

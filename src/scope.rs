@@ -75,14 +75,19 @@ pub struct ScopeSet(Vec<Granted>);
 /// Why a scopes field is invalid. Never contains credential bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScopeError {
+    /// The field holds nothing, or only spaces.
     Empty,
+    /// An item of the list is empty, as in `read,` or `a,,b`.
     EmptyItem,
-    /// The 1-based item and the offending byte; the item itself is not echoed, in case a
+    /// An item holds a byte outside the grammar. The item itself is not echoed, in case a
     /// credential was pasted into the wrong column.
     BadCharacter {
+        /// Which item, counting from 1.
         item: usize,
+        /// The first byte of it outside the grammar.
         byte: u8,
     },
+    /// `*` is listed beside other items; it must be the whole field.
     StarNotAlone,
 }
 
@@ -110,6 +115,7 @@ impl fmt::Display for ScopeError {
 impl std::error::Error for ScopeError {}
 
 impl ScopeSet {
+    /// `*`, every scope: also what a legacy line without a scopes field grants.
     pub fn all() -> Self {
         ScopeSet(vec![Granted::All])
     }
@@ -173,6 +179,7 @@ impl ScopeSet {
         Ok(set)
     }
 
+    /// Whether every one of `required` is granted by some item; all or nothing.
     pub fn grants(&self, required: &RequiredScopes) -> bool {
         required
             .0
@@ -180,6 +187,7 @@ impl ScopeSet {
             .all(|req| self.0.iter().any(|g| g.grants(req)))
     }
 
+    /// The items in the order the field lists them.
     pub fn items(&self) -> &[Granted] {
         &self.0
     }
@@ -204,16 +212,23 @@ pub enum ScopeArgError {
     Field(ScopeError),
     /// A new record's scopes hold what looks like a token.
     Token(TokenError),
-    /// A `*` that would never match a check (`text`); `instead` says what would.
+    /// A new record's scope has a `*` that would never match a check.
     DeadStar {
+        /// That scope item, as it would be stored.
         text: String,
+        /// What to give instead, worded to follow "Use".
         instead: String,
     },
     /// A required scope holds what looks like a token: never echoed.
     TokenAsRequired,
+    /// A required scope, or an item of a list of them, is empty (a stray comma).
     EmptyRequired,
+    /// A required scope item breaks the grammar. It is safe to quote: an argument that
+    /// looks like a token was already refused as [`ScopeArgError::TokenAsRequired`].
     MalformedRequired(String),
+    /// A required scope item contains `*`: a check asks for concrete scopes, never patterns.
     StarRequired(String),
+    /// No required scope was given at all.
     NoRequired,
 }
 
@@ -297,6 +312,7 @@ impl RequiredScopes {
         Ok(RequiredScopes(scopes))
     }
 
+    /// The required scopes in the order given, a repeated one once.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|s| &**s)
     }

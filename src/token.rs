@@ -14,9 +14,11 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+/// What every minted token starts with, so that redaction and [`shape`] can spot one.
 pub const PREFIX: &str = "tf_";
 const RANDOM_CHARS: usize = 43; // 32 bytes, base64url without padding
 const CHECKSUM_CHARS: usize = 6; // 4 bytes
+/// The length of a minted token in bytes: prefix, random part and checksum.
 pub const MINTED_LEN: usize = PREFIX.len() + RANDOM_CHARS + CHECKSUM_CHARS;
 
 /// The longest token accepted from stdin or the environment; far above any real bearer
@@ -38,18 +40,23 @@ impl PartialEq for Secret {
 impl Eq for Secret {}
 
 impl Secret {
+    /// Takes over `bytes`, which are wiped when the secret is dropped.
     pub fn new(bytes: Vec<u8>) -> Self {
         Secret(Zeroizing::new(bytes))
     }
 
+    /// The token itself, to hash, compare or print on stdout; never for a log or message.
     pub fn expose(&self) -> &[u8] {
         &self.0
     }
 
+    /// No token was presented: empty input, or a line longer than [`MAX_TOKEN_LEN`], which
+    /// [`Secret::read_first_line`] drops.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// What the file stores for a hashed record, and what a lookup compares.
     pub fn digest(&self) -> Digest {
         Digest::of(&self.0)
     }
@@ -86,10 +93,12 @@ impl fmt::Debug for Secret {
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {
+    /// Hashes a token or plaintext credential, or any bytes to tell contents apart.
     pub fn of(bytes: &[u8]) -> Self {
         Digest(Sha256::digest(bytes).into())
     }
 
+    /// 64 lowercase hex digits, the form stored after `sha256:`.
     pub fn to_hex(&self) -> String {
         hex(&self.0)
     }
@@ -113,6 +122,7 @@ impl Digest {
         valid.then_some(Digest(out))
     }
 
+    /// The record ID for this digest: its first 12 hex digits.
     pub fn id(&self) -> Id {
         let mut id = [0u8; ID_LEN];
         for (pair, &b) in id.chunks_exact_mut(2).zip(&self.0) {
@@ -161,6 +171,7 @@ fn lower_hex_value(b: u8) -> Option<u8> {
     }
 }
 
+/// Two lowercase hex digits per byte.
 pub fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {
@@ -170,7 +181,9 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Hex digits in a record ID: 48 bits of the digest.
 pub const ID_LEN: usize = 12;
+/// The shortest ID prefix accepted as an argument, in hex digits.
 pub const MIN_ID_PREFIX: usize = 4;
 
 /// A record's public identifier: the first 12 hex digits of its token's SHA-256.
@@ -178,6 +191,7 @@ pub const MIN_ID_PREFIX: usize = 4;
 pub struct Id([u8; ID_LEN]);
 
 impl Id {
+    /// The 12 hex digits, as `list`, messages and the audit log show them.
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0)
             .expect("an Id is built only by Digest::id, from ASCII hex digits")
@@ -201,6 +215,8 @@ impl fmt::Debug for Id {
 pub struct IdPrefix(String);
 
 impl IdPrefix {
+    /// Accepts 4 to 12 hex digits in either case, ignoring surrounding whitespace. The error
+    /// quotes `text` only when it is too short to be a token and holds no `tf_`.
     pub fn parse(text: &str) -> Result<Self, TokenError> {
         let lower = text.trim().to_ascii_lowercase();
         if lower.len() < MIN_ID_PREFIX
@@ -219,10 +235,12 @@ impl IdPrefix {
         Ok(IdPrefix(lower))
     }
 
+    /// Whether `id` starts with this prefix.
     pub fn matches(&self, id: &Id) -> bool {
         id.as_str().starts_with(&self.0)
     }
 
+    /// The prefix in lower case, as matched against IDs.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -231,11 +249,17 @@ impl IdPrefix {
 /// Why an ID, a value meant for a record, or the making of a token was refused.
 #[derive(Debug)]
 pub enum TokenError {
-    /// Not 4 to 12 hex digits; `shown` is the argument as the message may show it (quoted,
-    /// or only its length when it could be a token).
-    NotAnId { shown: String },
-    /// A name or scope (`flag`) holds what looks like a token.
-    TokenInValue { flag: &'static str },
+    /// An ID argument is not 4 to 12 hex digits.
+    NotAnId {
+        /// The argument as the message may show it: quoted, or only its length when it
+        /// could be a token.
+        shown: String,
+    },
+    /// A name or scope holds what looks like a token.
+    TokenInValue {
+        /// The flag that carried it (`--name`, `--scope`).
+        flag: &'static str,
+    },
     /// The OS CSPRNG failed.
     NoRandomness(getrandom::Error),
 }
@@ -296,6 +320,7 @@ pub enum Shape {
     Foreign,
 }
 
+/// Tells a minted token from a damaged or foreign one by prefix, length and checksum alone.
 pub fn shape(token: &[u8]) -> Shape {
     if !token.starts_with(PREFIX.as_bytes()) {
         return Shape::Foreign;

@@ -7,8 +7,10 @@ use time::format_description::well_known::Rfc3339;
 
 use std::fmt;
 
+/// An instant: a record's creation or expiry, or the "now" a command compares them with.
 pub type Timestamp = OffsetDateTime;
 
+/// The current time in UTC, against which expiries are judged.
 pub fn now() -> Timestamp {
     OffsetDateTime::now_utc()
 }
@@ -110,10 +112,15 @@ fn duration(text: &str) -> std::result::Result<Duration, BadDuration> {
 /// as given, which the message quotes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WhenError {
+    /// A `DURATION` (`--grace`, a `--lock-timeout` that is not a number) does not parse.
     NotADuration(String),
+    /// A `DURATION` parses but is more than a `Duration` can hold.
     DurationTooLong(String),
+    /// A `WHEN` duration is too long to count, or lands past the year 9999.
     TooFarInTheFuture(String),
+    /// A `WHEN` is neither an RFC 3339 time nor a duration.
     NeitherTimeNorDuration(String),
+    /// A `--lock-timeout` given as a plain number is not a finite count of seconds below 10^9.
     LockTimeoutOutOfRange(String),
 }
 

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::when::{When, parse_duration, parse_lock_timeout};
 
+/// The token file when neither `--file` nor `$TOKENFILE` names one.
 pub const DEFAULT_FILE: &str = "/etc/tokenfile/tokens";
 
 /// Also the man page's EXIT STATUS and SECURITY sections (split at the blank line).
@@ -103,10 +104,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "TOKENFILE_AUDIT_LOG", value_name = "PATH")]
     pub audit_log: Option<PathBuf>,
 
+    /// The command to run, with its own arguments.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The commands, one variant each; the docs of the variants are their `--help`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create an empty token file (mode 0600) with a header comment; refuses if it exists
@@ -159,7 +162,10 @@ pub enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout
     #[command(after_help = COMPLETIONS_HELP)]
     Completions {
-        #[arg(value_enum)]
+        /// The shell to write the script for.
+        // `help = None`: the possible values and the shells list below say it already, and
+        // `--help` (which README and the man pages repeat) stays as it is.
+        #[arg(value_enum, help = None)]
         shell: clap_complete::Shell,
     },
 

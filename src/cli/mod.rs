@@ -21,11 +21,14 @@ use crate::store::{self, Store};
 
 /// What every command needs: where the file, its lock and its audit log are.
 pub struct Context {
+    /// The token file and its lock, from `--file` and `--lock-timeout`.
     pub store: Store,
     audit_log: Option<PathBuf>,
 }
 
 impl Context {
+    /// The audit log: `--audit-log`, else `<file>.audit.jsonl` beside the real file (so
+    /// resolving the file's path can fail).
     pub fn audit(&self) -> Result<AuditLog> {
         Ok(AuditLog::new(match &self.audit_log {
             Some(path) => path.clone(),
@@ -75,6 +78,8 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Runs a parsed command line. `Ok` holds every outcome that is not a failure, a denied
+/// `check` too; `Err` is what stopped the command.
 pub fn run(cli: Cli) -> Result<Exit> {
     let ctx = Context {
         store: Store::new(
