@@ -16,7 +16,7 @@ use crate::when::{self, format_timestamp};
 
 /// A record as the audit log shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct AuditRecord {
+pub(crate) struct AuditRecord {
     pub id: String,
     pub name: String,
     pub scopes: String,
@@ -39,7 +39,7 @@ impl From<&Record> for AuditRecord {
 /// secret.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
-pub enum Change {
+pub(crate) enum Change {
     Init,
     Mint {
         /// `hashed` or `plaintext`.
@@ -62,13 +62,13 @@ pub enum Change {
 
 /// One change to the token file and the records it concerns.
 #[derive(Debug, Clone)]
-pub struct Event {
+pub(crate) struct Event {
     pub change: Change,
     pub records: Vec<AuditRecord>,
 }
 
 impl Event {
-    pub fn new(change: Change, records: Vec<AuditRecord>) -> Self {
+    pub(crate) fn new(change: Change, records: Vec<AuditRecord>) -> Self {
         Event { change, records }
     }
 }
@@ -139,21 +139,26 @@ pub(crate) fn render(event: &Event, file: &Path, failed: Option<&str>) -> String
 }
 
 #[derive(Debug, Clone)]
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     path: PathBuf,
 }
 
 impl AuditLog {
-    pub fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         AuditLog { path }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Appends one line and syncs it.
-    pub fn append(&self, event: &Event, file: &Path, failed: Option<&str>) -> std::io::Result<()> {
+    pub(crate) fn append(
+        &self,
+        event: &Event,
+        file: &Path,
+        failed: Option<&str>,
+    ) -> std::io::Result<()> {
         let mut line = render(event, file, failed);
         line.push('\n');
         // Judged as the lock is: never blocking (a FIFO at the path would hang the change
@@ -186,7 +191,7 @@ impl AuditLog {
 
     /// Appends, turning a failure into a warning on stderr: a change never fails for want
     /// of its audit line. Says whether the line was written.
-    pub fn record(&self, event: &Event, file: &Path, failed: Option<&str>) -> bool {
+    pub(crate) fn record(&self, event: &Event, file: &Path, failed: Option<&str>) -> bool {
         match self.append(event, file, failed) {
             Ok(()) => true,
             Err(e) => {

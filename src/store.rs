@@ -19,7 +19,7 @@ use crate::trust::{self, Refusal, Trusted};
 const NEW_FILE_MODE: u32 = 0o600;
 
 #[derive(Debug, Clone)]
-pub struct Store {
+pub(crate) struct Store {
     path: PathBuf,
     lock_timeout: Duration,
 }
@@ -33,7 +33,7 @@ pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
 
 /// What a change does around the moment it lands (docs/writing.md): the audit line and a
 /// secret go out before the rename, so that nothing lands unlogged or unseen.
-pub trait Landing {
+pub(crate) trait Landing {
     /// Runs once the new file is written and synced, right before the rename that makes it
     /// the file. An error cancels the change: the temp file is removed, the file unchanged.
     fn before_rename(&mut self, target: &Path) -> Result<()>;
@@ -74,7 +74,7 @@ fn temp_prefix(target: &Path) -> String {
 }
 
 impl Store {
-    pub fn new(path: impl Into<PathBuf>, lock_timeout: Duration) -> Self {
+    pub(crate) fn new(path: impl Into<PathBuf>, lock_timeout: Duration) -> Self {
         Store {
             path: path.into(),
             lock_timeout,
@@ -82,13 +82,13 @@ impl Store {
     }
 
     /// The path as the user gave it.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The real file behind the path. For a path that does not exist yet, its directory is
     /// resolved instead.
-    pub fn target(&self) -> Result<PathBuf> {
+    pub(crate) fn target(&self) -> Result<PathBuf> {
         match fs::canonicalize(&self.path) {
             Ok(real) => Ok(real),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -115,13 +115,9 @@ impl Store {
         }
     }
 
-    pub fn lock_path(&self) -> Result<PathBuf> {
-        Ok(sibling(&self.target()?, ".lock"))
-    }
-
     /// Reads the whole file if it may be trusted (docs/trust.md, path, mode and content); a
     /// missing file is an error that says how to create one.
-    pub fn read(&self) -> Result<Vec<u8>> {
+    pub(crate) fn read(&self) -> Result<Vec<u8>> {
         let mut trusted = self.open()?;
         let bytes = trusted.read_all()?;
         trust::ensure_not_exposed(&trusted.real, &trusted.meta, || {
@@ -134,12 +130,12 @@ impl Store {
     /// [`Store::read`]. What it holds is the caller's to judge:
     /// [`Trusted::ensure_content_safe`] before reading, or [`trust::ensure_not_exposed`]
     /// once parsed.
-    pub fn open(&self) -> Result<Trusted> {
+    pub(crate) fn open(&self) -> Result<Trusted> {
         trust::open_existing(&self.path)
     }
 
     /// Takes the exclusive lock, waiting up to the lock timeout.
-    pub fn lock(&self) -> Result<Locked> {
+    pub(crate) fn lock(&self) -> Result<Locked> {
         let target = self.target()?;
         let (lock_path, lock) = open_lock(&target, true)?;
         let started = Instant::now();
@@ -179,7 +175,7 @@ impl Store {
     /// here (no writer ever ran), opened and judged as a writer does (a FIFO, a symlink or
     /// another user's file planted there is not waited on), and any failure just means
     /// reading the file as it is: it is always whole, old or new.
-    pub fn wait_for_writer(&self, limit: Duration) {
+    pub(crate) fn wait_for_writer(&self, limit: Duration) {
         let Ok((_, lock)) = self.target().and_then(|target| open_lock(&target, false)) else {
             return;
         };
@@ -195,7 +191,7 @@ impl Store {
     /// Locked read-modify-write of an existing file. `change` edits the document and says
     /// what it did; the file is rewritten only if its bytes changed, and then `landing`
     /// (made from what `change` said) runs around the rename.
-    pub fn update<T, L: Landing>(
+    pub(crate) fn update<T, L: Landing>(
         &self,
         change: impl FnOnce(&mut Document) -> Result<T>,
         landing: impl FnOnce(&T) -> L,
@@ -208,7 +204,7 @@ impl Store {
     /// every other reader refuses (docs/trust.md): for `hash` alone, because storing only
     /// digests is exactly what makes such a file safe. Every problem of the path still
     /// refuses, and so does a change that would leave plaintext readable by others.
-    pub fn update_fixing_exposure<T, L: Landing>(
+    pub(crate) fn update_fixing_exposure<T, L: Landing>(
         &self,
         change: impl FnOnce(&mut Document) -> Result<T>,
         landing: impl FnOnce(&T) -> L,
@@ -221,7 +217,7 @@ impl Store {
     /// while it is written and synced — for a report on the whole file (its invalid lines)
     /// that would otherwise keep the lock longer: on a 100k-record file such a pass takes
     /// about as long as the fsync it now overlaps.
-    pub fn update_and<T, U: Send, L: Landing>(
+    pub(crate) fn update_and<T, U: Send, L: Landing>(
         &self,
         change: impl FnOnce(&mut Document) -> Result<T>,
         landing: impl FnOnce(&T) -> L,
@@ -301,7 +297,7 @@ pub(crate) fn missing_file(path: &Path) -> Error {
 
 /// Proof of holding the lock; released when dropped (the lock file itself stays).
 #[derive(Debug)]
-pub struct Locked {
+pub(crate) struct Locked {
     target: PathBuf,
     /// The path as the user gave it: what is walked to judge the file (docs/trust.md), since a
     /// symlink on the way counts as much as the target.
@@ -310,14 +306,10 @@ pub struct Locked {
 }
 
 impl Locked {
-    pub fn target(&self) -> &Path {
-        &self.target
-    }
-
     /// The current bytes and metadata, or `None` if the file does not exist. Its path and
     /// mode are judged (docs/trust.md); whether its content may be read by others is the
     /// caller's to judge once parsed ([`trust::ensure_not_exposed`]).
-    pub fn read(&self) -> Result<Option<(Vec<u8>, Metadata)>> {
+    pub(crate) fn read(&self) -> Result<Option<(Vec<u8>, Metadata)>> {
         let mut trusted = match trust::open(&self.given) {
             Ok(trusted) => trusted,
             Err(Refusal::Missing) => return Ok(None),
@@ -338,7 +330,7 @@ impl Locked {
 
     /// Atomically replaces the file with `bytes`, keeping owner, group, mode and ACL of
     /// `like` — unless that would leave plaintext readable by others (docs/trust.md).
-    pub fn replace(
+    pub(crate) fn replace(
         &self,
         bytes: &[u8],
         like: Option<&Metadata>,
@@ -354,7 +346,7 @@ impl Locked {
 
     /// Atomically creates the file; fails if it exists (even if created behind our back by
     /// something that does not take the lock).
-    pub fn create_new(&self, bytes: &[u8], landing: &mut dyn Landing) -> Result<()> {
+    pub(crate) fn create_new(&self, bytes: &[u8], landing: &mut dyn Landing) -> Result<()> {
         // Checked first too, so that the usual refusal logs no change that then fails.
         if fs::symlink_metadata(&self.target).is_ok() {
             return Err(already_exists(&self.target));

@@ -172,7 +172,7 @@ fn lower_hex_value(b: u8) -> Option<u8> {
 }
 
 /// Two lowercase hex digits per byte.
-pub fn hex(bytes: &[u8]) -> String {
+fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {
         out.push(HEX_DIGITS[usize::from(b >> 4)] as char);

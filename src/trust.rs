@@ -43,7 +43,7 @@ const STICKY: u32 = 0o1000;
 
 /// The token file, opened and found trustworthy (as far as its path and mode go).
 #[derive(Debug)]
-pub struct Trusted {
+pub(crate) struct Trusted {
     /// Opened read-only; read from this, never from the path again.
     pub file: File,
     /// `fstat` of [`Trusted::file`].
@@ -507,7 +507,7 @@ impl Trusted {
     /// Refuses the file if others can read it and it holds a plaintext credential, looking
     /// through the whole descriptor only in that case (a one-shot `check` may otherwise stop
     /// at the first match); the descriptor is left at the start.
-    pub fn ensure_content_safe(&mut self) -> Result<()> {
+    pub(crate) fn ensure_content_safe(&mut self) -> Result<()> {
         if outside_readers(&self.real, &self.meta).is_none() {
             return Ok(());
         }
@@ -518,7 +518,7 @@ impl Trusted {
     }
 
     /// The whole content, read from the descriptor.
-    pub fn read_all(&mut self) -> Result<Vec<u8>> {
+    pub(crate) fn read_all(&mut self) -> Result<Vec<u8>> {
         let mut bytes = Vec::with_capacity(self.meta.len() as usize);
         self.file
             .read_to_end(&mut bytes)

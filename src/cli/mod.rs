@@ -20,16 +20,16 @@ use crate::error::{Exit, Result};
 use crate::store::{self, Store};
 
 /// What every command needs: where the file, its lock and its audit log are.
-pub struct Context {
+pub(crate) struct Context {
     /// The token file and its lock, from `--file` and `--lock-timeout`.
-    pub store: Store,
+    pub(crate) store: Store,
     audit_log: Option<PathBuf>,
 }
 
 impl Context {
     /// The audit log: `--audit-log`, else `<file>.audit.jsonl` beside the real file (so
     /// resolving the file's path can fail).
-    pub fn audit(&self) -> Result<AuditLog> {
+    pub(crate) fn audit(&self) -> Result<AuditLog> {
         Ok(AuditLog::new(match &self.audit_log {
             Some(path) => path.clone(),
             None => store::sibling(&self.store.target()?, ".audit.jsonl"),
@@ -80,7 +80,7 @@ pub fn main() -> ExitCode {
 
 /// Runs a parsed command line. `Ok` holds every outcome that is not a failure, a denied
 /// `check` too; `Err` is what stopped the command.
-pub fn run(cli: Cli) -> Result<Exit> {
+pub(crate) fn run(cli: Cli) -> Result<Exit> {
     let ctx = Context {
         store: Store::new(
             cli.file.unwrap_or_else(|| PathBuf::from(DEFAULT_FILE)),
