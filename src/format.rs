@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::ops::ControlFlow;
 
+use crate::index::FieldHash;
 use crate::lines::{self, BOM, Ending};
 use crate::scope::{ScopeError, ScopeSet};
 use crate::token::{Digest, ID_LEN, Id, IdPrefix, Secret};
@@ -222,7 +223,7 @@ impl<'a> Document<'a> {
     /// them, without building a record for every line: each distinct scopes field is checked
     /// once. (`mint` on a 100k-record file spent a third of its time on full records.)
     pub fn invalid_lines(&self) -> Vec<usize> {
-        let mut scopes: HashMap<&[u8], Result<(), ScopeError>> = HashMap::new();
+        let mut scopes: HashMap<&[u8], Result<(), ScopeError>, FieldHash> = HashMap::default();
         let mut invalid = Vec::new();
         for (i, line) in self.lines.iter().enumerate() {
             let content: &[u8] = &line.content;
@@ -254,20 +255,19 @@ impl<'a> Document<'a> {
             })
     }
 
-    /// The 1-based number of the first line whose credential is plaintext, at least
-    /// `min_len` bytes long and found inside `value` (a legacy token pasted into a name).
-    /// Only the first field of each line is looked at, with no record built.
-    pub fn credential_inside(&self, value: &[u8], min_len: usize) -> Option<usize> {
-        self.lines
-            .iter()
-            .position(|line| {
-                credential_field(&line.content).is_some_and(|credential| {
-                    credential.len() >= min_len
-                        && !credential.starts_with(HASH_PREFIX)
-                        && memchr::memmem::find(value, credential).is_some()
-                })
-            })
-            .map(|index| index + 1)
+    /// The first line whose credential is plaintext, at least `min_len` bytes long and found
+    /// inside one of `values` (a legacy token pasted into a name): its 1-based number and the
+    /// position of that value. One pass, looking only at the first field of each line, with
+    /// no record built (`mint` runs it under the lock).
+    pub fn credential_inside(&self, values: &[&[u8]], min_len: usize) -> Option<(usize, usize)> {
+        self.lines.iter().enumerate().find_map(|(index, line)| {
+            let credential = credential_field(&line.content)
+                .filter(|c| c.len() >= min_len && !c.starts_with(HASH_PREFIX))?;
+            let value = values
+                .iter()
+                .position(|value| memchr::memmem::find(value, credential).is_some())?;
+            Some((index + 1, value))
+        })
     }
 
     /// The IDs of the records that count, with their names: what a person's ID prefix is
@@ -642,7 +642,10 @@ pub fn is_record_line(content: &[u8]) -> bool {
 /// The first field of a line meant as a record (see [`is_record_line`]), as written:
 /// untrimmed, whether or not the rest of the line is valid.
 pub fn credential_field(content: &[u8]) -> Option<&[u8]> {
-    is_record_line(content).then(|| content.split(|&b| b == b'\t').next().unwrap_or_default())
+    is_record_line(content).then(|| match memchr::memchr(b'\t', content) {
+        Some(tab) => &content[..tab],
+        None => content,
+    })
 }
 
 /// Classifies one line (without its ending).
@@ -1166,15 +1169,13 @@ mod tests {
     #[test]
     fn credential_inside_finds_long_plaintext_only() {
         let doc = Document::parse(b"short\nsha256:0123456789abcdef0123\n# 0123456789abcdef0123\nlegacy-credential-0123\tread\n");
+        let inside = |values: &[&[u8]], min_len| doc.credential_inside(values, min_len);
         assert_eq!(
-            doc.credential_inside(b"my legacy-credential-0123 name", 16),
-            Some(4)
+            inside(&[b"n", b"my legacy-credential-0123 name"], 16),
+            Some((4, 1))
         );
-        assert_eq!(
-            doc.credential_inside(b"short sha256:0123456789abcdef0123", 16),
-            None
-        );
-        assert_eq!(doc.credential_inside(b"short", 5), Some(1));
+        assert_eq!(inside(&[b"short sha256:0123456789abcdef0123"], 16), None);
+        assert_eq!(inside(&[b"short"], 5), Some((1, 0)));
     }
 
     proptest! {

@@ -652,7 +652,7 @@ impl Loader {
 /// the file, whose writer can grant itself anything anyway, so there is no flooding to
 /// defend against.
 #[derive(Default, Clone, Copy)]
-struct FieldHasher(u64);
+pub(crate) struct FieldHasher(u64);
 
 impl std::hash::Hasher for FieldHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -673,7 +673,7 @@ impl std::hash::Hasher for FieldHasher {
     }
 }
 
-type FieldHash = std::hash::BuildHasherDefault<FieldHasher>;
+pub(crate) type FieldHash = std::hash::BuildHasherDefault<FieldHasher>;
 
 #[cfg(test)]
 mod tests {

@@ -96,17 +96,17 @@ const PLAINTEXT_CHECKED_FROM: usize = 16;
 /// would be stored, audited and shown by `list`. Only the credential field of each line is
 /// looked at, with no record built: this runs under the lock.
 fn refuse_plaintext_in(doc: &Document, name: &str, scopes: &str, file: &Path) -> Result<()> {
-    for (flag, value) in [("--name", name), ("--scope", scopes)] {
-        if let Some(line) = doc.credential_inside(value.as_bytes(), PLAINTEXT_CHECKED_FROM) {
-            return Err(Error::usage(format!(
-                "{flag}: the value holds the plaintext credential of line {line} of {} (not \
-                 shown); a token never goes into a {}",
-                file.display(),
-                flag.trim_start_matches('-')
-            )));
-        }
-    }
-    Ok(())
+    let values: [&[u8]; 2] = [name.as_bytes(), scopes.as_bytes()];
+    let Some((line, value)) = doc.credential_inside(&values, PLAINTEXT_CHECKED_FROM) else {
+        return Ok(());
+    };
+    let flag = ["--name", "--scope"][value];
+    Err(Error::usage(format!(
+        "{flag}: the value holds the plaintext credential of line {line} of {} (not \
+         shown); a token never goes into a {}",
+        file.display(),
+        flag.trim_start_matches('-')
+    )))
 }
 
 fn future_expiry(given: Option<&When>, now: Timestamp) -> Result<Option<Timestamp>> {
