@@ -7,7 +7,7 @@
 #   bench/run.sh --no-serve           # without the `serve` part (bench/serve.sh)
 #
 # Every figure is printed as a ratio against its baseline, both timed here, now, on the same
-# file: `check` against `grep -qF`, a reload (read + TokenIndex::load) against `wc -l`, `mint`
+# file: `check` against `grep -qF`, a reload (TokenIndex::read_file, as serve) against `wc -l`, `mint`
 # against `cp` + `sync`; then bench/serve.sh (HTTP against nginx, the Unix socket, reload
 # and memory of a running `serve`) on the largest size. Nothing here asserts a time; it
 # prints tables (Markdown) and says for each row whether the target of BENCHMARKS.md is met.

@@ -1,4 +1,4 @@
-//! A load generator for `serve`'s Unix socket (SPEC §4), and the trivial server it is
+//! A load generator for `serve`'s Unix socket (docs/protocols.md), and the trivial server it is
 //! compared with.
 //!
 //! ```sh

@@ -1,7 +1,9 @@
 //! The one error type of the crate and its single mapping to the exit codes (docs/exit-codes.md).
 //!
-//! Every failure a user or the file system can cause ends up here; `main` turns it into a
-//! message on stderr and an exit code, and nowhere else decides exit codes.
+//! Every failure a user or the file system can cause ends up here, and [`Error::exit`] is the
+//! only place that maps a failure to its exit code. The outcomes that are not failures — a
+//! check's decision, `lint`'s problems, `id`'s "no record" — are returned by their commands
+//! as an [`Exit`]; clap's own rejections exit 2 (in `cli::main`).
 
 use std::fmt;
 use std::io;

@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::ops::ControlFlow;
 
-use crate::index::FieldHash;
 use crate::lines::{self, BOM, Ending};
 use crate::scope::{ScopeError, ScopeSet};
 use crate::token::{Digest, ID_LEN, Id, IdPrefix, Secret};
@@ -461,6 +460,33 @@ impl<'a> Replaced<'a> {
         (is_id(old) && is_id(new)).then_some(Replaced { old, new })
     }
 }
+
+/// A fast hash for fields of the file (scopes fields, seen again and again): they come from
+/// the file, whose writer can grant itself anything anyway, so there is no flooding to
+/// defend against.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FieldHasher(u64);
+
+impl std::hash::Hasher for FieldHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7C_C1_B7_27_22_0A_95);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write(&n.to_le_bytes());
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FieldHash = std::hash::BuildHasherDefault<FieldHasher>;
 
 /// What one line is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,8 +13,8 @@ use std::os::unix::fs::FileExt;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::check::{Decision, GrantRef, decide};
-use crate::format::{self, Duplicate, Invalid};
+use crate::decision::{Decision, GrantRef, decide};
+use crate::format::{self, Duplicate, FieldHash, Invalid};
 use crate::lines;
 use crate::scope::{RequiredScopes, ScopeError, ScopeSet};
 use crate::token::{Digest, Id, Secret};
@@ -647,33 +647,6 @@ impl Loader {
         (index, problems)
     }
 }
-
-/// A fast hash for fields of the file (scopes fields, seen again and again): they come from
-/// the file, whose writer can grant itself anything anyway, so there is no flooding to
-/// defend against.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FieldHasher(u64);
-
-impl std::hash::Hasher for FieldHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x51_7C_C1_B7_27_22_0A_95);
-        }
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write(&n.to_le_bytes());
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub(crate) type FieldHash = std::hash::BuildHasherDefault<FieldHasher>;
 
 #[cfg(test)]
 mod tests {

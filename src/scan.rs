@@ -10,7 +10,7 @@
 use std::io::{self, Read};
 use std::ops::ControlFlow;
 
-use crate::check::Grant;
+use crate::decision::Grant;
 use crate::format::{self, Entry, HASH_PREFIX};
 use crate::lines;
 use crate::token::Secret;
@@ -102,7 +102,7 @@ pub fn find_record(reader: impl Read, token: &Secret) -> io::Result<Option<Grant
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::{Decision, Unauthorized, decide};
+    use crate::decision::{Decision, Unauthorized, decide};
     use crate::index::{LoadProblem, TokenIndex};
     use crate::lines::Trickle;
     use crate::scope::RequiredScopes;

@@ -4,6 +4,10 @@
 //! 6-character checksum (base64url of the first 4 bytes of SHA-256 over everything before
 //! it). The checksum lets `check`/`id` tell a mistyped or truncated token apart from a
 //! foreign one without any file; such a token is still simply unknown.
+//!
+//! Also here: [`Secret`], a token in memory (redacted `Debug`, wiped on drop, compared in
+//! constant time), and [`redact`], the one function that finds tokens in text on its way to
+//! stderr, stdout, the audit log or a log line.
 
 use std::fmt;
 use std::io::BufRead;
@@ -460,14 +464,14 @@ fn secret_ranges(bytes: &[u8]) -> Vec<(usize, usize)> {
 /// `text` with every run that looks like a minted token or another secret replaced by
 /// [`REDACTED`], wherever it stands: glued after any character (`ci-$T`, `x$T`, `a:$T`,
 /// `/srv/$T`) or before one, with or without its `tf_` prefix. Taken for a token (see
-/// [`secret_ranges`]):
+/// `secret_ranges`):
 /// - a minted token whose checksum holds, with or without `tf_` (only that much is
 ///   replaced);
 /// - `tf_` and the URL-safe run after it, when it is exactly a minted token's length (a
-///   whole token with a typo) or at least [`REDACT_FROM`] characters of both cases, as
+///   whole token with a typo) or at least `REDACT_FROM` characters of both cases, as
 ///   random base64url almost always is (a token cut short; a name such as
 ///   `tf_deploy_bot` stays);
-/// - a run of [`SHAPELESS_FROM`] or more URL-safe characters with upper and lower case and
+/// - a run of `SHAPELESS_FROM` or more URL-safe characters with upper and lower case and
 ///   digits (a token cut from the front, a pasted API key).
 ///
 /// Every message for a person, every `--json` document and every audit line goes through

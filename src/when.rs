@@ -147,7 +147,8 @@ impl fmt::Display for WhenError {
 
 impl std::error::Error for WhenError {}
 
-/// A `DURATION` argument (see [`duration`]); the error says what is wrong.
+/// A `DURATION` argument: `90d`, `12h`, `30m`, `45s`, `2w`, `500ms`, or a combination such as
+/// `1h30m`; the error says what is wrong.
 pub fn parse_duration(text: &str) -> Result<Duration, WhenError> {
     duration(text).map_err(|why| match why {
         BadDuration::Malformed => WhenError::NotADuration(text.to_string()),

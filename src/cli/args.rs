@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::when::{When, parse_duration, parse_lock_timeout};
 
 /// The token file when neither `--file` nor `$TOKENFILE` names one.
-pub const DEFAULT_FILE: &str = "/etc/tokenfile/tokens";
+pub(super) const DEFAULT_FILE: &str = "/etc/tokenfile/tokens";
 
 /// Also the man page's EXIT STATUS and SECURITY sections (split at the blank line).
 pub(super) const AFTER_HELP: &str = "\
@@ -88,7 +88,7 @@ pub struct Cli {
         env = "TOKENFILE",
         value_name = "PATH"
     )]
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
 
     /// How long to wait for the lock held by another writer (e.g. 10s, 500ms, 2m)
     #[arg(
@@ -98,20 +98,20 @@ pub struct Cli {
         default_value = "10s",
         value_parser = parse_lock_timeout
     )]
-    pub lock_timeout: Duration,
+    pub(crate) lock_timeout: Duration,
 
     /// Where changes are logged [default: $TOKENFILE_AUDIT_LOG, else <file>.audit.jsonl]
     #[arg(long, global = true, env = "TOKENFILE_AUDIT_LOG", value_name = "PATH")]
-    pub audit_log: Option<PathBuf>,
+    pub(crate) audit_log: Option<PathBuf>,
 
     /// The command to run, with its own arguments.
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 /// The commands, one variant each; the docs of the variants are their `--help`.
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Create an empty token file (mode 0600) with a header comment; refuses if it exists
     Init,
 
@@ -186,7 +186,7 @@ pub enum Command {
 /// `--json`, for every command that has it. A command whose document says more than its
 /// listing gives the flag its own help (`mut_arg`), so that `--help` tells what is printed.
 #[derive(Debug, Args)]
-pub struct JsonArg {
+pub(crate) struct JsonArg {
     /// Print one JSON document on stdout
     #[arg(long)]
     pub json: bool,
@@ -197,7 +197,7 @@ const JSON_WITH_DECISION: &str = "Print one JSON document with the decision on s
 
 #[derive(Debug, Args)]
 #[command(mut_arg("json", |json| json.help(JSON_WITH_TOKEN)))]
-pub struct MintArgs {
+pub(crate) struct MintArgs {
     /// Scope the token grants; repeat or comma-separate for several (`*` = everything,
     /// `kafka:*` = every scope under `kafka:`)
     #[arg(long = "scope", short = 's', required = true, value_name = "SCOPE")]
@@ -221,7 +221,7 @@ pub struct MintArgs {
 
 #[derive(Debug, Args)]
 #[command(mut_arg("json", |json| json.help(JSON_WITH_TOKEN)))]
-pub struct RotateArgs {
+pub(crate) struct RotateArgs {
     /// The record ID (or a unique prefix of at least 4 hex digits)
     #[arg(value_name = "ID")]
     pub id: String,
@@ -240,7 +240,7 @@ pub struct RotateArgs {
 
 #[derive(Debug, Args)]
 #[command(mut_arg("json", |json| json.help(JSON_WITH_DECISION)))]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// Required scope; repeat or comma-separate for several (all must be granted)
     #[arg(long = "scope", short = 's', required = true, value_name = "SCOPE")]
     pub scopes: Vec<String>,
@@ -254,7 +254,7 @@ pub struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct LintArgs {
+pub(crate) struct LintArgs {
     /// Also fail (exit 5) on warnings: expired or plaintext records, loose permissions
     #[arg(long)]
     pub strict: bool,
@@ -267,7 +267,7 @@ pub struct LintArgs {
 /// names both flags).
 #[derive(Debug, Args)]
 #[group(id = "listener", required = true, multiple = true)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Unix socket to listen on (mode 0660), line protocol: `CHECK scope[,scope] TOKEN`
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,

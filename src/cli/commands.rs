@@ -11,7 +11,7 @@ use super::args::{CheckArgs, Cli, Command, LintArgs, MintArgs, RotateArgs, Serve
 use super::json::{CheckReport, Issued, LintReport, ListedRecord, Listing};
 use super::output::{self, Stdout, note, printable};
 use crate::audit::{AuditRecord, Change, Commit, Event};
-use crate::check::{self, Decision, Unauthorized};
+use crate::decision::{self, Decision, Unauthorized};
 use crate::error::{Error, Exit, Result};
 use crate::format::{Classified, Credential, Document, Record, Unresolved};
 use crate::lint::{self, Severity};
@@ -417,7 +417,7 @@ const WHITESPACE_HINT: &str =
 /// The record of the file that has `token` (the first one: it counts), for `check` and
 /// `id`: the file is judged (docs/trust.md) and scanned in chunks, never read whole, so a
 /// large file costs no more memory than a small one.
-fn find_record(ctx: &Context, token: &Secret) -> Result<Option<check::Grant>> {
+fn find_record(ctx: &Context, token: &Secret) -> Result<Option<decision::Grant>> {
     let mut trusted = ctx.store.open()?;
     trusted.ensure_content_safe()?;
     scan::find_record(&trusted.file, token).map_err(|e| Error::io("read", ctx.store.path(), e))
@@ -438,9 +438,9 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     // for that writer to finish.
     ctx.store.wait_for_writer(WRITER_WAIT);
     let grant = find_record(ctx, &token)?;
-    let decision = check::decide(
+    let decision = decision::decide(
         !token.is_empty(),
-        grant.as_ref().map(check::Grant::view),
+        grant.as_ref().map(decision::Grant::view),
         &required,
         when::now(),
     );
@@ -501,7 +501,7 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
 fn denial(
     ctx: &Context,
     decision: &Decision,
-    grant: Option<&check::Grant>,
+    grant: Option<&decision::Grant>,
     required: &RequiredScopes,
     args: &CheckArgs,
     hint: Option<&str>,

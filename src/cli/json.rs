@@ -1,6 +1,8 @@
-//! The JSON documents of `--json` (README "JSON output"): the scripting contract, in one
-//! place. Field names and their presence are promises; a change here is a change for every
-//! script that reads them. Only [`Issued`] holds a secret, and it is shown by
+//! The JSON documents of the commands' `--json` (what each field means: README "JSON
+//! output"): the scripting contract. Field names and their presence are promises; a change
+//! here is a change for every script that reads them. The one part kept elsewhere is a lint
+//! finding (`lint::Finding`, built where the problems are found); `serve`'s `/healthz` body is
+//! in `serve/http.rs`. Only [`Issued`] holds a secret, and it is shown by
 //! `output::print_json_revealing` alone.
 
 use serde::Serialize;

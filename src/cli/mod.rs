@@ -1,5 +1,5 @@
-//! The command line (README "Commands"): parsing, dispatch, and the one place where results become
-//! messages and exit codes.
+//! The command line (README "Commands"): parsing, dispatch, and where a command's result or
+//! error becomes its messages and exit code (the mapping of errors is `Error::exit`'s).
 
 mod args;
 mod commands;
@@ -13,7 +13,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use args::{Cli, Command, DEFAULT_FILE};
+pub use args::Cli;
+use args::DEFAULT_FILE;
 
 use crate::audit::AuditLog;
 use crate::error::{Exit, Result};

@@ -37,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, warn};
 
-use crate::check::Decision;
+use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::scope::RequiredScopes;
 use crate::token::Secret;

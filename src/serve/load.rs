@@ -3,8 +3,8 @@
 //! The file may be written in place while we read it (an editor, `>>`, `cp`). A read is
 //! accepted only if the file's identity, size and times are the same before and after it and
 //! the byte count matches the size; otherwise it is [`Reading::Unstable`] and retried later.
-//! (The reloader adds the rest of the guarantee: it waits for writers to finish; see
-//! `watch.rs`.)
+//! (The reloader adds the rest of the guarantee: whether to wait for writers to finish is
+//! `policy.rs`'s decision, carried out by `watch.rs`.)
 
 use std::fs::{self, File, Metadata};
 use std::io;

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::check::Decision;
+use crate::decision::Decision;
 
 /// How one check ended, the `outcome` label of `tokenfile_checks_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,8 +3,10 @@
 //!
 //! - [`load`]: reading the file consistently;
 //! - [`state`]: the snapshot in use, swapped whole, and the shared check and its log line;
-//! - [`watch`]: the reloader thread (inotify on the names that lead to the file, periodic
-//!   stat, SIGHUP);
+//! - [`policy`]: when to read the file and whether to install what was read (a pure state
+//!   machine, tested on a fake clock);
+//! - [`watch`]: the reloader thread that drives it (inotify on the names that lead to the
+//!   file, periodic stat, SIGHUP);
 //! - [`socket`]: the Unix socket line protocol;
 //! - [`http`]: forward auth, `/healthz`, `/metrics`;
 //! - [`metrics`]: counters and their Prometheus text.

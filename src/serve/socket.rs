@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::check::Decision;
+use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::scope::RequiredScopes;
 use crate::token::Secret;

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use crate::check::{Decision, Unauthorized};
+use crate::decision::{Decision, Unauthorized};
 use crate::index::{LoadProblem, TokenIndex};
 use crate::scope::RequiredScopes;
 use crate::token::{Digest, MAX_TOKEN_LEN, Secret};

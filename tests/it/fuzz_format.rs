@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 use crate::support::fuzz::{Property, fuzz};
-use tokenfile::check::Grant;
+use tokenfile::decision::Grant;
 use tokenfile::format::{
     self, Credential, Document, Entry, MAX_FIELDS, format_record, parse_line, with_field,
 };

@@ -8,7 +8,7 @@
 use proptest::prelude::*;
 
 use crate::support::fuzz::{Property, fuzz};
-use tokenfile::check::{Decision, Grant, Unauthorized, decide};
+use tokenfile::decision::{Decision, Grant, Unauthorized, decide};
 use tokenfile::error::Exit;
 use tokenfile::scope::{RequiredScopes, ScopeSet};
 use tokenfile::token::Digest;

@@ -965,13 +965,17 @@ fn the_docs_cite_only_what_a_clone_has() {
             fs::read_to_string(repo.join(page)).unwrap(),
         ));
     }
-    let mut dirs = vec![repo.join("src"), repo.join("tests")];
+    let mut dirs = ["src", "tests", "examples", "bench", ".ci"]
+        .map(|d| repo.join(d))
+        .to_vec();
     while let Some(dir) = dirs.pop() {
         for entry in fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
+            let code = path.extension().is_some_and(|e| e == "rs" || e == "sh")
+                || path.ends_with(".ci/run");
             if path.is_dir() {
                 dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with(file!()) {
+            } else if code && !path.ends_with(file!()) {
                 texts.push((path.clone(), fs::read_to_string(&path).unwrap()));
             }
         }

@@ -302,7 +302,8 @@ fn missing_file_at_start_is_an_error() {
 /// When the truncate and the rewrite land within one tick of the file system's clock, the
 /// finished file has the same inode and times as the empty one but another size: what a
 /// truncate caught halfway looks like. A read under a read lease cannot overlap a truncate,
-/// so it is believed at once (before, 6 of 100 rewrites here took 2.1 s: `MAX_STALE`).
+/// so it is believed at once (before, 6 of 100 rewrites here took 2.1 s: a limit on stale
+/// reads that the reload policy no longer has).
 #[test]
 fn truncate_then_rewrite_is_seen_within_a_second() {
     let _timed = crate::support::timed();
