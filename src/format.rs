@@ -291,8 +291,9 @@ impl<'a> Document<'a> {
     }
 
     /// Removes every record line with one of `ids` — duplicates too, so that no copy of a
-    /// revoked token keeps granting — and the [`Replaced`] markers about them, which have
-    /// nothing left to say.
+    /// revoked token keeps granting — and the [`Replaced`] markers about them, old or new,
+    /// which have nothing left to say (a record kept for a grace period whose successor is
+    /// revoked is replaced by nothing).
     pub fn remove_records(&mut self, ids: &[Id]) {
         let mut doomed: BTreeSet<usize> = self
             .records()
@@ -301,7 +302,9 @@ impl<'a> Document<'a> {
             .collect();
         doomed.extend(self.lines.iter().enumerate().filter_map(|(i, line)| {
             let marker = Replaced::parse(&line.content)?;
-            ids.iter().any(|id| id.as_str() == marker.old).then_some(i)
+            ids.iter()
+                .any(|id| [marker.old, marker.new].contains(&id.as_str()))
+                .then_some(i)
         }));
         let mut index = 0;
         self.lines.retain(|_| {
@@ -1105,6 +1108,9 @@ mod tests {
         let after = changed(&input, |doc| doc.remove_records(&[a]));
         assert_eq!(after, "# keep\r\nb\t*\r\nc");
         assert!(Document::parse(after.as_bytes()).replacements().is_empty());
+        // Revoking the successor leaves the old record replaced by nothing.
+        let after = changed(&input, |doc| doc.remove_records(&[b]));
+        assert_eq!(after, "# keep\r\na\tread\r\na\twrite\r\nc");
     }
 
     #[test]

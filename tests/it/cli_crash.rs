@@ -117,6 +117,14 @@ fn rotate_grace_reports_the_real_end_and_list_names_the_replacement() {
     let human = env.tokenfile(&["list"]).ok().out();
     let row = human.lines().find(|l| l.starts_with(&old)).unwrap();
     assert!(row.contains(&format!("replaced by {new}")), "{human}");
+    // Revoking the successor ends the marker: the old record is replaced by nothing, and the
+    // file keeps no comment about a record that is gone.
+    env.tokenfile(&["revoke", &new]).ok();
+    let records = env.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(records[0].get("replaced_by").is_none(), "{records:?}");
+    let file = std::fs::read_to_string(env.file_str()).unwrap();
+    assert!(!file.contains("replaced by"), "{file}");
 
     // The human message says the same end.
     let env = env_with_record(Some(&stamp));
