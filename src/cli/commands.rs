@@ -918,7 +918,13 @@ fn prune(ctx: &Context, args: PruneArgs) -> Result<Exit> {
             dry_run: args.dry_run,
             removed,
         });
-        return output::conclude(Exit::Success, printed, Stdout::Job);
+        // A dry run's output is its job; after a real prune the change is, and has landed.
+        let stdout = if args.dry_run {
+            Stdout::Job
+        } else {
+            Stdout::Report
+        };
+        return output::conclude(Exit::Success, printed, stdout);
     }
     let verb = if args.dry_run {
         "would remove"
