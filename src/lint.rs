@@ -55,14 +55,11 @@ pub(crate) fn lint_expiring(
     now: Timestamp,
     window: std::time::Duration,
 ) -> Vec<Finding> {
-    let end = time::Duration::try_from(window)
-        .ok()
-        .and_then(|w| now.checked_add(w));
     doc.counted_records()
         .filter_map(|(line, record)| {
             let expires = record
                 .expires
-                .filter(|e| *e > now && end.is_none_or(|end| *e <= end))?;
+                .filter(|_| record.expires_within(window, now))?;
             let id = record.id();
             Some(
                 Finding::new(

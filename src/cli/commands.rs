@@ -738,9 +738,9 @@ fn list(ctx: &Context, args: ListArgs) -> Result<Exit> {
         if args
             .unused
             .is_some_and(|window| !last_used::unused_for(&r, seen, window, now))
-            || args.expiring.is_some_and(|window| {
-                status != "active" || !last_used::expires_within(&r, window, now)
-            })
+            || args
+                .expiring
+                .is_some_and(|window| status != "active" || !r.expires_within(window, now))
         {
             continue;
         }

@@ -81,20 +81,6 @@ pub(crate) fn unused_for(
     }
 }
 
-/// Whether `record` expires within `window` of `now` (and has not expired yet).
-pub(crate) fn expires_within(record: &Record, window: Duration, now: Timestamp) -> bool {
-    let Some(expires) = record.expires.filter(|e| *e > now) else {
-        return false;
-    };
-    match time::Duration::try_from(window)
-        .ok()
-        .and_then(|w| now.checked_add(w))
-    {
-        Some(end) => expires <= end,
-        None => true,
-    }
-}
-
 /// `3d ago`, `5h ago`, `12m ago`, `40s ago`: the largest whole unit, for a person.
 pub(crate) fn ago(then: Timestamp, now: Timestamp) -> String {
     let secs = (now - then).whole_seconds();
