@@ -53,6 +53,11 @@ pub(crate) enum Change {
         old_valid_until: Option<String>,
     },
     Hash,
+    /// `prune`: the IDs it removed, by why (every one is also in the line's records).
+    Prune {
+        expired: Vec<String>,
+        unused: Vec<String>,
+    },
     Edit {
         added: Vec<String>,
         removed: Vec<String>,

@@ -588,6 +588,19 @@ impl Record {
         self.expires.is_some_and(|e| e <= now)
     }
 
+    /// Whether it still grants at `now` but expires within `window` of it (`list
+    /// --expiring`, `lint --expiring`); a window past any representable time covers every
+    /// expiry.
+    pub fn expires_within(&self, window: std::time::Duration, now: Timestamp) -> bool {
+        let Some(expires) = self.expires.filter(|e| *e > now) else {
+            return false;
+        };
+        time::Duration::try_from(window)
+            .ok()
+            .and_then(|w| now.checked_add(w))
+            .is_none_or(|end| expires <= end)
+    }
+
     /// The record as a line of the file (see [`format_record`]); parsing it gives the
     /// record back, times to the second.
     pub fn to_line(&self) -> Vec<u8> {

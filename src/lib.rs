@@ -13,6 +13,7 @@
 //! | [`decision`] | the decision of a check: granted, forbidden, unauthorized (and why) | docs/format.md, docs/exit-codes.md |
 //! | [`scan`] | the one-shot lookup of `check` and `id` (one pass, in chunks) | docs/format.md |
 //! | [`index`] | the [`TokenIndex`](index::TokenIndex) `serve` answers from, and reading a file into it | docs/protocols.md |
+//! | [`seen`] | the last-used sidecar `<file>.seen`: its format, reading, merging, writing | README "Which tokens are still used?" |
 //! | `trust` | whether a file may be believed: path, owners, modes, ACLs, exposure | docs/trust.md |
 //! | `store` | the lock, the locked read-modify-write, the atomic, durable landing | docs/writing.md |
 //! | `audit` | the audit log: one JSON line per change, synced before it lands | docs/writing.md "Audit log" |
@@ -31,6 +32,7 @@ pub mod lines;
 pub(crate) mod lint;
 pub mod scan;
 pub mod scope;
+pub mod seen;
 pub(crate) mod serve;
 pub(crate) mod store;
 pub mod token;

@@ -48,6 +48,36 @@ impl Finding {
     }
 }
 
+/// `lint --expiring`: a warning (kind `expiring`) for each active record that expires
+/// within `window` of `now` — what a cron job alerts on before a token stops working.
+pub(crate) fn lint_expiring(
+    doc: &Document,
+    now: Timestamp,
+    window: std::time::Duration,
+) -> Vec<Finding> {
+    doc.counted_records()
+        .filter_map(|(line, record)| {
+            let expires = record
+                .expires
+                .filter(|_| record.expires_within(window, now))?;
+            let id = record.id();
+            Some(
+                Finding::new(
+                    Severity::Warning,
+                    "expiring",
+                    Some(line),
+                    format!(
+                        "record {id} expires at {}; issue its successor with `tokenfile rotate \
+                         {id} --grace 24h`",
+                        format_timestamp(expires)
+                    ),
+                )
+                .with_id(id),
+            )
+        })
+        .collect()
+}
+
 /// Content problems: invalid lines, duplicates, expired and plaintext records, dead scopes.
 pub(crate) fn lint_document(doc: &Document, now: Timestamp) -> Vec<Finding> {
     let mut findings = Vec::new();

@@ -37,7 +37,8 @@ pub enum Granted {
 }
 
 impl Granted {
-    fn grants(&self, required: &str) -> bool {
+    /// Whether this item grants the one required scope `required`.
+    pub fn grants(&self, required: &str) -> bool {
         match self {
             Granted::All => true,
             // `kafka:*` grants `kafka:` too (docs/format.md): the prefix is all it asks for.

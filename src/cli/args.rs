@@ -120,8 +120,13 @@ pub(crate) enum Command {
     /// Example: T=$(tokenfile mint --scope deploy --name ci --expires 90d)
     Mint(MintArgs),
 
-    /// Show the records: ID, status, stored form, scopes, name, created, expires (never a secret)
-    List(JsonArg),
+    /// Show the records: ID, status, stored form, scopes, name, created, expires, last used,
+    /// uses (never a secret)
+    ///
+    /// Last used comes from the sidecar `<file>.seen` that `serve` writes, and from every
+    /// --seen FILE (e.g. copied from other hosts): per record, the latest use wins. A record
+    /// never seen is "never"; for --unused it counts as unused since it was created.
+    List(ListArgs),
 
     /// Remove the records with these IDs (all or nothing)
     Revoke {
@@ -132,6 +137,13 @@ pub(crate) enum Command {
 
     /// Replace a token with a new one with the same scopes and name
     Rotate(RotateArgs),
+
+    /// Remove every expired record and, with --unused, every record not used for that long
+    ///
+    /// Expired records are always removed (--expired says so explicitly); --unused adds the
+    /// records that the last-used sidecars show unused for DURATION (a record never seen counts
+    /// from its creation). One atomic change and one audit line; --dry-run only lists them.
+    Prune(PruneArgs),
 
     /// Decide whether a token has the required scopes (exit 0 granted, 1 forbidden, 3 unknown)
     ///
@@ -249,6 +261,11 @@ pub(crate) struct CheckArgs {
     #[arg(long, value_name = "VAR")]
     pub token_env: Option<String>,
 
+    /// Say on stderr (with --json: in an `explain` object) which line and record matched,
+    /// which scope granted each required one, or why the token was refused; never the token
+    #[arg(long)]
+    pub explain: bool,
+
     #[command(flatten)]
     pub output: JsonArg,
 }
@@ -258,6 +275,58 @@ pub(crate) struct LintArgs {
     /// Also fail (exit 5) on warnings: expired or plaintext records, loose permissions
     #[arg(long)]
     pub strict: bool,
+
+    /// Report each active record that expires within DURATION (e.g. 14d) and exit 5 when
+    /// there is one, even without --strict (for cron)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub expiring: Option<Duration>,
+
+    #[command(flatten)]
+    pub output: JsonArg,
+}
+
+/// The last-used sidecars to read besides the file's own `<file>.seen`.
+#[derive(Debug, Args)]
+pub(crate) struct SeenArgs {
+    /// Also read this last-used sidecar (e.g. another host's `tokens.seen`); repeat or give
+    /// several: per record, the latest use wins
+    #[arg(long = "seen", value_name = "FILE", num_args = 1..)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    /// Only records not used for DURATION (e.g. 90d), or never used
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub unused: Option<Duration>,
+
+    /// Only active records that expire within DURATION (e.g. 14d)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub expiring: Option<Duration>,
+
+    #[command(flatten)]
+    pub seen: SeenArgs,
+
+    #[command(flatten)]
+    pub output: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PruneArgs {
+    /// Remove the expired records (what prune always does; say it for clarity)
+    #[arg(long)]
+    pub expired: bool,
+
+    /// Also remove the records not used for DURATION (e.g. 90d) by the last-used sidecars
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub unused: Option<Duration>,
+
+    /// Only list what would be removed; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub seen: SeenArgs,
 
     #[command(flatten)]
     pub output: JsonArg,

@@ -7,8 +7,13 @@ use std::path::Path;
 use clap::CommandFactory;
 
 use super::Context;
-use super::args::{CheckArgs, Cli, Command, LintArgs, MintArgs, RotateArgs, ServeArgs};
-use super::json::{CheckReport, Issued, LintReport, ListedRecord, Listing};
+use super::args::{
+    CheckArgs, Cli, Command, LintArgs, ListArgs, MintArgs, PruneArgs, RotateArgs, ServeArgs,
+};
+use super::json::{
+    CheckReport, Issued, LintReport, ListedRecord, Listing, PruneReport, PrunedRecord,
+};
+use super::last_used;
 use super::output::{self, Stdout, note, printable};
 use crate::audit::{AuditRecord, Change, Commit, Event};
 use crate::decision::{self, Decision, Unauthorized};
@@ -24,7 +29,8 @@ pub(super) fn dispatch(ctx: &Context, command: Command) -> Result<Exit> {
     match command {
         Command::Init => init(ctx),
         Command::Mint(args) => mint(ctx, args),
-        Command::List(args) => list(ctx, args.json),
+        Command::List(args) => list(ctx, args),
+        Command::Prune(args) => prune(ctx, args),
         Command::Revoke { ids } => revoke(ctx, &ids),
         Command::Rotate(args) => rotate(ctx, args),
         Command::Check(args) => check(ctx, args),
@@ -410,9 +416,7 @@ fn presented_token(token_env: Option<&str>) -> Result<Secret> {
     })
 }
 
-const DAMAGED_HINT: &str = "mistyped or truncated: its checksum does not match";
-const WHITESPACE_HINT: &str =
-    "it begins or ends with whitespace (pasted with a space or TAB?); tokens have none";
+use crate::decision::{DAMAGED_HINT, WHITESPACE_HINT};
 
 /// The record of the file that has `token` (the first one: it counts), for `check` and
 /// `id`: the file is judged (docs/trust.md) and scanned in chunks, never read whole, so a
@@ -421,6 +425,85 @@ fn find_record(ctx: &Context, token: &Secret) -> Result<Option<decision::Grant>>
     let mut trusted = ctx.store.open()?;
     trusted.ensure_content_safe()?;
     scan::find_record(&trusted.file, token).map_err(|e| Error::io("read", ctx.store.path(), e))
+}
+
+/// Every valid record of the file that has `token`, in file order (the first counts), for
+/// `check --explain`. Compared by digest, as the index does: never the stored string itself.
+fn records_of(ctx: &Context, token: &Secret) -> Result<Vec<decision::Grant>> {
+    if token.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bytes = ctx.store.read()?;
+    let digest = token.digest();
+    Ok(Document::parse(&bytes)
+        .classify()
+        .filter_map(|(line, classified)| match classified {
+            Classified::Record(r) | Classified::Duplicate(r, _) if r.digest() == digest => {
+                Some(decision::Grant::from_record(&r, line))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// `check --explain` for a person, one line each; names records by ID, line and name, never
+/// the token.
+fn render_explanation(e: &decision::Explanation, file: &Path) -> Vec<String> {
+    let file = file.display();
+    let mut lines = Vec::new();
+    match &e.matched {
+        Some(m) => {
+            let name = match m.name.as_str() {
+                "" => String::new(),
+                name => format!(" (name: {})", printable(name)),
+            };
+            lines.push(format!(
+                "line {} of {file} matched: record {}{name}, granting {}",
+                m.line,
+                m.id,
+                m.granted.join(",")
+            ));
+        }
+        None if e.reason == Some("no token") => lines.push("no token was presented".into()),
+        None => {
+            let mut text = format!("no valid record of {file} has this token");
+            if let Some(hint) = e.hint {
+                text.push_str(&format!(" ({hint})"));
+            }
+            lines.push(text);
+        }
+    }
+    for cover in &e.scopes {
+        lines.push(match &cover.granted_by {
+            Some(by) => format!("scope {}: granted by {by}", cover.required),
+            None => format!(
+                "scope {}: not granted (no scope of the record covers it)",
+                cover.required
+            ),
+        });
+    }
+    if let Some(at) = &e.expired_at {
+        lines.push(format!("the record expired at {at} and grants nothing"));
+    }
+    for s in &e.shadowed {
+        lines.push(format!(
+            "line {} has the same token (granting {}{}) but is a duplicate of line {}: only \
+             line {} counts; remove the duplicate with `tokenfile edit`",
+            s.line,
+            s.granted.join(","),
+            s.expires
+                .as_ref()
+                .map(|at| format!(", expires {at}"))
+                .unwrap_or_default(),
+            s.duplicate_of_line,
+            s.duplicate_of_line
+        ));
+    }
+    lines.push(match e.reason {
+        None => "granted".into(),
+        Some(reason) => format!("{}: {reason}", e.result),
+    });
+    lines
 }
 
 /// How long `check` waits for a change in progress to land before it reads the file anyway
@@ -437,28 +520,28 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     // `mint … | check`: the token arrives before mint's rename (docs/writing.md), so wait
     // for that writer to finish.
     ctx.store.wait_for_writer(WRITER_WAIT);
-    let grant = find_record(ctx, &token)?;
+    let now = when::now();
+    // `--explain` reads the whole file, for the duplicates the one-shot scan stops before;
+    // the decision is then the first of those records, as the scan's would be.
+    let (grant, explanation) = if args.explain {
+        let matches = records_of(ctx, &token)?;
+        let explanation = decision::explain(token.expose(), &matches, &required, now);
+        (matches.into_iter().next(), Some(explanation))
+    } else {
+        (find_record(ctx, &token)?, None)
+    };
     let decision = decision::decide(
         !token.is_empty(),
         grant.as_ref().map(decision::Grant::view),
         &required,
-        when::now(),
+        now,
     );
     // Scripts match `reason` against the four documented words, so the checksum finding
     // goes in a separate hint.
     let unknown = matches!(decision, Decision::Unauthorized(Unauthorized::Unknown));
-    let hint = if !unknown {
-        None
-    } else if token.expose().first().is_some_and(u8::is_ascii_whitespace)
-        || token.expose().last().is_some_and(u8::is_ascii_whitespace)
-    {
-        // Checked first: a whole token with a space pasted after it is no damaged token.
-        Some(WHITESPACE_HINT)
-    } else if token::shape(token.expose()) == Shape::DamagedMinted {
-        Some(DAMAGED_HINT)
-    } else {
-        None
-    };
+    let hint = unknown
+        .then(|| decision::unknown_hint(token.expose()))
+        .flatten();
     let report = match &decision {
         Decision::Granted { id, name } => ("granted", Some(id), Some(name), None),
         Decision::Forbidden { id, name } => {
@@ -480,10 +563,16 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
             reason: report.3,
             hint,
             required: required.iter().collect(),
+            explain: explanation,
         })
     } else {
         if let Some(why) = denial(ctx, &decision, grant.as_ref(), &required, &args, hint) {
             note(&format!("denied: {why}"));
+        }
+        if let Some(explanation) = &explanation {
+            for line in render_explanation(explanation, ctx.store.path()) {
+                note(&format!("explain: {line}"));
+            }
         }
         Ok(())
     };
@@ -608,16 +697,25 @@ fn id(ctx: &Context) -> Result<Exit> {
     output::conclude(exit, printed, Stdout::Job)
 }
 
-fn list(ctx: &Context, json: bool) -> Result<Exit> {
+fn list(ctx: &Context, args: ListArgs) -> Result<Exit> {
     let bytes = ctx.store.read()?;
     let doc = Document::parse(&bytes);
     let now = when::now();
+    let figures = last_used::load(ctx, &args.seen.files)?;
+    if args.unused.is_some() && !figures.any {
+        note(&format!(
+            "warning: no last-used figures (no sidecar at {} and no --seen): every record \
+             counts as never used",
+            figures.default.display()
+        ));
+    }
     let replaced_by = doc.replacements();
     let mut listing = Listing {
         file: ctx.store.path().display().to_string(),
         records: Vec::new(),
         invalid_lines: Vec::new(),
     };
+    let mut last_used_at = Vec::new();
     for (line, classified) in doc.classify() {
         let (r, duplicate_of_line) = match classified {
             Classified::Record(r) => (r, None),
@@ -628,37 +726,49 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
             }
             Classified::Blank | Classified::Comment => continue,
         };
+        // A repeat grants nothing whatever its expiry: only the first counts.
+        let status = if duplicate_of_line.is_some() {
+            "duplicate"
+        } else if r.is_expired(now) {
+            "expired"
+        } else {
+            "active"
+        };
+        let seen = figures.of(&r);
+        if args
+            .unused
+            .is_some_and(|window| !last_used::unused_for(&r, seen, window, now))
+            || args
+                .expiring
+                .is_some_and(|window| status != "active" || !r.expires_within(window, now))
         {
-            {
-                listing.records.push(ListedRecord {
-                    id: r.id().to_string(),
-                    line,
-                    // A repeat grants nothing whatever its expiry: only the first counts.
-                    status: if duplicate_of_line.is_some() {
-                        "duplicate"
-                    } else if r.is_expired(now) {
-                        "expired"
-                    } else {
-                        "active"
-                    },
-                    stored: stored_form(r.credential.is_plaintext()),
-                    scopes: r.scopes.items().iter().map(ToString::to_string).collect(),
-                    name: r.name_lossy(),
-                    created: r.created.map(format_timestamp),
-                    expires: r.expires.map(format_timestamp),
-                    duplicate_of_line,
-                    replaced_by: replaced_by.get(r.id().as_str()).map(ToString::to_string),
-                });
-            }
+            continue;
         }
+        last_used_at.push(seen.map(|s| s.last_used));
+        listing.records.push(ListedRecord {
+            id: r.id().to_string(),
+            line,
+            status,
+            stored: stored_form(r.credential.is_plaintext()),
+            scopes: r.scopes.items().iter().map(ToString::to_string).collect(),
+            name: r.name_lossy(),
+            created: r.created.map(format_timestamp),
+            expires: r.expires.map(format_timestamp),
+            duplicate_of_line,
+            replaced_by: replaced_by.get(r.id().as_str()).map(ToString::to_string),
+            last_used: seen.map(|s| format_timestamp(s.last_used)),
+            uses: seen.map_or(0, |s| s.uses),
+            last_client: seen.and_then(|s| s.last_client.clone()),
+        });
     }
-    let printed = if json {
+    let printed = if args.output.json {
         output::print_json(&listing)
     } else {
         let rows: Vec<Vec<String>> = listing
             .records
             .iter()
-            .map(|r| {
+            .zip(&last_used_at)
+            .map(|(r, last_used)| {
                 vec![
                     r.id.clone(),
                     match &r.replaced_by {
@@ -674,12 +784,22 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
                     },
                     r.created.clone().unwrap_or_else(|| "-".into()),
                     r.expires.clone().unwrap_or_else(|| "-".into()),
+                    last_used.map_or_else(|| "never".into(), |at| last_used::ago(at, now)),
+                    r.uses.to_string(),
                 ]
             })
             .collect();
         output::print(&output::table(
             &[
-                "ID", "STATUS", "STORED", "SCOPES", "NAME", "CREATED", "EXPIRES",
+                "ID",
+                "STATUS",
+                "STORED",
+                "SCOPES",
+                "NAME",
+                "CREATED",
+                "EXPIRES",
+                "LAST USED",
+                "USES",
             ],
             &rows,
         ))
@@ -707,6 +827,134 @@ fn list(ctx: &Context, json: bool) -> Result<Exit> {
     output::conclude(Exit::Success, printed, Stdout::Job)
 }
 
+/// The records `prune` removes from `doc`: every expired record that counts and, with
+/// `unused`, every one not used for that long — by ID, with why.
+fn doomed(
+    doc: &Document,
+    unused: Option<std::time::Duration>,
+    figures: &last_used::Figures,
+    now: Timestamp,
+) -> Vec<PrunedRecord> {
+    doc.counted_records()
+        .filter_map(|(line, r)| {
+            let seen = figures.of(&r);
+            let reason = if r.is_expired(now) {
+                "expired"
+            } else if unused.is_some_and(|window| last_used::unused_for(&r, seen, window, now)) {
+                "unused"
+            } else {
+                return None;
+            };
+            Some(PrunedRecord {
+                id: r.id().to_string(),
+                line,
+                name: r.name_lossy(),
+                scopes: r.scopes.items().iter().map(ToString::to_string).collect(),
+                reason,
+                expires: r.expires.map(format_timestamp),
+                last_used: seen.map(|s| format_timestamp(s.last_used)),
+            })
+        })
+        .collect()
+}
+
+fn prune(ctx: &Context, args: PruneArgs) -> Result<Exit> {
+    let now = when::now();
+    let figures = last_used::load(ctx, &args.seen.files)?;
+    if args.unused.is_some() && !figures.any {
+        // With no figures every record would look unused: removing tokens on no evidence
+        // (serve on another host, a sidecar not copied yet) is not what anyone asked for.
+        return Err(Error::usage(format!(
+            "--unused: no last-used figures to go by (no usable sidecar at {}, and no --seen \
+             FILE); `serve` writes it, or copy other hosts' sidecars here and pass them with --seen",
+            figures.default.display()
+        )));
+    }
+    let removed = if args.dry_run {
+        let bytes = ctx.store.read()?;
+        doomed(&Document::parse(&bytes), args.unused, &figures, now)
+    } else {
+        let audit = ctx.audit()?;
+        ctx.store.update(
+            |doc| {
+                let removed = doomed(doc, args.unused, &figures, now);
+                let ids: Vec<Id> = doc
+                    .counted_records()
+                    .map(|(_, r)| r.id())
+                    .filter(|id| removed.iter().any(|p| p.id == id.as_str()))
+                    .collect();
+                doc.remove_records(&ids);
+                Ok(removed)
+            },
+            |removed| {
+                let ids_by = |reason: &str| {
+                    removed
+                        .iter()
+                        .filter(|p| p.reason == reason)
+                        .map(|p| p.id.clone())
+                        .collect()
+                };
+                let records = removed
+                    .iter()
+                    .map(|p| AuditRecord {
+                        id: p.id.clone(),
+                        name: p.name.clone(),
+                        scopes: p.scopes.join(","),
+                        expires: p.expires.clone(),
+                    })
+                    .collect();
+                let change = Change::Prune {
+                    expired: ids_by("expired"),
+                    unused: ids_by("unused"),
+                };
+                Commit::new(&audit, Event::new(change, records))
+            },
+        )?
+    };
+    let file = ctx.store.path().display();
+    if args.output.json {
+        let printed = output::print_json(&PruneReport {
+            file: file.to_string(),
+            dry_run: args.dry_run,
+            removed,
+        });
+        // A dry run's output is its job; after a real prune the change is, and has landed.
+        let stdout = if args.dry_run {
+            Stdout::Job
+        } else {
+            Stdout::Report
+        };
+        return output::conclude(Exit::Success, printed, stdout);
+    }
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for p in &removed {
+        let mut text = format!("{verb} {} ({}", p.id, p.reason);
+        match (p.reason, &p.expires, &p.last_used) {
+            ("expired", Some(at), _) => text.push_str(&format!(" at {at}")),
+            (_, _, Some(at)) => text.push_str(&format!(", last used {at}")),
+            (_, _, None) => text.push_str(", never used"),
+        }
+        text.push(')');
+        if !p.name.is_empty() {
+            text.push_str(&format!(" {}", printable(&p.name)));
+        }
+        note(&text);
+    }
+    if removed.is_empty() {
+        note(&format!("nothing to prune in {file}"));
+    } else if args.dry_run {
+        note(&format!(
+            "dry run: {} record(s) would be removed from {file}; nothing changed",
+            removed.len()
+        ));
+    }
+    Ok(Exit::Success)
+}
+
 fn join_numbers(numbers: &[usize]) -> String {
     numbers
         .iter()
@@ -725,6 +973,9 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
             let doc = Document::parse(&bytes);
             let mut findings = lint::lint_file(&trusted, &doc, ctx.audit()?.path());
             findings.extend(lint::lint_document(&doc, when::now()));
+            if let Some(window) = args.expiring {
+                findings.extend(lint::lint_expiring(&doc, when::now(), window));
+            }
             findings
         }
         Err(crate::trust::Refusal::Unsafe(why)) => lint::lint_refusal(&why),
@@ -735,6 +986,9 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
         .filter(|f| f.severity == Severity::Error)
         .count();
     let warnings = findings.len() - errors;
+    // `--expiring` is asked for by a cron job: a token about to expire is the failure it
+    // watches for, strict or not.
+    let expiring = findings.iter().any(|f| f.kind == "expiring");
     let printed = if args.output.json {
         output::print_json(&LintReport {
             file: path.display().to_string(),
@@ -776,7 +1030,7 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
         ));
         printed
     };
-    let failed = errors > 0 || (args.strict && warnings > 0);
+    let failed = errors > 0 || (args.strict && warnings > 0) || expiring;
     let exit = if failed {
         Exit::Problems
     } else {

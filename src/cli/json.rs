@@ -46,6 +46,9 @@ pub(crate) struct CheckReport<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) hint: Option<&'static str>,
     pub(crate) required: Vec<&'a str>,
+    /// With `--explain` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) explain: Option<crate::decision::Explanation>,
 }
 
 /// One record of `list --json`.
@@ -64,6 +67,13 @@ pub(crate) struct ListedRecord {
     /// The record that `rotate --grace` put in this one's place.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) replaced_by: Option<String>,
+    /// When `serve` last granted the token or refused it for a missing scope (RFC 3339), by
+    /// the last-used sidecars; `null`: never seen.
+    pub(crate) last_used: Option<String>,
+    /// How many such checks (0 for never).
+    pub(crate) uses: u64,
+    /// Who asked last (`uid 1000`, an address), if known.
+    pub(crate) last_client: Option<String>,
 }
 
 /// `list --json`.
@@ -81,4 +91,25 @@ pub(crate) struct LintReport {
     pub(crate) errors: usize,
     pub(crate) warnings: usize,
     pub(crate) findings: Vec<Finding>,
+}
+
+/// One record `prune` removes (or would, with `--dry-run`).
+#[derive(Serialize)]
+pub(crate) struct PrunedRecord {
+    pub(crate) id: String,
+    pub(crate) line: usize,
+    pub(crate) name: String,
+    pub(crate) scopes: Vec<String>,
+    /// `expired` or `unused`.
+    pub(crate) reason: &'static str,
+    pub(crate) expires: Option<String>,
+    pub(crate) last_used: Option<String>,
+}
+
+/// `prune --json`.
+#[derive(Serialize)]
+pub(crate) struct PruneReport {
+    pub(crate) file: String,
+    pub(crate) dry_run: bool,
+    pub(crate) removed: Vec<PrunedRecord>,
 }

@@ -5,6 +5,7 @@ mod args;
 mod commands;
 mod edit;
 mod json;
+mod last_used;
 mod man;
 pub(crate) mod output;
 

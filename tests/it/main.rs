@@ -15,6 +15,7 @@ mod cli_faults;
 mod cli_lossless;
 mod cli_scopes;
 mod cli_secrets;
+mod cli_seen;
 mod cli_writes;
 mod contrib;
 mod fault_disk;

@@ -12,6 +12,7 @@
 //! | `nginx`           | (the configuration the `sh nginx` block uses)                      |
 //! | `caddyfile`       | run under a real Caddy in front of `serve` and a stand-in app      |
 //! | `yaml traefik`    | checked for the endpoint and headers `serve` really uses           |
+//! | `yaml prometheus` | every metric it names is one the Metrics table documents           |
 //! | `json KIND`       | compared key by key with the real output of KIND                   |
 //! | `sh ci`           | run by `.ci/run` (it builds with cargo: too heavy for a test)      |
 //! | `sh no-run`       | needs a cluster, an editor or CI itself; [`NOT_RUN`] names the cover |
@@ -120,7 +121,7 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 
 /// Tools a shell block calls that may be missing on a bare machine.
 fn missing_tools(body: &str) -> Vec<&'static str> {
-    ["nginx", "curl", "socat", "nc", "man", "flock"]
+    ["nginx", "curl", "socat", "nc", "man", "flock", "jq"]
         .into_iter()
         .filter(|tool| {
             body.split(|c: char| c.is_whitespace() || c == '|' || c == '(' || c == ';')
@@ -128,6 +129,25 @@ fn missing_tools(body: &str) -> Vec<&'static str> {
         })
         .filter(|tool| find_tool(tool).is_none())
         .collect()
+}
+
+/// The last-used sidecar a `serve` would have written for the fixture: its record last used
+/// two days ago (so the README's "end the grace once unused for a day" recipe ends it).
+fn write_fixture_sidecar(file: &Path, id: &str) {
+    let real = fs::canonicalize(file).unwrap();
+    let at = (crate::support::now() - time::Duration::days(2))
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let header =
+        serde_json::json!({"tokenfile_seen": 1, "file": real.display().to_string(), "written": at});
+    let line = serde_json::json!({"id": id, "last_used": at, "uses": 3, "last_client": "uid 1000"});
+    fs::write(
+        format!("{}.seen", real.display()),
+        format!("{header}\n{line}\n"),
+    )
+    .unwrap();
 }
 
 // --- The fixture every shell block runs against. -------------------------------------------
@@ -170,6 +190,7 @@ impl Fixture {
         );
         assert_eq!(code, 0, "mint the fixture token");
         let token = out.trim().to_string();
+        write_fixture_sidecar(&file, &id(&token));
         let mut ports = BTreeSet::new();
         while ports.len() < 3 {
             ports.insert(free_port());
@@ -330,7 +351,7 @@ fn every_block_is_exercised() {
         let (lang, kind) = block.info.split_once(' ').unwrap_or((&block.info, ""));
         match (lang, kind) {
             ("sh", "" | "ci" | "serve" | "long-running" | "nginx") => {}
-            ("nginx" | "caddyfile", "") | ("yaml", "traefik") => {}
+            ("nginx" | "caddyfile", "") | ("yaml", "traefik" | "prometheus") => {}
             ("json", "check" | "mint" | "rotate" | "list" | "lint" | "healthz" | "audit") => {}
             ("sh", "no-run") => assert!(
                 NOT_RUN.iter().any(|(key, _)| block.body.contains(key)),
@@ -636,6 +657,36 @@ fn traefik_block_uses_the_check_endpoint_and_the_headers_serve_sends() {
         yaml.contains("tokenfile-read:"),
         "the middleware the router uses"
     );
+}
+
+/// The `tokenfile_*` names in `text`.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("tokenfile_"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn prometheus_rules_use_documented_metrics() {
+    let table = README
+        .split("### Metrics")
+        .nth(1)
+        .and_then(|rest| rest.split("\n### ").next())
+        .expect("README has a Metrics section");
+    let documented = metric_names(table);
+    let blocks = blocks_of("yaml prometheus");
+    assert!(!blocks.is_empty(), "README lost its alert rules");
+    for block in blocks {
+        let used = metric_names(&block.body);
+        assert!(!used.is_empty(), "{} names no metric", block.name());
+        let undocumented: Vec<_> = used.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "{} uses metrics the Metrics table does not document: {undocumented:?}",
+            block.name()
+        );
+    }
 }
 
 #[test]

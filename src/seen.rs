@@ -1,0 +1,349 @@
+//! Last used (docs/last-used.md): the sidecar `<file>.seen` in which `serve` keeps, per record
+//! ID, when a token was last granted or refused for a missing scope, how often, and from where
+//! — and which `list`, `list --unused` and `prune --unused` read. The token file itself is
+//! never rewritten for it.
+//!
+//! The sidecar is JSON lines: a header naming the token file it belongs to, then one line per
+//! record ID:
+//!
+//! ```text
+//! {"tokenfile_seen":1,"file":"/etc/tokenfile/tokens","written":"2026-12-02T10:00:00Z"}
+//! {"id":"3f2a9c01b4e7","last_used":"2026-12-02T09:59:12Z","uses":1234,"last_client":"10.0.0.7"}
+//! ```
+//!
+//! It is replaced whole (a temporary file beside it, synced, renamed, the directory synced), so
+//! a reader sees an old version or a new one, never a torn one — also across `kill -9`. A
+//! sidecar that does not parse, or that names another token file, is ignored by its reader
+//! with a warning, never fatal: last-used figures are advice, never access.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::when::{Timestamp, format_timestamp, parse_timestamp};
+
+/// The version of the sidecar's layout, in its header.
+const VERSION: u64 = 1;
+
+/// The longest sidecar a reader accepts: far above a million records' worth (about 100 bytes
+/// a line), low enough that a wrong `--seen` path cannot exhaust memory.
+const MAX_SIDECAR_BYTES: u64 = 1 << 30;
+
+/// What is known of one record's use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// When its token was last granted or refused for a missing scope.
+    pub last_used: Timestamp,
+    /// How many such checks `serve` answered (since its figures began: a counter per host).
+    pub uses: u64,
+    /// Who asked last: `uid 1000` for the Unix socket, an address for HTTP.
+    pub last_client: Option<String>,
+}
+
+/// The figures of a sidecar, by record ID (12 hex digits).
+pub type SeenById = HashMap<String, Seen>;
+
+/// Why a sidecar was not used.
+#[derive(Debug)]
+pub enum SeenError {
+    /// It could not be read (other than missing).
+    Io(io::Error),
+    /// A line is not what a sidecar holds (1-based).
+    Corrupt {
+        /// The line that does not parse.
+        line: usize,
+    },
+    /// Its header names another token file.
+    OtherFile {
+        /// The token file its header names.
+        names: String,
+    },
+    /// It is larger than any sidecar this tool writes.
+    TooLarge,
+}
+
+impl fmt::Display for SeenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SeenError::Io(e) => write!(f, "cannot be read: {e}"),
+            SeenError::Corrupt { line } => {
+                write!(f, "line {line} is not a last-used record (corrupt sidecar)")
+            }
+            SeenError::OtherFile { names } => {
+                write!(f, "belongs to another token file ({names})")
+            }
+            SeenError::TooLarge => f.write_str("is too large to be a last-used sidecar"),
+        }
+    }
+}
+
+impl std::error::Error for SeenError {}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    tokenfile_seen: u64,
+    file: String,
+    written: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    id: String,
+    last_used: String,
+    uses: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_client: Option<String>,
+}
+
+/// The sidecar of the token file at `target` (the real file, behind any symlinks).
+pub fn sidecar_of(target: &Path) -> PathBuf {
+    crate::store::sibling(target, ".seen")
+}
+
+/// Whether a header's `file` is the token file at `target`: the same path, or the same file.
+fn same_token_file(named: &str, target: &Path) -> bool {
+    let named = Path::new(named);
+    if named == target {
+        return true;
+    }
+    match (fs::metadata(named), fs::metadata(target)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => named.file_name() == target.file_name() && named.parent() == target.parent(),
+    }
+}
+
+/// The figures of the sidecar at `path`, for the token file at `target`; `Ok(None)` when there
+/// is no sidecar (no figures yet). With `check_file`, a sidecar naming another token file is
+/// refused; without (a sidecar given explicitly, e.g. copied from another host where the file
+/// has another path), its header is only read.
+pub fn read(path: &Path, target: &Path, check_file: bool) -> Result<Option<SeenById>, SeenError> {
+    let text = match File::open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(SeenError::Io(e)),
+        Ok(file) => {
+            if file.metadata().map_err(SeenError::Io)?.len() > MAX_SIDECAR_BYTES {
+                return Err(SeenError::TooLarge);
+            }
+            io::read_to_string(file).map_err(|e| match e.kind() {
+                io::ErrorKind::InvalidData => SeenError::Corrupt { line: 1 },
+                _ => SeenError::Io(e),
+            })?
+        }
+    };
+    parse(&text, target, check_file).map(Some)
+}
+
+fn parse(text: &str, target: &Path, check_file: bool) -> Result<SeenById, SeenError> {
+    let mut lines = text.lines().enumerate();
+    let header: Header = lines
+        .next()
+        .and_then(|(_, line)| serde_json::from_str(line).ok())
+        .filter(|h: &Header| h.tokenfile_seen == VERSION)
+        .ok_or(SeenError::Corrupt { line: 1 })?;
+    if check_file && !same_token_file(&header.file, target) {
+        return Err(SeenError::OtherFile { names: header.file });
+    }
+    let mut seen = SeenById::new();
+    for (index, line) in lines {
+        let corrupt = SeenError::Corrupt { line: index + 1 };
+        let Ok(entry) = serde_json::from_str::<Line>(line) else {
+            return Err(corrupt);
+        };
+        let is_id = entry.id.len() == crate::token::ID_LEN
+            && entry
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        let Some(last_used) = parse_timestamp(entry.last_used.as_bytes()).filter(|_| is_id) else {
+            return Err(corrupt);
+        };
+        merge_one(
+            &mut seen,
+            entry.id,
+            Seen {
+                last_used,
+                uses: entry.uses,
+                last_client: entry.last_client,
+            },
+        );
+    }
+    Ok(seen)
+}
+
+/// Adds `other`'s figures to `into`: per ID, the later use wins, with its count and client
+/// (sidecars of several hosts are several views, not parts to add up).
+pub fn merge(into: &mut SeenById, other: SeenById) {
+    for (id, seen) in other {
+        merge_one(into, id, seen);
+    }
+}
+
+fn merge_one(into: &mut SeenById, id: String, seen: Seen) {
+    match into.get(&id) {
+        Some(known) if known.last_used >= seen.last_used => {}
+        _ => {
+            into.insert(id, seen);
+        }
+    }
+}
+
+/// Replaces the sidecar at `path` of the token file at `target` with `entries`, atomically
+/// and durably. Its mode is 0600, or 0640 when the token file is group-readable (so the group
+/// that may read the file may read when its tokens were used); never readable by others.
+pub fn write<'a>(
+    path: &Path,
+    target: &Path,
+    now: Timestamp,
+    entries: impl IntoIterator<Item = (&'a str, &'a Seen)>,
+) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let group_readable = fs::metadata(target).is_ok_and(|m| m.mode() & 0o040 != 0);
+    let mode = if group_readable { 0o640 } else { 0o600 };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.as_deref().unwrap_or("seen")))
+        .suffix(".tmp")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
+    {
+        let mut out = io::BufWriter::new(temp.as_file_mut());
+        let header = Header {
+            tokenfile_seen: VERSION,
+            file: target.display().to_string(),
+            written: format_timestamp(now),
+        };
+        serde_json::to_writer(&mut out, &header)?;
+        out.write_all(b"\n")?;
+        for (id, seen) in entries {
+            let line = Line {
+                id: id.to_owned(),
+                last_used: format_timestamp(seen.last_used),
+                uses: seen.uses,
+                last_client: seen.last_client.clone(),
+            };
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+    }
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> Timestamp {
+        parse_timestamp(text.as_bytes()).unwrap()
+    }
+
+    fn seen(when: &str, uses: u64, client: &str) -> Seen {
+        Seen {
+            last_used: at(when),
+            uses,
+            last_client: Some(client.to_string()),
+        }
+    }
+
+    #[test]
+    fn written_then_read_back_with_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("tokens");
+        fs::write(&target, b"").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
+        let path = sidecar_of(&target);
+        let a = seen("2026-12-01T00:00:00Z", 3, "uid 1000");
+        let b = Seen {
+            last_client: None,
+            ..seen("2026-12-02T00:00:00Z", 1, "")
+        };
+        let now = at("2026-12-02T01:00:00Z");
+        write(
+            &path,
+            &target,
+            now,
+            [("0123456789ab", &a), ("ba9876543210", &b)],
+        )
+        .unwrap();
+        let back = read(&path, &target, true).unwrap().unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back["0123456789ab"], a);
+        assert_eq!(back["ba9876543210"], b);
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("{\"tokenfile_seen\":1,\"file\":"),
+            "{text}"
+        );
+        // Nothing is left beside it.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn missing_corrupt_and_foreign_sidecars() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("tokens");
+        let path = sidecar_of(&target);
+        assert!(read(&path, &target, true).unwrap().is_none());
+        for (text, line) in [
+            ("", 1),
+            ("not json\n", 1),
+            (
+                "{\"tokenfile_seen\":2,\"file\":\"x\",\"written\":\"\"}\n",
+                1,
+            ),
+            (
+                &format!(
+                    "{{\"tokenfile_seen\":1,\"file\":{:?},\"written\":\"\"}}\n{{\"id\":\"XYZ\",\"last_used\":\"2026-01-01T00:00:00Z\",\"uses\":1}}\n",
+                    target.display().to_string()
+                ),
+                2,
+            ),
+        ] {
+            fs::write(&path, text).unwrap();
+            match read(&path, &target, true) {
+                Err(SeenError::Corrupt { line: got }) => assert_eq!(got, line, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        fs::write(
+            &path,
+            "{\"tokenfile_seen\":1,\"file\":\"/elsewhere/tokens\",\"written\":\"\"}\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            read(&path, &target, true),
+            Err(SeenError::OtherFile { .. })
+        ));
+        assert_eq!(read(&path, &target, false).unwrap().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn the_later_use_wins() {
+        let mut into = SeenById::new();
+        into.insert("a".into(), seen("2026-12-01T00:00:00Z", 5, "x"));
+        into.insert("b".into(), seen("2026-12-03T00:00:00Z", 1, "x"));
+        let mut other = SeenById::new();
+        other.insert("a".into(), seen("2026-12-02T00:00:00Z", 2, "y"));
+        other.insert("b".into(), seen("2026-12-02T00:00:00Z", 9, "y"));
+        other.insert("c".into(), seen("2026-12-02T00:00:00Z", 1, "y"));
+        merge(&mut into, other);
+        assert_eq!(into["a"], seen("2026-12-02T00:00:00Z", 2, "y"));
+        assert_eq!(into["b"], seen("2026-12-03T00:00:00Z", 1, "x"));
+        assert_eq!(into["c"].uses, 1);
+    }
+}
