@@ -31,7 +31,7 @@ pub mod lines;
 pub(crate) mod lint;
 pub mod scan;
 pub mod scope;
-pub(crate) mod seen;
+pub mod seen;
 pub(crate) mod serve;
 pub(crate) mod store;
 pub mod token;
