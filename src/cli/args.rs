@@ -336,7 +336,7 @@ pub(crate) struct PruneArgs {
 /// names both flags).
 #[derive(Debug, Args)]
 #[group(id = "listener", required = true, multiple = true)]
-pub(crate) struct ServeArgs {
+pub(crate) struct Listeners {
     /// Unix socket to listen on (mode 0660), line protocol: `CHECK scope[,scope] TOKEN`
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
@@ -344,4 +344,20 @@ pub(crate) struct ServeArgs {
     /// HTTP address to listen on for forward-auth (/check, /healthz, /metrics), e.g. 127.0.0.1:8080
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
+}
+
+/// `serve`'s options: its listeners, and where it keeps when each token was last used.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The listeners (at least one).
+    #[command(flatten)]
+    pub listeners: Listeners,
+
+    /// Where to keep when each token was last used [default: <file>.seen beside the file]
+    #[arg(long = "seen", value_name = "PATH")]
+    pub seen: Option<PathBuf>,
+
+    /// How often the last-used sidecar is written when something changed (for tests)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, hide = true)]
+    pub seen_interval: Duration,
 }

@@ -1069,7 +1069,9 @@ fn hash(ctx: &Context) -> Result<Exit> {
 fn serve(ctx: &Context, args: ServeArgs) -> Result<Exit> {
     crate::serve::run(crate::serve::ServeOptions {
         file: ctx.store.path().to_path_buf(),
-        socket: args.socket,
-        http: args.http,
+        socket: args.listeners.socket,
+        http: args.listeners.http,
+        seen: args.seen,
+        seen_interval: args.seen_interval,
     })
 }

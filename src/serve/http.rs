@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::io;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,9 +41,10 @@ use crate::decision::Decision;
 use crate::error::{Error, Result};
 use crate::scope::RequiredScopes;
 use crate::token::Secret;
-use crate::when;
+use crate::when::{self, format_timestamp};
 
 use super::state::{Shared, log_decision};
+use super::usage::Client;
 use super::{AcceptFailures, next_connection};
 
 const MAX_CONNECTIONS: usize = 1024;
@@ -93,13 +94,13 @@ pub(super) async fn serve(
         .keep_alive(true);
     let mut stop = shutdown;
     let mut failures = AcceptFailures::new("HTTP");
-    while let Some((permit, (stream, _))) =
+    while let Some((permit, (stream, peer))) =
         next_connection(&slots, &mut stop, &mut failures, || listener.accept()).await
     {
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let service = service_fn(move |request: Request<Incoming>| {
-            let response = route(&shared, &request);
+            let response = route(&shared, &request, peer.ip());
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = graceful
@@ -120,9 +121,9 @@ pub(super) async fn serve(
     }
 }
 
-fn route(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
+fn route(shared: &Shared, request: &Request<Incoming>, peer: IpAddr) -> Response<Body> {
     let mut response = match request.uri().path() {
-        "/check" => check(shared, request),
+        "/check" => check(shared, request, peer),
         "/healthz" => only_get(request.method()).unwrap_or_else(|| healthz(shared)),
         "/metrics" => only_get(request.method()).unwrap_or_else(|| metrics(shared)),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -167,7 +168,22 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     response
 }
 
-fn check(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
+/// The client a proxy says it forwards (the first address of `X-Forwarded-For`, else
+/// `X-Real-IP`), else the peer — for last used only, never for a decision. A value that is
+/// not an address is ignored.
+fn client_of(headers: &HeaderMap, peer: IpAddr) -> Client {
+    let first_address = |name: &str| {
+        let value = headers.get(name)?.to_str().ok()?;
+        value.split(',').next()?.trim().parse::<IpAddr>().ok()
+    };
+    Client::Addr(
+        first_address("x-forwarded-for")
+            .or_else(|| first_address("x-real-ip"))
+            .unwrap_or(peer),
+    )
+}
+
+fn check(shared: &Shared, request: &Request<Incoming>, peer: IpAddr) -> Response<Body> {
     let required = match required_scopes(request) {
         Ok(required) => required,
         Err(reason) => {
@@ -182,9 +198,16 @@ fn check(shared: &Shared, request: &Request<Incoming>) -> Response<Body> {
         }
     };
     let token = bearer(request.headers());
-    shared.check(&token, &required, |decision| {
+    let client = client_of(request.headers(), peer);
+    shared.check(&token, &required, client, |decision, expires| {
         log_decision("http", &decision);
-        decision_response(decision)
+        let mut response = decision_response(decision);
+        if let (Decision::Granted { .. }, Some(expires)) = (decision, expires) {
+            response
+                .headers_mut()
+                .insert("x-token-expires", header_value(&format_timestamp(expires)));
+        }
+        response
     })
 }
 

@@ -54,6 +54,10 @@ pub(super) struct Gauges {
     pub file_present: bool,
     /// Unix time at which the state was installed.
     pub installed_unix: f64,
+    /// The soonest expiry among the active records (Unix seconds), if any expires.
+    pub soonest_expiry_unix: Option<i64>,
+    /// How many active records expire within the next 7 days.
+    pub expiring_soon: usize,
 }
 
 #[derive(Debug, Default)]
@@ -139,6 +143,20 @@ impl Metrics {
             "gauge",
             "Unix time at which the state in use was installed.",
             format!("{:.3}", gauges.installed_unix),
+        );
+        single(
+            "tokenfile_soonest_expiry_timestamp_seconds",
+            "gauge",
+            "Unix time of the soonest expiry among the active records; +Inf if none expires.",
+            gauges
+                .soonest_expiry_unix
+                .map_or_else(|| "+Inf".to_string(), |at| at.to_string()),
+        );
+        single(
+            "tokenfile_records_expiring_7d",
+            "gauge",
+            "Active records that expire within the next 7 days.",
+            gauges.expiring_soon.to_string(),
         );
         out
     }

@@ -16,11 +16,13 @@
 //! a busy port fails right away with its exit code, before anything is served.
 
 mod http;
+mod last_used;
 mod load;
 mod metrics;
 mod policy;
 mod socket;
 mod state;
+mod usage;
 mod watch;
 
 use std::io::IsTerminal;
@@ -43,6 +45,10 @@ pub(crate) struct ServeOptions {
     /// The listeners: with neither, nothing is served (the command line requires one).
     pub socket: Option<PathBuf>,
     pub http: Option<SocketAddr>,
+    /// The last-used sidecar; `None`: `<file>.seen` beside the real file.
+    pub seen: Option<PathBuf>,
+    /// How often the sidecar is written when something changed.
+    pub seen_interval: std::time::Duration,
 }
 
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully and returns success.
@@ -52,6 +58,8 @@ pub(crate) fn run(options: ServeOptions) -> Result<Exit> {
     early_signals()?;
     map_large_blocks();
     let (snapshot, fingerprint, recheck) = load::initial(&options.file)?;
+    let sidecar = last_used::Sidecar::of(&options);
+    sidecar.load_into(&snapshot);
     let shared = Arc::new(Shared::new(options.file.clone(), snapshot));
     // Bind before any thread exists; see the module comment.
     let socket = options.socket.as_deref().map(socket::bind).transpose()?;
@@ -78,14 +86,17 @@ pub(crate) fn run(options: ServeOptions) -> Result<Exit> {
         None => (None, None),
     };
     let served = runtime.block_on(serve(
-        shared,
+        shared.clone(),
         socket_listener,
         http,
         reloader.trigger(),
         &options,
+        &sidecar,
     ));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     reloader.stop();
+    // Every check has been answered: what they changed is kept.
+    sidecar.write(&shared);
     // Removes the socket file (if it is still ours).
     drop(socket_file);
     served?;
@@ -99,6 +110,7 @@ async fn serve(
     http: Option<std::net::TcpListener>,
     reload: watch::Trigger,
     options: &ServeOptions,
+    sidecar: &last_used::Sidecar,
 ) -> Result<()> {
     let signals = |kind: SignalKind, name: &str| {
         signal(kind).map_err(|e| Error::Signals {
@@ -140,6 +152,7 @@ async fn serve(
         info!(http = %display_addr(addr), "listening");
     }
     info!(file = %shared.file().display(), "serving checks");
+    servers.spawn(sidecar.clone().keep(shared.clone(), stopping.clone()));
 
     loop {
         tokio::select! {

@@ -33,6 +33,7 @@ use crate::scope::RequiredScopes;
 use crate::token::Secret;
 
 use super::state::{Shared, log_decision};
+use super::usage::Client;
 use super::{AcceptFailures, next_connection, stopped};
 
 /// Longest request line, without its newline. A token is at most 4 KiB.
@@ -141,6 +142,10 @@ pub(super) async fn serve(
 }
 
 async fn connection(mut stream: UnixStream, shared: &Shared, mut shutdown: watch::Receiver<bool>) {
+    // Who asks, for last used (docs/last-used.md): the kernel's word, not the client's.
+    let client = stream
+        .peer_cred()
+        .map_or(Client::Unknown, |cred| Client::Uid(cred.uid()));
     let mut chunk = vec![0u8; 16 * 1024];
     let mut line: Vec<u8> = Vec::new();
     // Skipping the rest of an over-long line.
@@ -167,7 +172,7 @@ async fn connection(mut stream: UnixStream, shared: &Shared, mut shutdown: watch
         if n == 0 {
             // End of input (possibly only our half): answer a last unterminated line.
             if !line.is_empty() && !discarding {
-                answer(shared, &line, &mut answers);
+                answer(shared, client, &line, &mut answers);
             }
             let _ = send(&mut stream, &answers).await;
             break;
@@ -196,7 +201,7 @@ async fn connection(mut stream: UnixStream, shared: &Shared, mut shutdown: watch
             }
             line.extend_from_slice(segment);
             if complete {
-                answer(shared, &line, &mut answers);
+                answer(shared, client, &line, &mut answers);
                 wipe(&mut line);
             }
         }
@@ -229,14 +234,14 @@ async fn send(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Appends the answer to one request line (without its newline) to `out`.
-pub(super) fn answer(shared: &Shared, line: &[u8], out: &mut Vec<u8>) {
+pub(super) fn answer(shared: &Shared, client: Client, line: &[u8], out: &mut Vec<u8>) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let (verb, args) = match line.iter().position(|&b| b == b' ') {
         Some(space) => (&line[..space], Some(&line[space + 1..])),
         None => (line, None),
     };
     if verb.eq_ignore_ascii_case(b"CHECK") {
-        return check(shared, args.unwrap_or_default(), out);
+        return check(shared, client, args.unwrap_or_default(), out);
     }
     let reply = if verb.eq_ignore_ascii_case(b"PING") && args.is_none_or(|a| a.is_empty()) {
         Reply::Pong
@@ -284,7 +289,7 @@ impl Reply<'_> {
 
 /// `CHECK <scopes> <token>`: a missing token is answered like HTTP's missing one,
 /// `UNAUTHORIZED`; a bad scope is an error, never a grant. The answer goes to `out`.
-fn check(shared: &Shared, args: &[u8], out: &mut Vec<u8>) {
+fn check(shared: &Shared, client: Client, args: &[u8], out: &mut Vec<u8>) {
     let (scopes, token) = match args.iter().position(|&b| b == b' ') {
         Some(space) => (&args[..space], &args[space + 1..]),
         None => (args, &[][..]),
@@ -304,10 +309,15 @@ fn check(shared: &Shared, args: &[u8], out: &mut Vec<u8>) {
         shared.count_invalid();
         return Reply::Error("a token contains no whitespace".into()).write(out);
     }
-    shared.check(&Secret::new(token.to_vec()), &required, |decision| {
-        log_decision("socket", &decision);
-        Reply::Decision(decision).write(out);
-    });
+    shared.check(
+        &Secret::new(token.to_vec()),
+        &required,
+        client,
+        |decision, _| {
+            log_decision("socket", &decision);
+            Reply::Decision(decision).write(out);
+        },
+    );
 }
 
 #[cfg(test)]
@@ -326,7 +336,7 @@ mod tests {
 
     fn ask(shared: &Shared, line: &str) -> String {
         let mut out = Vec::new();
-        answer(shared, line.as_bytes(), &mut out);
+        answer(shared, Client::Unknown, line.as_bytes(), &mut out);
         String::from_utf8(out).unwrap()
     }
 
@@ -363,7 +373,7 @@ mod tests {
             );
         }
         let mut out = Vec::new();
-        answer(&s, b"CHECK \xff\x00 tok", &mut out);
+        answer(&s, Client::Unknown, b"CHECK \xff\x00 tok", &mut out);
         assert!(out.starts_with(b"ERROR "));
         assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
     }

@@ -11,9 +11,13 @@ use crate::decision::{Decision, Unauthorized};
 use crate::index::{LoadProblem, TokenIndex};
 use crate::scope::RequiredScopes;
 use crate::token::{Digest, MAX_TOKEN_LEN, Secret};
-use crate::when;
+use crate::when::{self, Timestamp};
 
 use super::metrics::{Gauges, Metrics, Outcome};
+use super::usage::{Client, Usage};
+
+/// What `/metrics` counts as expiring soon (`tokenfile_records_expiring_7d`).
+pub(super) const EXPIRING_SOON: time::Duration = time::Duration::days(7);
 
 /// Where the state in use came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +55,8 @@ pub(super) struct Snapshot {
     pub installed: SystemTime,
     /// SHA-256 of the bytes the index was built from: an unchanged file is not rebuilt.
     pub content: Option<Digest>,
+    /// When each record was last used (docs/last-used.md), beside the index.
+    pub usage: Usage,
 }
 
 impl Snapshot {
@@ -71,6 +77,7 @@ impl Snapshot {
             .filter(|p| matches!(p, LoadProblem::Invalid { .. }))
             .count();
         Snapshot {
+            usage: Usage::new(index.len()),
             index,
             status: FileStatus::Loaded,
             invalid_lines,
@@ -87,6 +94,7 @@ impl Snapshot {
             invalid_lines: 0,
             installed: SystemTime::now(),
             content: None,
+            usage: Usage::new(0),
         }
     }
 
@@ -104,13 +112,18 @@ impl Snapshot {
             .map_or(0.0, |d| d.as_secs_f64())
     }
 
-    /// What `/metrics` reports of this state.
+    /// What `/metrics` reports of this state (the expiries as of now: one pass over the
+    /// records, per scrape, off the check path).
     pub(super) fn gauges(&self) -> Gauges {
+        let now = when::now();
+        let (soonest, expiring) = self.index.expiring(now, now + EXPIRING_SOON);
         Gauges {
             records: self.index.records,
             invalid_lines: self.invalid_lines,
             file_present: self.status.is_loaded(),
             installed_unix: self.installed_unix(),
+            soonest_expiry_unix: soonest.map(|at| at.unix_timestamp()),
+            expiring_soon: expiring,
         }
     }
 }
@@ -145,26 +158,41 @@ impl Shared {
     /// large index costs no check anything.
     pub(super) fn install(&self, mut snapshot: Snapshot) -> Arc<Snapshot> {
         snapshot.installed = SystemTime::now();
+        let current = self.current.load();
+        // Checks still answered by the old state after this copy are not carried over: a
+        // use or two at the instant of a reload, against a lock on every check.
+        snapshot
+            .usage
+            .carry_over(&snapshot.index, &current.usage, &current.index);
         self.current.swap(Arc::new(snapshot))
     }
 
     /// The one decision both listeners use, counted by outcome and handed to `answer`
     /// (it borrows the record's name from the state in use, which stays alive meanwhile).
+    /// `answer` also gets the record's expiry, for `X-Token-Expires`. A grant or a refusal
+    /// for a missing scope counts as a use of the record by `client` (docs/last-used.md).
     pub(super) fn check<R>(
         &self,
         token: &Secret,
         required: &RequiredScopes,
-        answer: impl FnOnce(Decision<'_>) -> R,
+        client: Client,
+        answer: impl FnOnce(Decision<'_>, Option<Timestamp>) -> R,
     ) -> R {
         let snapshot = self.current.load();
-        let decision = if token.expose().len() > MAX_TOKEN_LEN {
+        let now = when::now();
+        let (decision, position, expires) = if token.expose().len() > MAX_TOKEN_LEN {
             // Same limit as `tokenfile check` on stdin, so both answer alike.
-            Decision::Unauthorized(Unauthorized::Unknown)
+            (Decision::Unauthorized(Unauthorized::Unknown), None, None)
         } else {
-            snapshot.index.check(token, required, when::now())
+            snapshot.index.check_at(token, required, now)
         };
+        if let (Decision::Granted { .. } | Decision::Forbidden { .. }, Some(position)) =
+            (&decision, position)
+        {
+            snapshot.usage.record(position, now, client);
+        }
         self.metrics.count_check(Outcome::of(&decision));
-        answer(decision)
+        answer(decision, expires)
     }
 
     /// A request that could not be decided (no or malformed scope).
@@ -208,9 +236,14 @@ mod tests {
         let (snapshot, _) = Snapshot::from_bytes(format!("{long}\n").as_bytes());
         let shared = Shared::new(PathBuf::from("t"), snapshot);
         let required = RequiredScopes::parse(&["read"]).unwrap();
-        shared.check(&Secret::new(long.into_bytes()), &required, |decision| {
-            assert_eq!(decision, Decision::Unauthorized(Unauthorized::Unknown));
-        });
+        shared.check(
+            &Secret::new(long.into_bytes()),
+            &required,
+            Client::Unknown,
+            |decision, _| {
+                assert_eq!(decision, Decision::Unauthorized(Unauthorized::Unknown));
+            },
+        );
         let text = shared.metrics.render(&shared.snapshot().gauges());
         assert!(text.contains("tokenfile_checks_total{outcome=\"unauthorized\"} 1"));
     }
@@ -234,8 +267,13 @@ mod tests {
     fn empty_state_grants_nothing() {
         let shared = Shared::new(PathBuf::from("t"), Snapshot::empty(FileStatus::Missing));
         let required = RequiredScopes::parse(&["read"]).unwrap();
-        shared.check(&Secret::new(b"tok".to_vec()), &required, |decision| {
-            assert_eq!(decision, Decision::Unauthorized(Unauthorized::Unknown));
-        });
+        shared.check(
+            &Secret::new(b"tok".to_vec()),
+            &required,
+            Client::Unknown,
+            |decision, _| {
+                assert_eq!(decision, Decision::Unauthorized(Unauthorized::Unknown));
+            },
+        );
     }
 }

@@ -35,6 +35,7 @@ mod serve_consistency;
 mod serve_http;
 mod serve_inplace;
 mod serve_reload;
+mod serve_seen;
 mod serve_socket;
 mod sidecars;
 mod trust;

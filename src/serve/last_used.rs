@@ -1,0 +1,111 @@
+//! Keeping the last-used figures (docs/last-used.md): loaded from the sidecar at start,
+//! written to it at most once per interval when something changed and once more at shutdown,
+//! always off the check path. Never the token file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch as signal_watch;
+use tracing::{debug, warn};
+
+use crate::seen::{self, SeenById};
+use crate::when;
+
+use super::ServeOptions;
+use super::state::{Shared, Snapshot};
+
+/// Where the figures are kept, and how often.
+#[derive(Debug, Clone)]
+pub(super) struct Sidecar {
+    path: PathBuf,
+    /// The token file the sidecar's header names (the real file, as `list` resolves it).
+    target: PathBuf,
+    interval: Duration,
+}
+
+impl Sidecar {
+    pub(super) fn of(options: &ServeOptions) -> Sidecar {
+        let target = std::fs::canonicalize(&options.file).unwrap_or_else(|_| options.file.clone());
+        Sidecar {
+            path: options
+                .seen
+                .clone()
+                .unwrap_or_else(|| seen::sidecar_of(&target)),
+            target,
+            interval: options.seen_interval.max(Duration::from_millis(10)),
+        }
+    }
+
+    /// The sidecar's figures, if it has usable ones: a corrupt sidecar, or one of another
+    /// file, is a warning, and the figures start empty.
+    fn read(&self) -> Option<SeenById> {
+        match seen::read(&self.path, &self.target, true) {
+            Ok(figures) => figures,
+            Err(why) => {
+                warn!(sidecar = %self.path.display(), "last-used sidecar ignored: it {why}");
+                None
+            }
+        }
+    }
+
+    /// Starts `snapshot`'s figures from the sidecar (`serve` restarted).
+    pub(super) fn load_into(&self, snapshot: &Snapshot) {
+        if let Some(figures) = self.read() {
+            snapshot.usage.load(&snapshot.index, &figures);
+        }
+    }
+
+    /// Writes the sidecar every interval in which something was used, until `stopping`.
+    pub(super) async fn keep(
+        self,
+        shared: Arc<Shared>,
+        mut stopping: signal_watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.interval) => {}
+                () = super::stopped(&mut stopping) => return,
+            }
+            let (sidecar, shared) = (self.clone(), shared.clone());
+            let _ = tokio::task::spawn_blocking(move || sidecar.write(&shared)).await;
+        }
+    }
+
+    /// Writes the figures of the state in use, if anything was used since the last write.
+    /// Another `serve` of the same file may write the same sidecar: its newer figures for
+    /// records of this state are kept (the later use wins), so neither erases the other's.
+    pub(super) fn write(&self, shared: &Shared) {
+        let snapshot = shared.snapshot();
+        // A missing or refused file grants nothing and has no records: writing would erase
+        // the figures of every record it will have again.
+        if !snapshot.status.is_loaded() || !snapshot.usage.take_changed() {
+            return;
+        }
+        let mut figures = snapshot.usage.by_id(&snapshot.index);
+        if let Some(theirs) = self.read() {
+            let records: std::collections::HashSet<String> = snapshot
+                .index
+                .iter()
+                .map(|(digest, _)| digest.id().to_string())
+                .collect();
+            let ours: SeenById = theirs
+                .into_iter()
+                .filter(|(id, _)| records.contains(id))
+                .collect();
+            seen::merge(&mut figures, ours);
+        }
+        let mut rows: Vec<_> = figures.iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        let rows = rows.into_iter().map(|(id, seen)| (id.as_str(), seen));
+        match seen::write(&self.path, &self.target, when::now(), rows) {
+            Ok(()) => {
+                debug!(sidecar = %self.path.display(), records = figures.len(), "last used written");
+            }
+            Err(e) => {
+                snapshot.usage.mark_changed();
+                warn!(sidecar = %self.path.display(), "cannot write the last-used sidecar: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Last used (docs/last-used.md), in memory: per record of the state in use, when its token
+//! was last granted or refused for a missing scope, how often, and the last client. The check
+//! path only stores into atomics beside the index (no lock, no I/O, no allocation); the
+//! reloader carries the figures over to each new state, and the sidecar writer reads them.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::index::TokenIndex;
+use crate::seen::{Seen, SeenById};
+use crate::when::Timestamp;
+
+/// Who asked: the socket peer's uid, or the HTTP client's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Client {
+    /// Not known (a test, a peer whose credentials could not be read).
+    Unknown,
+    /// The uid of a Unix socket peer.
+    Uid(u32),
+    /// An HTTP client: from `X-Forwarded-For`/`X-Real-IP`, else the peer.
+    Addr(IpAddr),
+}
+
+impl Client {
+    /// As the sidecar and `list` show it.
+    fn shown(self) -> Option<String> {
+        match self {
+            Client::Unknown => None,
+            Client::Uid(uid) => Some(format!("uid {uid}")),
+            Client::Addr(addr) => Some(addr.to_string()),
+        }
+    }
+
+    /// The client in 2 × 64 bits and a tag: IPv4 as IPv6-mapped, a uid in the low word.
+    fn encode(self) -> (u64, u64, u64) {
+        match self {
+            Client::Unknown => (0, 0, 0),
+            Client::Uid(uid) => (1, 0, u64::from(uid)),
+            Client::Addr(addr) => {
+                let bits = match addr {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
+                    IpAddr::V6(v6) => v6.to_bits(),
+                };
+                (2, (bits >> 64) as u64, bits as u64)
+            }
+        }
+    }
+
+    fn decode(tag: u64, high: u64, low: u64) -> Client {
+        match tag {
+            1 => Client::Uid(low as u32),
+            2 => {
+                let v6 = std::net::Ipv6Addr::from_bits((u128::from(high) << 64) | u128::from(low));
+                Client::Addr(match v6.to_ipv4_mapped() {
+                    Some(v4) => IpAddr::V4(v4),
+                    None => IpAddr::V6(v6),
+                })
+            }
+            _ => Client::Unknown,
+        }
+    }
+}
+
+/// `last_used` of a record never used.
+const NEVER: i64 = i64::MIN;
+
+/// One record's figures. A client written by two checks at once may come out as a mix of
+/// the two (three stores, not one): it is only shown, and the next use sets it whole. The
+/// time and the count are single atomics and never torn.
+#[derive(Debug)]
+struct Slot {
+    last_used: AtomicI64,
+    uses: AtomicU64,
+    client_tag: AtomicU64,
+    client_high: AtomicU64,
+    client_low: AtomicU64,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            last_used: AtomicI64::new(NEVER),
+            uses: AtomicU64::new(0),
+            client_tag: AtomicU64::new(0),
+            client_high: AtomicU64::new(0),
+            client_low: AtomicU64::new(0),
+        }
+    }
+
+    fn set_client(&self, client: Client) {
+        let (tag, high, low) = client.encode();
+        self.client_tag.store(tag, Relaxed);
+        self.client_high.store(high, Relaxed);
+        self.client_low.store(low, Relaxed);
+    }
+
+    fn client(&self) -> Client {
+        Client::decode(
+            self.client_tag.load(Relaxed),
+            self.client_high.load(Relaxed),
+            self.client_low.load(Relaxed),
+        )
+    }
+
+    fn seen(&self) -> Option<Seen> {
+        let last_used = self.last_used.load(Relaxed);
+        if last_used == NEVER {
+            return None;
+        }
+        Some(Seen {
+            last_used: Timestamp::from_unix_timestamp(last_used).ok()?,
+            uses: self.uses.load(Relaxed),
+            last_client: self.client().shown(),
+        })
+    }
+
+    fn set(&self, seen: &Seen, client: Client) {
+        self.last_used
+            .store(seen.last_used.unix_timestamp(), Relaxed);
+        self.uses.store(seen.uses, Relaxed);
+        self.set_client(client);
+    }
+}
+
+/// The figures of every record of one state, in the index's order.
+#[derive(Debug)]
+pub(crate) struct Usage {
+    slots: Vec<Slot>,
+    /// The clients of figures that came from a sidecar, as written there (an address or
+    /// `uid N` that need not parse back), by position.
+    shown_clients: std::sync::Mutex<Vec<(usize, String)>>,
+    /// Set by every use; cleared by the sidecar writer when it takes the figures.
+    changed: AtomicBool,
+}
+
+impl Usage {
+    /// No figures yet for the `records` of a state.
+    pub(crate) fn new(records: usize) -> Usage {
+        Usage {
+            slots: (0..records).map(|_| Slot::new()).collect(),
+            shown_clients: std::sync::Mutex::new(Vec::new()),
+            changed: AtomicBool::new(false),
+        }
+    }
+
+    /// A check of the record at `position` was decided at `now` for `client`.
+    pub(crate) fn record(&self, position: usize, now: Timestamp, client: Client) {
+        let Some(slot) = self.slots.get(position) else {
+            return;
+        };
+        slot.last_used.fetch_max(now.unix_timestamp(), Relaxed);
+        slot.uses.fetch_add(1, Relaxed);
+        slot.set_client(client);
+        if !self.changed.load(Relaxed) {
+            self.changed.store(true, Relaxed);
+        }
+    }
+
+    /// Says that figures are still to be written (a write that failed).
+    pub(crate) fn mark_changed(&self) {
+        self.changed.store(true, Relaxed);
+    }
+
+    /// Whether anything was used since the last [`Usage::take_changed`].
+    pub(crate) fn take_changed(&self) -> bool {
+        self.changed.swap(false, Relaxed)
+    }
+
+    /// The figures of `index`'s record at `position`, if it was ever used.
+    fn seen_at(&self, position: usize) -> Option<Seen> {
+        let mut seen = self.slots.get(position)?.seen()?;
+        if seen.last_client.is_none()
+            && let Ok(shown) = self.shown_clients.lock()
+        {
+            seen.last_client = shown
+                .iter()
+                .find(|(at, _)| *at == position)
+                .map(|(_, client)| client.clone());
+        }
+        Some(seen)
+    }
+
+    /// Every used record of `index` (whose usage this is) by ID.
+    pub(crate) fn by_id(&self, index: &TokenIndex) -> SeenById {
+        index
+            .iter()
+            .enumerate()
+            .filter_map(|(position, (digest, _))| {
+                Some((digest.id().to_string(), self.seen_at(position)?))
+            })
+            .collect()
+    }
+
+    /// Takes the figures of `older` (the usage of `older_index`) for the records `index`
+    /// keeps: a reload loses no figure, and a record that is gone takes its figures with it.
+    pub(crate) fn carry_over(&self, index: &TokenIndex, older: &Usage, older_index: &TokenIndex) {
+        if older
+            .slots
+            .iter()
+            .all(|slot| slot.last_used.load(Relaxed) == NEVER)
+        {
+            return;
+        }
+        for (position, (digest, _)) in index.iter().enumerate() {
+            let Some(old) = older_index.position(digest) else {
+                continue;
+            };
+            if let Some(seen) = older.seen_at(old) {
+                self.seed(position, &seen, older.slots[old].client());
+            }
+        }
+        self.changed.store(older.changed.load(Relaxed), Relaxed);
+    }
+
+    /// Starts from the figures of a sidecar (`serve` restarted).
+    pub(crate) fn load(&self, index: &TokenIndex, seen: &SeenById) {
+        for (position, (digest, _)) in index.iter().enumerate() {
+            if let Some(figures) = seen.get(&digest.id().to_string()) {
+                self.seed(position, figures, Client::Unknown);
+            }
+        }
+    }
+
+    fn seed(&self, position: usize, seen: &Seen, client: Client) {
+        self.slots[position].set(seen, client);
+        if client == Client::Unknown
+            && let Some(shown) = &seen.last_client
+            && let Ok(mut clients) = self.shown_clients.lock()
+        {
+            clients.push((position, shown.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::Secret;
+    use crate::when::parse_timestamp;
+
+    fn at(text: &str) -> Timestamp {
+        parse_timestamp(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn figures_follow_the_records_across_a_reload() {
+        let (old_index, _) = TokenIndex::load(b"a\tread\nb\tread\n");
+        let old = Usage::new(old_index.len());
+        let a = old_index
+            .position(&Secret::new(b"a".to_vec()).digest())
+            .unwrap();
+        old.record(a, at("2026-12-01T00:00:00Z"), Client::Uid(1000));
+        old.record(
+            a,
+            at("2026-12-02T00:00:00Z"),
+            Client::Addr("10.0.0.7".parse().unwrap()),
+        );
+        assert!(old.take_changed());
+        assert!(!old.take_changed());
+        let seen = old.by_id(&old_index);
+        assert_eq!(seen.len(), 1);
+        let figures = seen.values().next().unwrap();
+        assert_eq!(figures.uses, 2);
+        assert_eq!(figures.last_client.as_deref(), Some("10.0.0.7"));
+        assert_eq!(figures.last_used, at("2026-12-02T00:00:00Z"));
+
+        // `a` moved, `b` went: the figures move with `a`.
+        let (new_index, _) = TokenIndex::load(b"c\tread\na\twrite\n");
+        let new = Usage::new(new_index.len());
+        new.carry_over(&new_index, &old, &old_index);
+        assert_eq!(new.by_id(&new_index), seen);
+
+        // From a sidecar: the client as it was written.
+        let restarted = Usage::new(new_index.len());
+        restarted.load(&new_index, &seen);
+        assert_eq!(restarted.by_id(&new_index), seen);
+    }
+
+    #[test]
+    fn clients_round_trip() {
+        for client in [
+            Client::Unknown,
+            Client::Uid(0),
+            Client::Uid(u32::MAX),
+            Client::Addr("192.0.2.1".parse().unwrap()),
+            Client::Addr("2001:db8::1".parse().unwrap()),
+        ] {
+            let (tag, high, low) = client.encode();
+            assert_eq!(Client::decode(tag, high, low), client);
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Last used in a real `serve` (docs/last-used.md): the figures of socket and HTTP checks in
+//! the sidecar, written on an interval and at SIGTERM, never torn by `kill -9`, a revoked
+//! record dropping out, a corrupt or foreign sidecar a warning, two servers on one file;
+//! `X-Token-Expires` and the expiry gauges of `/metrics`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::eventually;
+use crate::support::serve::*;
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+/// What the sidecar says, by ID; panics if it does not parse as a whole (torn or corrupt).
+fn sidecar(path: &Path) -> HashMap<String, serde_json::Value> {
+    let text = fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header["tokenfile_seen"], 1, "{text}");
+    assert!(text.ends_with('\n'), "{text:?}");
+    lines
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            (row["id"].as_str().unwrap().to_string(), row)
+        })
+        .collect()
+}
+
+fn setup(content: &str) -> (TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    fs::write(&file, content).unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    let seen = dir.path().join("tokens.seen");
+    (dir, file, seen)
+}
+
+fn quick(cmd: &mut Command) {
+    cmd.args(["--seen-interval", "100ms"]);
+}
+
+fn bearer(token: &str) -> (&'static str, String) {
+    ("Authorization", format!("Bearer {token}"))
+}
+
+#[test]
+fn socket_and_http_uses_land_in_the_sidecar() {
+    let _timed = crate::support::timed();
+    let content =
+        record("alpha", "read", "ci") + &record("beta", "read", "") + &record("never", "read", "");
+    let (dir, file, seen) = setup(&content);
+    let serve = Serve::start_configured(&file, dir.path(), Listen::Both, &quick);
+    assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+    assert_eq!(
+        serve.ask("CHECK write alpha"),
+        format!("FORBIDDEN {}", id("alpha"))
+    );
+    assert_eq!(serve.ask("CHECK read nobody"), "UNAUTHORIZED");
+    let (name, value) = bearer("beta");
+    let response = http(
+        serve.http.unwrap(),
+        "GET",
+        "/check?scope=read",
+        &[(name, &value), ("X-Forwarded-For", "203.0.113.7, 10.0.0.1")],
+    );
+    assert_eq!(response.status, 204);
+    eventually(
+        "the sidecar names both records",
+        Duration::from_secs(5),
+        || seen.exists() && sidecar(&seen).len() == 2,
+    );
+    let rows = sidecar(&seen);
+    let alpha = &rows[&id("alpha")];
+    assert_eq!(alpha["uses"], 2, "a grant and a missing scope: {alpha}");
+    let uid = nix::unistd::getuid().as_raw();
+    assert_eq!(alpha["last_client"], format!("uid {uid}"));
+    assert!(alpha["last_used"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(rows[&id("beta")]["last_client"], "203.0.113.7");
+    assert!(!rows.contains_key(&id("never")));
+    // Never a token, only IDs; never readable by others.
+    let text = fs::read_to_string(&seen).unwrap();
+    assert!(!text.contains("alpha") && !text.contains("beta"), "{text}");
+    assert_eq!(
+        fs::metadata(&seen).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The token file is not touched.
+    assert_eq!(fs::read_to_string(&file).unwrap(), content);
+}
+
+#[test]
+fn sigterm_writes_the_last_uses_and_a_restart_keeps_them() {
+    let (dir, file, seen) = setup(&record("alpha", "read", ""));
+    // An interval no test waits for: only the shutdown can have written it.
+    let long = |cmd: &mut Command| {
+        cmd.args(["--seen-interval", "1h"]);
+    };
+    let mut serve = Serve::start_configured(&file, dir.path(), Listen::Socket, &long);
+    assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+    assert!(!seen.exists());
+    serve.signal(Signal::SIGTERM);
+    assert!(serve.wait_exit().success());
+    assert_eq!(sidecar(&seen)[&id("alpha")]["uses"], 1);
+
+    // A restart starts from the sidecar: one more use makes two.
+    let serve = Serve::start_configured(&file, dir.path(), Listen::Socket, &quick);
+    assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+    eventually("the count goes on", Duration::from_secs(5), || {
+        sidecar(&seen)[&id("alpha")]["uses"] == 2
+    });
+}
+
+#[test]
+fn a_revoked_record_drops_out_of_the_sidecar() {
+    let _timed = crate::support::timed();
+    let (dir, file, seen) = setup(&(record("alpha", "read", "") + &record("beta", "read", "")));
+    let serve = Serve::start_configured(&file, dir.path(), Listen::Socket, &quick);
+    serve.ask("CHECK read alpha");
+    serve.ask("CHECK read beta");
+    eventually("both are in the sidecar", Duration::from_secs(5), || {
+        seen.exists() && sidecar(&seen).len() == 2
+    });
+    // Revoked by rewriting the file without it (as `revoke` does, by rename).
+    let next = dir.path().join("next");
+    fs::write(&next, record("beta", "read", "")).unwrap();
+    fs::set_permissions(&next, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::rename(&next, &file).unwrap();
+    serve.answers("CHECK read alpha", "UNAUTHORIZED", Duration::from_secs(3));
+    serve.ask("CHECK read beta");
+    eventually(
+        "alpha is gone from the sidecar",
+        Duration::from_secs(5),
+        || {
+            let rows = sidecar(&seen);
+            !rows.contains_key(&id("alpha")) && rows[&id("beta")]["uses"] == 2
+        },
+    );
+}
+
+#[test]
+fn a_corrupt_or_foreign_sidecar_is_a_warning() {
+    for (what, text) in [
+        ("corrupt", "this is not json\n".to_string()),
+        (
+            "foreign",
+            "{\"tokenfile_seen\":1,\"file\":\"/elsewhere/tokens\",\"written\":\"2026-01-01T00:00:00Z\"}\n"
+                .to_string(),
+        ),
+    ] {
+        let (dir, file, seen) = setup(&record("alpha", "read", ""));
+        fs::write(&seen, &text).unwrap();
+        let serve = Serve::start_configured(&file, dir.path(), Listen::Socket, &quick);
+        assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"), "{what}");
+        eventually("the sidecar is replaced", Duration::from_secs(5), || {
+            fs::read_to_string(&seen).is_ok_and(|t| t != text)
+        });
+        assert_eq!(sidecar(&seen)[&id("alpha")]["uses"], 1, "{what}");
+        assert!(
+            serve.log().contains("last-used sidecar ignored"),
+            "{what}: {}",
+            serve.log()
+        );
+    }
+}
+
+#[test]
+fn kill_9_never_leaves_a_torn_sidecar() {
+    let _alone = crate::support::serial();
+    let (dir, file, seen) = setup(&record("alpha", "read", ""));
+    let fast = |cmd: &mut Command| {
+        cmd.args(["--seen-interval", "10ms"]);
+    };
+    for round in 0..8 {
+        let mut serve = Serve::start_configured(&file, dir.path(), Listen::Socket, &fast);
+        let mut client = Client::connect(serve.socket.as_ref().unwrap());
+        // Checks for 20 to 160 ms, so that the kill falls anywhere in the writes.
+        for _ in 0..(4 + round * 4) {
+            assert_eq!(client.ask("CHECK read alpha"), ok("alpha"));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        serve.signal(Signal::SIGKILL);
+        let _ = serve.wait_exit();
+        if seen.exists() {
+            // Old or new, never half: it parses whole, and only its own temporaries may be
+            // left (by the kill) beside it.
+            assert!(sidecar(&seen)[&id("alpha")]["uses"].as_u64().unwrap() >= 1);
+        }
+    }
+    assert!(seen.exists(), "no sidecar was written in 8 rounds");
+}
+
+#[test]
+fn two_servers_on_one_file_keep_each_others_figures() {
+    let _timed = crate::support::timed();
+    let (dir, file, seen) = setup(&(record("alpha", "read", "") + &record("beta", "read", "")));
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    let first = Serve::start_configured(&file, one.path(), Listen::Socket, &quick);
+    let second = Serve::start_configured(&file, two.path(), Listen::Socket, &quick);
+    first.ask("CHECK read alpha");
+    second.ask("CHECK read beta");
+    eventually(
+        "both uses are in the one sidecar",
+        Duration::from_secs(5),
+        || seen.exists() && sidecar(&seen).len() == 2,
+    );
+    drop(dir);
+}
+
+#[test]
+fn a_grant_says_when_the_token_expires_and_metrics_count_expiries() {
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::days(2);
+    let soon = soon
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let content = record("forever", "read", "")
+        + &record("soon", "read", "").replace('\n', &format!("\t\t{soon}\n"))
+        + &record("later", "read", "").replace('\n', "\t\t2999-01-01T00:00:00Z\n")
+        + &record("gone", "read", "").replace('\n', "\t\t2020-01-01T00:00:00Z\n");
+    let (dir, file, _) = setup(&content);
+    let serve = Serve::start(&file, dir.path(), Listen::Http);
+    let ask = |token: &str| {
+        let (name, value) = bearer(token);
+        http(
+            serve.http.unwrap(),
+            "GET",
+            "/check?scope=read",
+            &[(name, &value)],
+        )
+    };
+    let granted = ask("soon");
+    assert_eq!(granted.status, 204);
+    assert_eq!(granted.header("X-Token-Expires"), Some(soon.as_str()));
+    assert_eq!(ask("forever").header("X-Token-Expires"), None);
+    assert_eq!(ask("gone").status, 401);
+    assert_eq!(serve.metric("tokenfile_records_expiring_7d"), 1.0);
+    let soonest = time::OffsetDateTime::parse(&soon, &time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .unix_timestamp() as f64;
+    assert_eq!(
+        serve.metric("tokenfile_soonest_expiry_timestamp_seconds"),
+        soonest
+    );
+}
