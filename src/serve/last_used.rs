@@ -2,18 +2,22 @@
 //! written to it at most once per interval when something changed and once more at shutdown,
 //! always off the check path. Never the token file.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch as signal_watch;
 use tracing::{debug, warn};
 
 use crate::seen::{self, SeenById};
-use crate::when;
+use crate::when::{self, Timestamp};
 
 use super::ServeOptions;
 use super::state::{Shared, Snapshot};
+
+/// A token still in use this close to its expiry is warned about.
+const WARN_BEFORE: time::Duration = time::Duration::days(7);
 
 /// Where the figures are kept, and how often.
 #[derive(Debug, Clone)]
@@ -22,6 +26,8 @@ pub(super) struct Sidecar {
     /// The token file the sidecar's header names (the real file, as `list` resolves it).
     target: PathBuf,
     interval: Duration,
+    /// When each record was last warned about (by ID): once a day at most.
+    warned: Arc<Mutex<HashMap<String, Timestamp>>>,
 }
 
 impl Sidecar {
@@ -34,6 +40,7 @@ impl Sidecar {
                 .unwrap_or_else(|| seen::sidecar_of(&target)),
             target,
             interval: options.seen_interval.max(Duration::from_millis(10)),
+            warned: Arc::default(),
         }
     }
 
@@ -72,11 +79,47 @@ impl Sidecar {
         }
     }
 
+    /// Warns, once a day per record, about each token that expires within 7 days and was used
+    /// in the last 7 days: whoever uses it is about to be locked out. Never the token.
+    fn warn_expiring(&self, snapshot: &Snapshot) {
+        let now = when::now();
+        let Ok(mut warned) = self.warned.lock() else {
+            return;
+        };
+        for (position, (digest, grant)) in snapshot.index.iter().enumerate() {
+            let Some(expires) = grant
+                .expires
+                .filter(|&at| at > now && at <= now + WARN_BEFORE)
+            else {
+                continue;
+            };
+            let used = snapshot.usage.last_used(position);
+            if used.is_none_or(|used| used < now - WARN_BEFORE) {
+                continue;
+            }
+            let id = digest.id().to_string();
+            if warned
+                .get(&id)
+                .is_some_and(|&at| now - at < time::Duration::days(1))
+            {
+                continue;
+            }
+            warn!(
+                %id,
+                name = %crate::token::redact(grant.name),
+                expires = %when::format_timestamp(expires),
+                "a token that expires within 7 days is still in use; rotate it (`tokenfile rotate {id}`)"
+            );
+            warned.insert(id, now);
+        }
+    }
+
     /// Writes the figures of the state in use, if anything was used since the last write.
     /// Another `serve` of the same file may write the same sidecar: its newer figures for
     /// records of this state are kept (the later use wins), so neither erases the other's.
     pub(super) fn write(&self, shared: &Shared) {
         let snapshot = shared.snapshot();
+        self.warn_expiring(&snapshot);
         // A missing or refused file grants nothing and has no records: writing would erase
         // the figures of every record it will have again.
         if !snapshot.status.is_loaded() || !snapshot.usage.take_changed() {

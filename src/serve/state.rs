@@ -192,6 +192,10 @@ impl Shared {
             snapshot.usage.record(position, now, client);
         }
         self.metrics.count_check(Outcome::of(&decision));
+        if !matches!(decision, Decision::Granted { .. }) && tracing::enabled!(tracing::Level::DEBUG)
+        {
+            log_denial(&snapshot.index, token, required, now);
+        }
         answer(decision, expires)
     }
 
@@ -208,6 +212,22 @@ pub(super) fn log_decision(via: &str, decision: &Decision) {
         Decision::Granted { id, .. } => tracing::debug!(via, %id, "granted"),
         Decision::Forbidden { id, .. } => tracing::debug!(via, %id, "forbidden"),
         Decision::Unauthorized(why) => tracing::debug!(via, reason = why.reason(), "unauthorized"),
+    }
+}
+
+/// Why a check was denied, at debug level: the explanation `check --explain` gives (the
+/// matched line and record, each required scope and what covered it, the expiry, a hint),
+/// never the token, a path or a header — and redacted, in case a client put a token where a
+/// scope goes.
+fn log_denial(index: &TokenIndex, token: &Secret, required: &RequiredScopes, now: Timestamp) {
+    let matched: Vec<_> = index
+        .get(token)
+        .map(|grant| grant.to_grant())
+        .into_iter()
+        .collect();
+    let explanation = crate::decision::explain(token.expose(), &matched, required, now);
+    if let Ok(json) = serde_json::to_string(&explanation) {
+        tracing::debug!(explain = %crate::token::redact(&json), "denied");
     }
 }
 

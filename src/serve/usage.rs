@@ -180,6 +180,11 @@ impl Usage {
         Some(seen)
     }
 
+    /// When the record at `position` was last used, if ever.
+    pub(crate) fn last_used(&self, position: usize) -> Option<Timestamp> {
+        self.slots.get(position)?.seen().map(|seen| seen.last_used)
+    }
+
     /// Every used record of `index` (whose usage this is) by ID.
     pub(crate) fn by_id(&self, index: &TokenIndex) -> SeenById {
         index

@@ -248,3 +248,94 @@ fn a_grant_says_when_the_token_expires_and_metrics_count_expiries() {
         soonest
     );
 }
+
+#[test]
+fn a_denial_is_explained_at_debug_level_without_the_token() {
+    let content = record("alpha-secret-token", "read,kafka:*", "ci")
+        + &record("old-secret-token", "read", "").replace('\n', "\t\t2020-01-01T00:00:00Z\n");
+    let (dir, file, _) = setup(&content);
+    let debug = |cmd: &mut Command| {
+        cmd.env("RUST_LOG", "tokenfile=debug");
+    };
+    let serve = Serve::start_configured(&file, dir.path(), Listen::Socket, &debug);
+    serve.ask("CHECK read,write alpha-secret-token");
+    serve.ask("CHECK read old-secret-token");
+    serve.ask("CHECK read unknown-secret-token");
+    eventually("three explanations", Duration::from_secs(3), || {
+        serve.log().matches("explain=").count() >= 3
+    });
+    let log = serve.log();
+    assert!(
+        log.contains(r#""required":"write","granted_by":null"#),
+        "{log}"
+    );
+    assert!(
+        log.contains(r#""required":"read","granted_by":"read""#),
+        "{log}"
+    );
+    assert!(
+        log.contains("expired token") && log.contains("unknown token"),
+        "{log}"
+    );
+    assert!(!log.contains("secret-token"), "a token in the log:\n{log}");
+}
+
+#[test]
+fn a_token_used_near_its_expiry_is_warned_about_once() {
+    let soon = (time::OffsetDateTime::now_utc() + time::Duration::days(3))
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let content = record("soon", "read", "deploy bot").replace('\n', &format!("\t\t{soon}\n"))
+        + &record("forever", "read", "");
+    let (dir, file, _) = setup(&content);
+    let serve = Serve::start_configured(&file, dir.path(), Listen::Socket, &quick);
+    serve.ask("CHECK read forever");
+    // Not used yet: no warning, however near its expiry.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!serve.log().contains("still in use"), "{}", serve.log());
+    for _ in 0..3 {
+        serve.ask("CHECK read soon");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    eventually("the warning", Duration::from_secs(3), || {
+        serve.log().contains("still in use")
+    });
+    let log = serve.log();
+    assert_eq!(log.matches("still in use").count(), 1, "once a day:\n{log}");
+    assert!(
+        log.contains(&id("soon")) && log.contains("deploy bot"),
+        "{log}"
+    );
+    assert!(!log.contains(&id("forever")), "{log}");
+}
+
+#[test]
+fn list_reads_what_serve_wrote() {
+    let (dir, file, seen) =
+        setup(&(record("alpha", "read", "used") + &record("beta", "read", "idle")));
+    let mut serve = Serve::start_configured(&file, dir.path(), Listen::Socket, &quick);
+    serve.ask("CHECK read alpha");
+    serve.signal(Signal::SIGTERM);
+    assert!(serve.wait_exit().success());
+    assert!(seen.exists());
+    let out = crate::support::tokenfile_command()
+        .args(["--file", file.to_str().unwrap(), "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = listing["records"].as_array().unwrap();
+    let alpha = records.iter().find(|r| r["name"] == "used").unwrap();
+    let beta = records.iter().find(|r| r["name"] == "idle").unwrap();
+    assert_eq!(alpha["uses"], 1, "{alpha}");
+    let uid = nix::unistd::getuid().as_raw();
+    assert_eq!(alpha["last_client"], format!("uid {uid}"));
+    assert!(alpha["last_used"].is_string(), "{alpha}");
+    assert!(beta["last_used"].is_null(), "{beta}");
+}
