@@ -217,15 +217,19 @@ pub(super) fn log_decision(via: &str, decision: &Decision) {
 
 /// Why a check was denied, at debug level: the explanation `check --explain` gives (the
 /// matched line and record, each required scope and what covered it, the expiry, a hint),
-/// never the token, a path or a header — and redacted, in case a client put a token where a
-/// scope goes.
+/// never the token, a path or a header. The required scopes are named by their position
+/// (`#1`, `#2`), not their text: a client may have put a token where a scope goes, and a
+/// short shapeless one is beyond redaction (the rest is redacted all the same).
 fn log_denial(index: &TokenIndex, token: &Secret, required: &RequiredScopes, now: Timestamp) {
     let matched: Vec<_> = index
         .get(token)
         .map(|grant| grant.to_grant())
         .into_iter()
         .collect();
-    let explanation = crate::decision::explain(token.expose(), &matched, required, now);
+    let mut explanation = crate::decision::explain(token.expose(), &matched, required, now);
+    for (position, cover) in explanation.scopes.iter_mut().enumerate() {
+        cover.required = format!("#{}", position + 1);
+    }
     if let Ok(json) = serde_json::to_string(&explanation) {
         tracing::debug!(explain = %crate::token::redact(&json), "denied");
     }
