@@ -148,9 +148,16 @@ impl Usage {
         let Some(slot) = self.slots.get(position) else {
             return;
         };
-        slot.last_used.fetch_max(now.unix_timestamp(), Relaxed);
+        // Loads first: the time changes once a second and the client rarely, so most checks
+        // write one counter and leave the rest of the line shared between cores.
+        let at = now.unix_timestamp();
+        if slot.last_used.load(Relaxed) < at {
+            slot.last_used.fetch_max(at, Relaxed);
+        }
         slot.uses.fetch_add(1, Relaxed);
-        slot.set_client(client);
+        if slot.client() != client {
+            slot.set_client(client);
+        }
         if !self.changed.load(Relaxed) {
             self.changed.store(true, Relaxed);
         }
