@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 use std::collections::hash_map::Entry::{Occupied, Vacant};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::ops::ControlFlow;
 
@@ -295,6 +295,9 @@ impl<'a> Document<'a> {
     /// which have nothing left to say (a record kept for a grace period whose successor is
     /// revoked is replaced by nothing).
     pub fn remove_records(&mut self, ids: &[Id]) {
+        // A set: `prune` may remove thousands of a file's records at once.
+        let ids: HashSet<Id> = ids.iter().copied().collect();
+        let names: HashSet<&str> = ids.iter().map(Id::as_str).collect();
         let mut doomed: BTreeSet<usize> = self
             .records()
             .filter(|(_, r)| ids.contains(&r.id()))
@@ -302,9 +305,7 @@ impl<'a> Document<'a> {
             .collect();
         doomed.extend(self.lines.iter().enumerate().filter_map(|(i, line)| {
             let marker = Replaced::parse(&line.content)?;
-            ids.iter()
-                .any(|id| [marker.old, marker.new].contains(&id.as_str()))
-                .then_some(i)
+            (names.contains(marker.old) || names.contains(marker.new)).then_some(i)
         }));
         let mut index = 0;
         self.lines.retain(|_| {

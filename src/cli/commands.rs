@@ -834,7 +834,7 @@ fn doomed(
     unused: Option<std::time::Duration>,
     figures: &last_used::Figures,
     now: Timestamp,
-) -> Vec<PrunedRecord> {
+) -> Vec<(Id, PrunedRecord)> {
     doc.counted_records()
         .filter_map(|(line, r)| {
             let seen = figures.of(&r);
@@ -845,7 +845,7 @@ fn doomed(
             } else {
                 return None;
             };
-            Some(PrunedRecord {
+            let pruned = PrunedRecord {
                 id: r.id().to_string(),
                 line,
                 name: r.name_lossy(),
@@ -853,7 +853,8 @@ fn doomed(
                 reason,
                 expires: r.expires.map(format_timestamp),
                 last_used: seen.map(|s| format_timestamp(s.last_used)),
-            })
+            };
+            Some((r.id(), pruned))
         })
         .collect()
 }
@@ -872,17 +873,14 @@ fn prune(ctx: &Context, args: PruneArgs) -> Result<Exit> {
     }
     let removed = if args.dry_run {
         let bytes = ctx.store.read()?;
-        doomed(&Document::parse(&bytes), args.unused, &figures, now)
+        let doomed = doomed(&Document::parse(&bytes), args.unused, &figures, now);
+        doomed.into_iter().map(|(_, pruned)| pruned).collect()
     } else {
         let audit = ctx.audit()?;
         ctx.store.update(
             |doc| {
-                let removed = doomed(doc, args.unused, &figures, now);
-                let ids: Vec<Id> = doc
-                    .counted_records()
-                    .map(|(_, r)| r.id())
-                    .filter(|id| removed.iter().any(|p| p.id == id.as_str()))
-                    .collect();
+                let (ids, removed): (Vec<Id>, Vec<PrunedRecord>) =
+                    doomed(doc, args.unused, &figures, now).into_iter().unzip();
                 doc.remove_records(&ids);
                 Ok(removed)
             },
