@@ -18,7 +18,7 @@ use super::output::{self, Stdout, note, printable};
 use crate::audit::{AuditRecord, Change, Commit, Event};
 use crate::decision::{self, Decision, Unauthorized};
 use crate::error::{Error, Exit, Result};
-use crate::format::{Classified, Credential, Document, Record, Unresolved};
+use crate::format::{self, Classified, Credential, Document, Record, Unresolved};
 use crate::lint::{self, Severity};
 use crate::scan;
 use crate::scope::{RequiredScopes, ScopeSet};
@@ -435,10 +435,11 @@ fn records_of(ctx: &Context, token: &Secret) -> Result<Vec<decision::Grant>> {
     }
     let bytes = ctx.store.read()?;
     let digest = token.digest();
+    // Every record of the token in file order: no map of the whole file's tokens needed.
     Ok(Document::parse(&bytes)
-        .classify()
-        .filter_map(|(line, classified)| match classified {
-            Classified::Record(r) | Classified::Duplicate(r, _) if r.digest() == digest => {
+        .entries()
+        .filter_map(|(line, entry)| match entry {
+            format::Entry::Record(r) if r.digest() == digest => {
                 Some(decision::Grant::from_record(&r, line))
             }
             _ => None,
