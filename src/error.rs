@@ -74,6 +74,13 @@ pub enum Error {
     },
     /// The file has problems (lint, edit) — the message says which.
     Problems(String),
+    /// A rules file (`--routes`) has lines that do not parse.
+    Rules {
+        /// The rules file as given.
+        path: PathBuf,
+        /// Every bad line.
+        errors: Vec<crate::routes::RuleError>,
+    },
     /// The file is unsafe to use (e.g. world-writable).
     Unsafe(String),
     /// An I/O operation on a named path failed.
@@ -255,7 +262,7 @@ impl Error {
             }
             Error::Token(TokenError::NoRandomness(_)) => Exit::Io,
             Error::NoSuchId { .. } | Error::AmbiguousId { .. } => Exit::NoSuchId,
-            Error::Problems(_) | Error::Unsafe(_) => Exit::Problems,
+            Error::Problems(_) | Error::Unsafe(_) | Error::Rules { .. } => Exit::Problems,
             Error::Io { .. }
             | Error::LockTimeout { .. }
             | Error::Missing { .. }
@@ -290,6 +297,20 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Usage(msg) | Error::Problems(msg) | Error::Unsafe(msg) => f.write_str(msg),
+            Error::Rules { path, errors } => {
+                write!(f, "the rules file {} has problems: ", path.display())?;
+                for (i, e) in errors.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "{e}")?;
+                }
+                write!(
+                    f,
+                    " (`tokenfile routes check {}` lists them)",
+                    path.display()
+                )
+            }
             Error::Scope(e) => e.fmt(f),
             Error::When(e) => e.fmt(f),
             Error::Token(e) => e.fmt(f),

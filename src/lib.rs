@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`lines`] | the line rules: BOM, LF/CRLF, a lone CR, the last line; bytes and chunked readers | docs/format.md "Lines" |
 //! | [`format`](mod@format) | the lossless [`Document`](format::Document) and every change to it; one line → record, comment, blank or invalid; first record counts | docs/format.md |
+//! | [`routes`] | scopes from the request: the rules file, path globs, path normalization | docs/routes.md |
 //! | [`scope`] | the scope grammar, what a record grants, what a check requires | docs/format.md "Scopes" |
 //! | [`token`] | minting, the digest, the ID, the checksum, redaction of secrets | docs/format.md "Tokens, digests and IDs" |
 //! | [`when`] | RFC 3339 timestamps, `DURATION` and `WHEN` arguments | docs/format.md |
@@ -30,6 +31,7 @@ pub mod format;
 pub mod index;
 pub mod lines;
 pub(crate) mod lint;
+pub mod routes;
 pub mod scan;
 pub mod scope;
 pub mod seen;

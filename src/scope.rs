@@ -180,12 +180,14 @@ impl ScopeSet {
         Ok(set)
     }
 
-    /// Whether every one of `required` is granted by some item; all or nothing.
+    /// Whether every one of `required` is granted by some item; all or nothing. Nothing
+    /// grants [`RequiredScopes::unsatisfiable`].
     pub fn grants(&self, required: &RequiredScopes) -> bool {
-        required
-            .0
-            .iter()
-            .all(|req| self.0.iter().any(|g| g.grants(req)))
+        !required.0.is_empty()
+            && required
+                .0
+                .iter()
+                .all(|req| self.0.iter().any(|g| g.grants(req)))
     }
 
     /// The items in the order the field lists them.
@@ -276,7 +278,8 @@ impl std::error::Error for ScopeArgError {
     }
 }
 
-/// The scopes a check requires: at least one, each matching the grammar and without `*`.
+/// The scopes a check requires: at least one, each matching the grammar and without `*` —
+/// or none at all, which is [`RequiredScopes::unsatisfiable`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequiredScopes(Vec<Box<str>>);
 
@@ -317,6 +320,32 @@ impl RequiredScopes {
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|s| &**s)
     }
+
+    /// A requirement no token meets, whatever it grants (even `*`): what a request needs
+    /// when no rule of a rules file covers it (docs/routes.md). `parse` never makes one.
+    pub fn unsatisfiable() -> Self {
+        RequiredScopes(Vec::new())
+    }
+
+    /// Whether this is [`RequiredScopes::unsatisfiable`].
+    pub fn is_unsatisfiable(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Both requirements at once: every scope of each (an unsatisfiable one stays so).
+    #[must_use]
+    pub fn and(&self, other: &RequiredScopes) -> RequiredScopes {
+        if self.is_unsatisfiable() || other.is_unsatisfiable() {
+            return RequiredScopes::unsatisfiable();
+        }
+        let mut scopes = self.0.clone();
+        for scope in &other.0 {
+            if !scopes.contains(scope) {
+                scopes.push(scope.clone());
+            }
+        }
+        RequiredScopes(scopes)
+    }
 }
 
 impl fmt::Display for RequiredScopes {
@@ -335,6 +364,19 @@ mod tests {
 
     fn req(s: &str) -> RequiredScopes {
         RequiredScopes::parse(&[s]).unwrap()
+    }
+
+    #[test]
+    fn unsatisfiable_is_granted_by_nothing() {
+        let none = RequiredScopes::unsatisfiable();
+        assert!(!ScopeSet::all().grants(&none));
+        assert!(!set("a,b:*").grants(&none));
+        assert!(req("a").and(&none).is_unsatisfiable());
+        assert!(none.and(&req("a")).is_unsatisfiable());
+        let both = req("a,b").and(&req("b,c"));
+        assert_eq!(both.to_string(), "a,b,c");
+        assert!(set("a,b,c").grants(&both));
+        assert!(!set("a,b").grants(&both));
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The command line (README "Commands"), as clap definitions. Behaviour lives in `cli::commands`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+pub(crate) use crate::serve::{Credential, HttpAddr};
 use crate::when::{When, parse_duration, parse_lock_timeout};
 
 /// The token file when neither `--file` nor `$TOKENFILE` names one.
@@ -171,6 +171,10 @@ pub(crate) enum Command {
     #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
 
+    /// Work with a rules file of `serve --routes` (method + path glob -> scopes)
+    #[command(subcommand)]
+    Routes(RoutesCommand),
+
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout
     #[command(after_help = COMPLETIONS_HELP)]
     Completions {
@@ -192,6 +196,26 @@ pub(crate) enum Command {
         /// Write tokenfile.1 and tokenfile-<command>.1 into DIR (e.g. ~/.cargo/share/man/man1)
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+    },
+}
+
+/// `tokenfile routes …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum RoutesCommand {
+    /// Check a rules file: every problem with its line (exit 5 if there is one), and rules
+    /// that an earlier rule makes unreachable (warnings)
+    ///
+    /// One rule a line: METHODS PATH-GLOB SCOPES, e.g. `GET /api/** app:read` or
+    /// `POST,PUT,DELETE /api/** app:write`; `*` for any method; in the glob `*` matches
+    /// within a segment and `**` any number of segments; `#` starts a comment line. See
+    /// docs/routes.md.
+    Check {
+        /// The rules file
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+
+        #[command(flatten)]
+        output: JsonArg,
     },
 }
 
@@ -254,8 +278,28 @@ pub(crate) struct RotateArgs {
 #[command(mut_arg("json", |json| json.help(JSON_WITH_DECISION)))]
 pub(crate) struct CheckArgs {
     /// Required scope; repeat or comma-separate for several (all must be granted)
-    #[arg(long = "scope", short = 's', required = true, value_name = "SCOPE")]
+    #[arg(
+        long = "scope",
+        short = 's',
+        required_unless_present = "routes",
+        value_name = "SCOPE"
+    )]
     pub scopes: Vec<String>,
+
+    /// Take the required scopes from this rules file, as `serve --routes` does: those of the
+    /// first rule for --method and --path (any --scope must be granted as well); a request
+    /// no rule covers is refused (exit 1)
+    #[arg(long, value_name = "FILE", requires_all = ["method", "path"])]
+    pub routes: Option<PathBuf>,
+
+    /// The method of the request to decide, for --routes (e.g. GET)
+    #[arg(long, value_name = "METHOD", requires = "routes")]
+    pub method: Option<String>,
+
+    /// The path of the request to decide, for --routes (e.g. /api/items/7); normalized as
+    /// serve does (percent-decoded, dot segments and duplicate slashes resolved, query cut)
+    #[arg(long, value_name = "PATH", requires = "routes")]
+    pub path: Option<String>,
 
     /// Read the token from this environment variable instead of stdin
     #[arg(long, value_name = "VAR")]
@@ -341,9 +385,11 @@ pub(crate) struct Listeners {
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
-    /// HTTP address to listen on for forward-auth (/check, /healthz, /metrics), e.g. 127.0.0.1:8080
+    /// HTTP listener for forward auth (/check, /ext_authz/, /healthz, /metrics): an address
+    /// such as 127.0.0.1:9180, or unix:/PATH for HTTP over a Unix socket (mode 0660, as nginx's
+    /// `proxy_pass http://unix:/PATH:/check` reaches it); repeat for several
     #[arg(long, value_name = "ADDR")]
-    pub http: Option<SocketAddr>,
+    pub http: Vec<HttpAddr>,
 }
 
 /// `serve`'s options: its listeners, and where it keeps when each token was last used.
@@ -356,6 +402,18 @@ pub(crate) struct ServeArgs {
     /// Where to keep when each token was last used [default: <file>.seen beside the file]
     #[arg(long = "seen", value_name = "PATH")]
     pub seen: Option<PathBuf>,
+
+    /// Also take the token from `Authorization: Basic` (as the password, any user name) and/or
+    /// the `X-Api-Key` header, for clients that cannot send a bearer token (git, docker,
+    /// webhooks, monitors); comma-separate or repeat
+    #[arg(long, value_name = "WHERE", value_delimiter = ',')]
+    pub accept: Vec<Credential>,
+
+    /// Rules mapping the original request's method and path to the scopes it needs (one
+    /// `METHODS PATH-GLOB SCOPES` a line, first match wins, no match is 403; see
+    /// docs/routes.md); reloaded when it changes, a broken change keeps the last good rules
+    #[arg(long, value_name = "FILE")]
+    pub routes: Option<PathBuf>,
 
     /// How often the last-used sidecar is written when something changed (for tests)
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, hide = true)]

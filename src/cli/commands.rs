@@ -8,10 +8,12 @@ use clap::CommandFactory;
 
 use super::Context;
 use super::args::{
-    CheckArgs, Cli, Command, LintArgs, ListArgs, MintArgs, PruneArgs, RotateArgs, ServeArgs,
+    CheckArgs, Cli, Command, LintArgs, ListArgs, MintArgs, PruneArgs, RotateArgs, RoutesCommand,
+    ServeArgs,
 };
 use super::json::{
     CheckReport, Issued, LintReport, ListedRecord, Listing, PruneReport, PrunedRecord,
+    RouteFinding, RouteMatch, RoutesReport, RuleMatch,
 };
 use super::last_used;
 use super::output::{self, Stdout, note, printable};
@@ -20,8 +22,9 @@ use crate::decision::{self, Decision, Unauthorized};
 use crate::error::{Error, Exit, Result};
 use crate::format::{self, Classified, Credential, Document, Record, Unresolved};
 use crate::lint::{self, Severity};
+use crate::routes::{self, Rules};
 use crate::scan;
-use crate::scope::{RequiredScopes, ScopeSet};
+use crate::scope::{RequiredScopes, ScopeArgError, ScopeSet};
 use crate::token::{self, Id, IdPrefix, Secret, Shape};
 use crate::when::{self, Timestamp, When, format_timestamp};
 
@@ -39,6 +42,7 @@ pub(super) fn dispatch(ctx: &Context, command: Command) -> Result<Exit> {
         Command::Hash => hash(ctx),
         Command::Edit => super::edit::edit(&ctx.store, &ctx.audit()?),
         Command::Serve(args) => serve(ctx, args),
+        Command::Routes(RoutesCommand::Check { file, output }) => routes_check(&file, output.json),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "tokenfile", &mut out);
@@ -516,7 +520,21 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     for scope in &args.scopes {
         token::refuse_token_in("--scope", scope)?;
     }
-    let required = RequiredScopes::parse(&args.scopes)?;
+    let asked = (!args.scopes.is_empty())
+        .then(|| RequiredScopes::parse(&args.scopes))
+        .transpose()?;
+    let (required, route) = match &args.routes {
+        Some(file) => {
+            let route = route_of(file, args.method.as_deref(), args.path.as_deref())?;
+            let required = match (&route.rule, &asked) {
+                (Some(rule), Some(asked)) => asked.and(&rule.required),
+                (Some(rule), None) => rule.required.clone(),
+                (None, _) => RequiredScopes::unsatisfiable(),
+            };
+            (required, Some(route))
+        }
+        None => (asked.ok_or(Error::Scope(ScopeArgError::NoRequired))?, None),
+    };
     let token = presented_token(args.token_env.as_deref())?;
     // `mint … | check`: the token arrives before mint's rename (docs/writing.md), so wait
     // for that writer to finish.
@@ -564,13 +582,23 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
             reason: report.3,
             hint,
             required: required.iter().collect(),
+            route: route.as_ref(),
             explain: explanation,
         })
     } else {
-        if let Some(why) = denial(ctx, &decision, grant.as_ref(), &required, &args, hint) {
+        let why = match (&route, &decision) {
+            (Some(route), Decision::Forbidden { .. }) if route.rule.is_none() => {
+                Some(route.uncovered())
+            }
+            _ => denial(ctx, &decision, grant.as_ref(), &required, &args, hint),
+        };
+        if let Some(why) = why {
             note(&format!("denied: {why}"));
         }
         if let Some(explanation) = &explanation {
+            if let Some(route) = &route {
+                note(&format!("explain: {}", route.describe()));
+            }
             for line in render_explanation(explanation, ctx.store.path()) {
                 note(&format!("explain: {line}"));
             }
@@ -1038,6 +1066,137 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
     output::conclude(exit, printed, Stdout::Job)
 }
 
+/// `check --routes FILE --method M --path P`: the rule that decides what the request
+/// needs, as `serve --routes` finds it.
+fn route_of(file: &Path, method: Option<&str>, path: Option<&str>) -> Result<RouteMatch> {
+    // clap makes --method and --path come with --routes.
+    let (Some(method), Some(path)) = (method, path) else {
+        return Err(Error::usage("--routes needs --method and --path"));
+    };
+    if method.is_empty() || !method.bytes().all(routes::is_method_byte) {
+        return Err(Error::usage(format!(
+            "--method {}: not an HTTP method (e.g. GET, POST)",
+            printable(method)
+        )));
+    }
+    let normalized = routes::normalize_path(path.as_bytes())
+        .map_err(|e| Error::usage(format!("--path: {e}")))?;
+    let (rules, _) = routes::read_file(file)?;
+    let rule = rules.find(method, &normalized).map(|rule| RuleMatch {
+        line: rule.line,
+        methods: rule.methods(),
+        path: rule.glob().to_owned(),
+        scopes: rule.scopes().iter().map(str::to_owned).collect(),
+        required: rule.scopes().clone(),
+    });
+    Ok(RouteMatch {
+        file: file.display().to_string(),
+        method: method.to_owned(),
+        path: String::from_utf8_lossy(normalized.as_bytes()).into_owned(),
+        rule,
+    })
+}
+
+impl RouteMatch {
+    fn describe(&self) -> String {
+        match &self.rule {
+            Some(rule) => format!(
+                "{} {} is covered by line {} of {} ({} {}), which requires {}",
+                self.method,
+                self.path,
+                rule.line,
+                self.file,
+                rule.methods,
+                rule.path,
+                rule.scopes.join(",")
+            ),
+            None => self.uncovered(),
+        }
+    }
+
+    fn uncovered(&self) -> String {
+        format!(
+            "no rule of {} covers {} {}, and a request no rule covers is refused; add one \
+             (`tokenfile routes check {}` shows the rules)",
+            self.file, self.method, self.path, self.file
+        )
+    }
+}
+
+/// `routes check FILE`: every problem of a rules file, by line; exit 5 if there is one.
+fn routes_check(file: &Path, json: bool) -> Result<Exit> {
+    let (rules, errors) = match routes::read_file(file) {
+        Ok((rules, _)) => (Some(rules), Vec::new()),
+        Err(Error::Rules { errors, .. }) => (None, errors),
+        Err(e) => return Err(e),
+    };
+    let mut findings: Vec<RouteFinding> = errors
+        .iter()
+        .map(|e| RouteFinding {
+            line: e.line,
+            severity: "error",
+            message: e.message.clone(),
+        })
+        .collect();
+    if let Some(rules) = &rules {
+        if rules.is_empty() {
+            findings.push(RouteFinding {
+                line: 0,
+                severity: "warning",
+                message: "no rule: every request matched against this file is refused".into(),
+            });
+        }
+        for (line, by) in rules.unreachable() {
+            findings.push(RouteFinding {
+                line,
+                severity: "warning",
+                message: format!(
+                    "never used: line {by} comes first and matches every request this rule \
+                     does (the first matching rule wins)"
+                ),
+            });
+        }
+    }
+    let printed = if json {
+        output::print_json(&RoutesReport {
+            file: file.display().to_string(),
+            rules: rules.as_ref().map_or(0, Rules::len),
+            findings: &findings,
+        })
+    } else {
+        let mut text = String::new();
+        for f in &findings {
+            let place = match f.line {
+                0 => file.display().to_string(),
+                line => format!("{}:{line}", file.display()),
+            };
+            text.push_str(&format!("{place}: {}: {}\n", f.severity, f.message));
+        }
+        let printed = output::print(&text);
+        match &rules {
+            Some(rules) => note(&format!(
+                "{}: {} rule(s), {} warning(s)",
+                file.display(),
+                rules.len(),
+                findings.len()
+            )),
+            None => note(&format!(
+                "{}: {} error(s); serve would not start with it, and a running serve keeps \
+                 its last good rules",
+                file.display(),
+                errors.len()
+            )),
+        }
+        printed
+    };
+    let exit = if errors.is_empty() {
+        Exit::Success
+    } else {
+        Exit::Problems
+    };
+    output::conclude(exit, printed, Stdout::Job)
+}
+
 fn hash(ctx: &Context) -> Result<Exit> {
     let audit = ctx.audit()?;
     // A file that others can read is refused for its plaintext by every other reader;
@@ -1070,6 +1229,8 @@ fn serve(ctx: &Context, args: ServeArgs) -> Result<Exit> {
         file: ctx.store.path().to_path_buf(),
         socket: args.listeners.socket,
         http: args.listeners.http,
+        accept: args.accept,
+        routes: args.routes,
         seen: args.seen,
         seen_interval: args.seen_interval,
     })

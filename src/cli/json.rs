@@ -46,6 +46,9 @@ pub(crate) struct CheckReport<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) hint: Option<&'static str>,
     pub(crate) required: Vec<&'a str>,
+    /// With `--routes` only: the request and the rule that decided what it needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) route: Option<&'a RouteMatch>,
     /// With `--explain` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) explain: Option<crate::decision::Explanation>,
@@ -112,4 +115,44 @@ pub(crate) struct PruneReport {
     pub(crate) file: String,
     pub(crate) dry_run: bool,
     pub(crate) removed: Vec<PrunedRecord>,
+}
+
+/// `check --routes`: the request decided, and the rule for it (`null`: none covers it).
+#[derive(Serialize)]
+pub(crate) struct RouteMatch {
+    pub(crate) file: String,
+    pub(crate) method: String,
+    /// The path as normalized for matching.
+    pub(crate) path: String,
+    pub(crate) rule: Option<RuleMatch>,
+}
+
+/// The rule that covers a request.
+#[derive(Serialize)]
+pub(crate) struct RuleMatch {
+    pub(crate) line: usize,
+    pub(crate) methods: String,
+    /// The rule's path glob.
+    pub(crate) path: String,
+    pub(crate) scopes: Vec<String>,
+    #[serde(skip)]
+    pub(crate) required: crate::scope::RequiredScopes,
+}
+
+/// `routes check --json`.
+#[derive(Serialize)]
+pub(crate) struct RoutesReport<'a> {
+    pub(crate) file: String,
+    /// Rules parsed (0 when the file has errors).
+    pub(crate) rules: usize,
+    pub(crate) findings: &'a [RouteFinding],
+}
+
+/// One problem of a rules file (`line` 0: the file as a whole).
+#[derive(Serialize)]
+pub(crate) struct RouteFinding {
+    pub(crate) line: usize,
+    /// `error` (exit 5) or `warning`.
+    pub(crate) severity: &'static str,
+    pub(crate) message: String,
 }

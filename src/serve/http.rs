@@ -1,13 +1,16 @@
-//! The HTTP listener for reverse-proxy forward auth (nginx `auth_request`, Caddy
-//! `forward_auth`, Traefik `ForwardAuth`), plus `/healthz` and `/metrics` (docs/protocols.md).
+//! The HTTP listeners for reverse-proxy forward auth (nginx `auth_request`, Caddy
+//! `forward_auth`, Traefik `ForwardAuth`, Envoy `ext_authz`), plus `/healthz` and `/metrics`
+//! (docs/protocols.md). Each listens on TCP or, as `unix:/PATH`, on a Unix socket.
 //!
 //! `/check`, any method: required scopes from `?scope=a,b` (repeatable) and/or the
 //! `X-Required-Scope` header — all of them must be granted; the token from
-//! `Authorization: Bearer …`.
+//! `Authorization: Bearer …` (and, when serve accepts them, Basic's password or `X-Api-Key`).
+//! `/ext_authz/…` is the same check for Envoy, whose path is the client's: scopes only from
+//! `X-Required-Scope`, and a grant is 200, the one status Envoy takes as one.
 //!
 //! | answer | when |
 //! |---|---|
-//! | 204 + `X-Token-Id`, `X-Token-Name` | granted |
+//! | 204 (`/ext_authz/`: 200) + `X-Token-Id`, `X-Token-Name` | granted |
 //! | 400 | no scope asked for, or a malformed one (fail closed) |
 //! | 401 + `WWW-Authenticate: Bearer realm="tokenfile"` | no, unknown or expired token |
 //! | 403 + `X-Token-Id` | valid token without (all) the scopes |
@@ -16,14 +19,19 @@
 
 use std::borrow::Cow;
 use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener};
-use std::path::Path;
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use base64::Engine as _;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -32,17 +40,22 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use subtle::ConstantTimeEq as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, warn};
+use zeroize::Zeroizing;
 
 use crate::decision::Decision;
 use crate::error::{Error, Result};
+use crate::routes;
 use crate::scope::RequiredScopes;
 use crate::token::Secret;
 use crate::when::{self, format_timestamp};
 
+use super::routes::Routes;
+use super::socket::{self, SocketFile};
 use super::state::{Shared, log_decision};
 use super::usage::Client;
 use super::{AcceptFailures, next_connection};
@@ -60,7 +73,137 @@ const MAX_NAME_HEADER: usize = 256;
 
 type Body = Full<Bytes>;
 
-pub(super) fn bind(addr: SocketAddr) -> Result<StdTcpListener> {
+/// Where an HTTP listener listens: `HOST:PORT`, or `unix:PATH` for HTTP over a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HttpAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for HttpAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a path, e.g. unix:/run/tokenfile/http.sock".into());
+            }
+            return Ok(HttpAddr::Unix(PathBuf::from(path)));
+        }
+        text.parse().map(HttpAddr::Tcp).map_err(|_| {
+            "expected an address such as 127.0.0.1:9180, or unix:/PATH for a Unix socket".into()
+        })
+    }
+}
+
+impl fmt::Display for HttpAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpAddr::Tcp(addr) => write!(f, "{addr}"),
+            HttpAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Where a token may come from besides `Authorization: Bearer` (`serve --accept`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Credential {
+    /// `Authorization: Basic`, the token as the password (any user name).
+    Basic,
+    /// The `X-Api-Key` header.
+    ApiKey,
+}
+
+/// What every HTTP listener of one `serve` answers with.
+#[derive(Debug, Default)]
+pub(super) struct Config {
+    basic: bool,
+    api_key: bool,
+    /// `--routes`: scopes from the original request's method and path.
+    routes: Option<Arc<Routes>>,
+}
+
+impl Config {
+    pub(super) fn new(accept: &[Credential], routes: Option<Arc<Routes>>) -> Self {
+        Config {
+            basic: accept.contains(&Credential::Basic),
+            api_key: accept.contains(&Credential::ApiKey),
+            routes,
+        }
+    }
+}
+
+/// A bound HTTP listener, and for a Unix socket the file to remove at exit.
+pub(super) struct Bound {
+    listener: Listener,
+    file: Option<SocketFile>,
+}
+
+/// A bound listener, not yet handed to the runtime.
+pub(super) enum Listener {
+    Tcp(StdTcpListener, SocketAddr),
+    Unix(StdUnixListener, PathBuf),
+}
+
+/// A listener handed to the runtime.
+pub(super) enum Tokio {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Bound {
+    /// Binds before any thread exists: a Unix socket's mode comes from the process umask
+    /// (see `socket::bind`, which also replaces a stale socket and refuses anything else).
+    pub(super) fn bind(addr: &HttpAddr) -> Result<Bound> {
+        match addr {
+            HttpAddr::Tcp(addr) => Ok(Bound {
+                listener: Listener::Tcp(bind_tcp(*addr)?, *addr),
+                file: None,
+            }),
+            HttpAddr::Unix(path) => {
+                let (listener, file) = socket::bind(path)?;
+                Ok(Bound {
+                    listener: Listener::Unix(listener, path.clone()),
+                    file: Some(file),
+                })
+            }
+        }
+    }
+
+    pub(super) fn split(self) -> (Listener, Option<SocketFile>) {
+        (self.listener, self.file)
+    }
+}
+
+impl Listener {
+    pub(super) fn into_tokio(self) -> Result<Tokio> {
+        let shown = self.to_string();
+        match self {
+            Listener::Tcp(listener, _) => {
+                TcpListener::from_std(listener)
+                    .map(Tokio::Tcp)
+                    .map_err(|source| Error::Listen {
+                        addr: shown,
+                        source,
+                    })
+            }
+            Listener::Unix(listener, path) => UnixListener::from_std(listener)
+                .map(Tokio::Unix)
+                .map_err(|e| Error::io("listen on the socket", &path, e)),
+        }
+    }
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listener::Tcp(_, addr) => write!(f, "{addr}"),
+            Listener::Unix(_, path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+fn bind_tcp(addr: SocketAddr) -> Result<StdTcpListener> {
     let shown = addr.to_string();
     let listener =
         StdTcpListener::bind(addr).map_err(|e| Error::io("listen on", Path::new(&shown), e))?;
@@ -71,16 +214,44 @@ pub(super) fn bind(addr: SocketAddr) -> Result<StdTcpListener> {
         warn!(
             %addr,
             "listening on a non-loopback address: anyone who can reach it can test tokens; \
-             prefer 127.0.0.1 behind the proxy"
+             prefer 127.0.0.1 or a Unix socket behind the proxy"
         );
     }
     Ok(listener)
 }
 
+/// A listener's next connection, with the client as the kernel knows it (for last used,
+/// when no proxy header names one).
+pub(super) trait Accept: Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn next(&self) -> impl Future<Output = io::Result<(Self::Stream, Client)>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn next(&self) -> io::Result<(Self::Stream, Client)> {
+        let (stream, peer) = self.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, Client::Addr(peer.ip())))
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn next(&self) -> io::Result<(Self::Stream, Client)> {
+        let (stream, _) = self.accept().await?;
+        let client = stream
+            .peer_cred()
+            .map_or(Client::Unknown, |cred| Client::Uid(cred.uid()));
+        Ok((stream, client))
+    }
+}
+
 /// Accepts until `shutdown`, then lets in-flight requests finish (bounded).
-pub(super) async fn serve(
-    listener: TcpListener,
+pub(super) async fn serve<L: Accept>(
+    listener: L,
     shared: Arc<Shared>,
+    config: Arc<Config>,
     shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -95,12 +266,12 @@ pub(super) async fn serve(
     let mut stop = shutdown;
     let mut failures = AcceptFailures::new("HTTP");
     while let Some((permit, (stream, peer))) =
-        next_connection(&slots, &mut stop, &mut failures, || listener.accept()).await
+        next_connection(&slots, &mut stop, &mut failures, || listener.next()).await
     {
-        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let config = config.clone();
         let service = service_fn(move |request: Request<Incoming>| {
-            let response = route(&shared, &request, peer.ip());
+            let response = route(&shared, &config, &request, peer);
             async move { Ok::<_, Infallible>(response) }
         });
         let connection = graceful
@@ -121,11 +292,35 @@ pub(super) async fn serve(
     }
 }
 
-fn route(shared: &Shared, request: &Request<Incoming>, peer: IpAddr) -> Response<Body> {
-    let mut response = match request.uri().path() {
-        "/check" => check(shared, request, peer),
-        "/healthz" => only_get(request.method()).unwrap_or_else(|| healthz(shared)),
-        "/metrics" => only_get(request.method()).unwrap_or_else(|| metrics(shared)),
+/// Which forward-auth endpoint a request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// `/check`: nginx, Caddy, Traefik.
+    Check,
+    /// `/ext_authz/<the client's path>`: Envoy.
+    ExtAuthz,
+}
+
+/// Envoy's `path_prefix`; the client's own path follows it.
+const EXT_AUTHZ: &str = "/ext_authz";
+
+fn route(
+    shared: &Shared,
+    config: &Config,
+    request: &Request<Incoming>,
+    peer: Client,
+) -> Response<Body> {
+    let path = request.uri().path();
+    let mut response = match path {
+        "/check" => check(shared, config, request, peer, Endpoint::Check),
+        _ if path
+            .strip_prefix(EXT_AUTHZ)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')) =>
+        {
+            check(shared, config, request, peer, Endpoint::ExtAuthz)
+        }
+        "/healthz" => only_get(request.method()).unwrap_or_else(|| healthz(shared, config)),
+        "/metrics" => only_get(request.method()).unwrap_or_else(|| metrics(shared, config)),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     };
     response
@@ -133,16 +328,7 @@ fn route(shared: &Shared, request: &Request<Incoming>, peer: IpAddr) -> Response
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // Never the path, the query or a header value: a client may put a token in any.
     // An extension method is the client's text too: only the standard ones are named.
-    let method = match *request.method() {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    };
+    let method = standard_method(request.method().as_str());
     debug!(method, status = response.status().as_u16(), "http");
     response
 }
@@ -171,20 +357,24 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 /// The client a proxy says it forwards (the first address of `X-Forwarded-For`, else
 /// `X-Real-IP`), else the peer — for last used only, never for a decision. A value that is
 /// not an address is ignored.
-fn client_of(headers: &HeaderMap, peer: IpAddr) -> Client {
+fn client_of(headers: &HeaderMap, peer: Client) -> Client {
     let first_address = |name: &str| {
         let value = headers.get(name)?.to_str().ok()?;
         value.split(',').next()?.trim().parse::<IpAddr>().ok()
     };
-    Client::Addr(
-        first_address("x-forwarded-for")
-            .or_else(|| first_address("x-real-ip"))
-            .unwrap_or(peer),
-    )
+    first_address("x-forwarded-for")
+        .or_else(|| first_address("x-real-ip"))
+        .map_or(peer, Client::Addr)
 }
 
-fn check(shared: &Shared, request: &Request<Incoming>, peer: IpAddr) -> Response<Body> {
-    let required = match required_scopes(request) {
+fn check(
+    shared: &Shared,
+    config: &Config,
+    request: &Request<Incoming>,
+    peer: Client,
+    endpoint: Endpoint,
+) -> Response<Body> {
+    let required = match required_scopes(request, config, endpoint) {
         Ok(required) => required,
         Err(reason) => {
             shared.count_invalid();
@@ -197,11 +387,11 @@ fn check(shared: &Shared, request: &Request<Incoming>, peer: IpAddr) -> Response
             return response;
         }
     };
-    let token = bearer(request.headers());
+    let token = presented_token(request.headers(), config);
     let client = client_of(request.headers(), peer);
     shared.check(&token, &required, client, |decision, expires| {
         log_decision("http", &decision);
-        let mut response = decision_response(decision);
+        let mut response = decision_response(decision, config, endpoint);
         if let (Decision::Granted { .. }, Some(expires)) = (decision, expires) {
             response
                 .headers_mut()
@@ -211,11 +401,18 @@ fn check(shared: &Shared, request: &Request<Incoming>, peer: IpAddr) -> Response
     })
 }
 
-fn decision_response(decision: Decision<'_>) -> Response<Body> {
+fn decision_response(
+    decision: Decision<'_>,
+    config: &Config,
+    endpoint: Endpoint,
+) -> Response<Body> {
     match decision {
         Decision::Granted { id, name } => {
             let mut response = Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = StatusCode::NO_CONTENT;
+            *response.status_mut() = match endpoint {
+                Endpoint::Check => StatusCode::NO_CONTENT,
+                Endpoint::ExtAuthz => StatusCode::OK,
+            };
             let headers = response.headers_mut();
             headers.insert("x-token-id", header_value(id.as_str()));
             headers.insert("x-token-name", header_value(&header_safe(name)));
@@ -231,7 +428,16 @@ fn decision_response(decision: Decision<'_>) -> Response<Body> {
         Decision::Unauthorized(_) => {
             // The body does not say unknown from expired; the log does (at debug).
             let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
-            response.headers_mut().insert(
+            let headers = response.headers_mut();
+            // Basic first: nginx before 1.23 passes only the first challenge on, and a
+            // client that speaks only Basic (git, docker) needs to be offered it.
+            if config.basic {
+                headers.append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"tokenfile\""),
+                );
+            }
+            headers.append(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"tokenfile\""),
             );
@@ -264,11 +470,58 @@ pub(super) fn header_safe(name: &str) -> String {
     out
 }
 
-/// All scopes asked for, from the query (`scope=`, repeatable, comma-separated) and the
-/// `X-Required-Scope` header(s). The error is the 400 body.
-fn required_scopes(request: &Request<Incoming>) -> std::result::Result<RequiredScopes, String> {
+/// What the request needs: the scopes asked for (`?scope=`, `X-Required-Scope`) and, with
+/// `--routes`, those of the first rule for the original request — all of them; no rule for
+/// it needs what no token has. The error is the 400 body: no scope asked for, a malformed
+/// one, an original request that is ambiguous or whose path does not normalize.
+fn required_scopes(
+    request: &Request<Incoming>,
+    config: &Config,
+    endpoint: Endpoint,
+) -> std::result::Result<RequiredScopes, String> {
+    let asked = asked_scopes(request, endpoint)?;
+    let Some(routes) = &config.routes else {
+        return asked.ok_or_else(|| NO_SCOPE.into());
+    };
+    let Some((method, target)) = original_request(request, endpoint)? else {
+        return asked.ok_or_else(|| {
+            format!(
+                "{NO_SCOPE}, or send the original request's X-Forwarded-Method and \
+                 X-Forwarded-Uri (or X-Original-Method and X-Original-URI) for --routes"
+            )
+        });
+    };
+    let path = routes::normalize_path(target).map_err(|e| e.to_string())?;
+    let rules = routes.rules();
+    Ok(match (rules.find(method, &path), asked) {
+        (Some(rule), Some(asked)) => asked.and(rule.scopes()),
+        (Some(rule), None) => rule.scopes().clone(),
+        (None, _) => {
+            routes.count_miss();
+            debug!(
+                method = standard_method(method),
+                "no rule matches the request"
+            );
+            RequiredScopes::unsatisfiable()
+        }
+    })
+}
+
+const NO_SCOPE: &str = "no required scope: ask with ?scope=a,b or the X-Required-Scope header";
+
+/// The scopes asked for in the query (`scope=`, repeatable, comma-separated) and the
+/// `X-Required-Scope` header(s); `None` when none is. For Envoy the query is the client's,
+/// so only the header counts there.
+fn asked_scopes(
+    request: &Request<Incoming>,
+    endpoint: Endpoint,
+) -> std::result::Result<Option<RequiredScopes>, String> {
     let mut asked: Vec<Cow<'_, str>> = Vec::new();
-    for pair in request.uri().query().unwrap_or("").split('&') {
+    let query = match endpoint {
+        Endpoint::Check => request.uri().query().unwrap_or(""),
+        Endpoint::ExtAuthz => "",
+    };
+    for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let key = percent_decode(key).ok_or("malformed query string")?;
         if key == "scope" {
@@ -282,9 +535,73 @@ fn required_scopes(request: &Request<Incoming>) -> std::result::Result<RequiredS
         asked.push(Cow::Borrowed(value));
     }
     if asked.is_empty() {
-        return Err("no required scope: ask with ?scope=a,b or the X-Required-Scope header".into());
+        return Ok(None);
     }
-    RequiredScopes::parse(&asked).map_err(|e| e.to_string())
+    RequiredScopes::parse(&asked)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// The method and target of the request the proxy protects: Envoy's own (the check *is*
+/// that request, under [`EXT_AUTHZ`]), else `X-Forwarded-Method` + `X-Forwarded-Uri`
+/// (Traefik, Caddy) or `X-Original-Method` + `X-Original-URI` (the nginx recipe). Either
+/// pair alone, or both saying the same; anything else — half a pair, a header given twice,
+/// two pairs that disagree — is refused rather than guessed at. `None` when there is none.
+fn original_request(
+    request: &Request<Incoming>,
+    endpoint: Endpoint,
+) -> std::result::Result<Option<(&str, &[u8])>, String> {
+    if endpoint == Endpoint::ExtAuthz {
+        let path = request.uri().path();
+        let rest = path.strip_prefix(EXT_AUTHZ).unwrap_or(path);
+        return Ok(Some((request.method().as_str(), rest.as_bytes())));
+    }
+    let headers = request.headers();
+    let forwarded = header_pair(headers, "X-Forwarded-Method", "X-Forwarded-Uri")?;
+    let original = header_pair(headers, "X-Original-Method", "X-Original-URI")?;
+    match (forwarded, original) {
+        (Some(a), Some(b)) if a == b => Ok(Some(a)),
+        (Some(_), Some(_)) => Err(
+            "X-Forwarded-Method/X-Forwarded-Uri and X-Original-Method/X-Original-URI \
+             disagree: the proxy should set one pair and clear the other"
+                .into(),
+        ),
+        (one, None) | (None, one) => Ok(one),
+    }
+}
+
+fn header_pair<'h>(
+    headers: &'h HeaderMap,
+    method_name: &str,
+    uri_name: &str,
+) -> std::result::Result<Option<(&'h str, &'h [u8])>, String> {
+    let once = |name: &str| single(headers, name).ok_or_else(|| format!("{name} given twice"));
+    match (once(method_name)?, once(uri_name)?) {
+        (None, None) => Ok(None),
+        (Some(method), Some(uri)) => {
+            let method = method
+                .to_str()
+                .ok()
+                .filter(|m| !m.is_empty() && m.bytes().all(routes::is_method_byte))
+                .ok_or_else(|| format!("{method_name} is not an HTTP method"))?;
+            Ok(Some((method, uri.as_bytes())))
+        }
+        _ => Err(format!(
+            "{method_name} and {uri_name} go together: one without the other"
+        )),
+    }
+}
+
+/// A method as a log may show it: the standard ones by name, any other as `other` (it is
+/// the client's text, and might be anything).
+fn standard_method(method: &str) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|m| *m == method)
+        .unwrap_or("other")
 }
 
 /// `application/x-www-form-urlencoded` decoding: `%XX` and `+` for space. `None` for a bad
@@ -300,9 +617,7 @@ fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                out.push(crate::routes::escaped_byte(&bytes[i + 1..])?);
                 i += 3;
             }
             b'+' => {
@@ -318,24 +633,71 @@ fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
     String::from_utf8(out).ok().map(Cow::Owned)
 }
 
-/// The token of the one `Authorization: Bearer <token>` header; empty (no token) if there
-/// is none, it uses another scheme, or there are several (ambiguous: fail closed).
-fn bearer(headers: &HeaderMap) -> Secret {
-    let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return Secret::new(Vec::new());
+/// The token the request presents: `Authorization: Bearer`, and where serve accepts them,
+/// the password of `Authorization: Basic` and `X-Api-Key`. Empty (no token) when there is
+/// none, or when the request is ambiguous — several `Authorization` or `X-Api-Key`
+/// headers, or two places holding different tokens: fail closed rather than pick one.
+fn presented_token(headers: &HeaderMap, config: &Config) -> Secret {
+    let none = || Secret::new(Vec::new());
+    let Some(authorization) = single(headers, header::AUTHORIZATION.as_str()) else {
+        return none();
     };
-    let value = value.as_bytes().trim_ascii();
-    let token = match value.iter().position(|&b| b == b' ') {
-        Some(space) if value[..space].eq_ignore_ascii_case(b"bearer") => {
-            value[space + 1..].trim_ascii()
+    let from_authorization = authorization.and_then(|value| authorization_token(value, config));
+    let api_key = if config.api_key {
+        match single(headers, "x-api-key") {
+            Some(value) => value,
+            None => return none(),
         }
-        _ => &[][..],
+    } else {
+        None
     };
-    Secret::new(token.to_vec())
+    let from_api_key = api_key
+        .map(|value| Zeroizing::new(value.as_bytes().trim_ascii().to_vec()))
+        .filter(|key| !key.is_empty());
+    match (from_authorization, from_api_key) {
+        (Some(a), Some(b)) if a.ct_eq(&b).into() => Secret::new(a.to_vec()),
+        (Some(_), Some(_)) => none(),
+        (Some(token), None) | (None, Some(token)) => Secret::new(token.to_vec()),
+        (None, None) => none(),
+    }
 }
 
-fn healthz(shared: &Shared) -> Response<Body> {
+/// The one value of header `name`: `Some(None)` if there is none, `None` if there are
+/// several.
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Option<Option<&'h HeaderValue>> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (value, None) => Some(value),
+        (_, Some(_)) => None,
+    }
+}
+
+/// The token of an `Authorization` value: a bearer token, or (when accepted) the password
+/// of Basic credentials, whatever the user name.
+fn authorization_token(value: &HeaderValue, config: &Config) -> Option<Zeroizing<Vec<u8>>> {
+    let value = value.as_bytes().trim_ascii();
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = (&value[..space], value[space + 1..].trim_ascii());
+    let token = if scheme.eq_ignore_ascii_case(b"bearer") {
+        Zeroizing::new(rest.to_vec())
+    } else if config.basic && scheme.eq_ignore_ascii_case(b"basic") {
+        let decoded = Zeroizing::new(BASIC.decode(rest).ok()?);
+        let colon = decoded.iter().position(|&b| b == b':')?;
+        Zeroizing::new(decoded[colon + 1..].to_vec())
+    } else {
+        return None;
+    };
+    (!token.is_empty()).then_some(token)
+}
+
+/// Basic credentials are standard base64; some clients leave the padding out.
+const BASIC: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+fn healthz(shared: &Shared, config: &Config) -> Response<Body> {
     let snapshot = shared.snapshot();
     let mut status = serde_json::json!({
         "status": snapshot.status.word(),
@@ -350,6 +712,15 @@ fn healthz(shared: &Shared) -> Response<Body> {
     });
     if let crate::serve::state::FileStatus::Refused(reason) = &snapshot.status {
         status["reason"] = serde_json::Value::String(reason.clone());
+    }
+    if let Some(routes) = &config.routes {
+        // Stale rules are still the last good ones, in use: reported, not a failure.
+        let routes = routes.status();
+        status["routes"] = serde_json::json!({
+            "status": if routes.problem.is_some() { "stale" } else { "ok" },
+            "rules": routes.rules,
+            "problem": routes.problem,
+        });
     }
     let mut body = status.to_string();
     body.push('\n');
@@ -477,8 +848,11 @@ fn with_no_store(bytes: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn metrics(shared: &Shared) -> Response<Body> {
-    let body = shared.metrics.render(&shared.snapshot().gauges());
+fn metrics(shared: &Shared, config: &Config) -> Response<Body> {
+    let routes = config.routes.as_ref().map(|routes| routes.status());
+    let body = shared
+        .metrics
+        .render(&shared.snapshot().gauges(), routes.as_ref());
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -515,6 +889,8 @@ mod tests {
         assert!(percent_decode("%4").is_none());
         assert!(percent_decode("%zz").is_none());
         assert!(percent_decode("%ff").is_none());
+        assert!(percent_decode("%+1").is_none());
+        assert!(percent_decode("%-1").is_none());
     }
 
     #[test]
@@ -527,27 +903,71 @@ mod tests {
         assert!(HeaderValue::from_str(&header_safe("\u{0}\u{7f}x")).is_ok());
     }
 
+    fn token_of(config: &Config, headers: &[(&'static str, &'static str)]) -> Vec<u8> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        presented_token(&map, config).expose().to_vec()
+    }
+
     #[test]
     fn bearer_tokens() {
-        let mut headers = HeaderMap::new();
-        assert!(bearer(&headers).is_empty());
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer  tok "),
+        let bearer_only = Config::default();
+        assert!(token_of(&bearer_only, &[]).is_empty());
+        assert_eq!(
+            token_of(&bearer_only, &[("authorization", "Bearer  tok ")]),
+            b"tok"
         );
-        assert_eq!(bearer(&headers).expose(), b"tok");
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer tok"),
+        assert_eq!(
+            token_of(&bearer_only, &[("authorization", "bearer tok")]),
+            b"tok"
         );
-        assert_eq!(bearer(&headers).expose(), b"tok");
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Basic dG9rOg=="),
+        assert!(token_of(&bearer_only, &[("authorization", "Bearer")]).is_empty());
+        assert!(token_of(&bearer_only, &[("authorization", "Bearer   ")]).is_empty());
+        // Basic and X-Api-Key only when accepted.
+        assert!(token_of(&bearer_only, &[("authorization", "Basic dTp0b2s=")]).is_empty());
+        assert!(token_of(&bearer_only, &[("x-api-key", "tok")]).is_empty());
+        let two = [("authorization", "Bearer a"), ("authorization", "Bearer b")];
+        assert!(token_of(&bearer_only, &two).is_empty());
+    }
+
+    #[test]
+    fn basic_and_api_key_tokens() {
+        let all = Config::new(&[Credential::Basic, Credential::ApiKey], None);
+        // "u:tok", "git:tok" without padding, ":tok" (no user name), "u:a:b" (password "a:b").
+        assert_eq!(
+            token_of(&all, &[("authorization", "Basic dTp0b2s=")]),
+            b"tok"
         );
-        assert!(bearer(&headers).is_empty());
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
-        headers.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
-        assert!(bearer(&headers).is_empty());
+        assert_eq!(
+            token_of(&all, &[("authorization", "basic Z2l0OnRvaw")]),
+            b"tok"
+        );
+        assert_eq!(
+            token_of(&all, &[("authorization", "Basic OnRvaw==")]),
+            b"tok"
+        );
+        assert_eq!(
+            token_of(&all, &[("authorization", "Basic dTphOmI=")]),
+            b"a:b"
+        );
+        // No colon, an empty password, not base64: no token.
+        assert!(token_of(&all, &[("authorization", "Basic dG9r")]).is_empty());
+        assert!(token_of(&all, &[("authorization", "Basic dTo=")]).is_empty());
+        assert!(token_of(&all, &[("authorization", "Basic !!!")]).is_empty());
+        assert_eq!(token_of(&all, &[("x-api-key", " tok ")]), b"tok");
+        // The same token twice is fine; two different ones, or two keys, are ambiguous.
+        let same = [("authorization", "Bearer tok"), ("x-api-key", "tok")];
+        assert_eq!(token_of(&all, &same), b"tok");
+        let different = [("authorization", "Bearer tok"), ("x-api-key", "other")];
+        assert!(token_of(&all, &different).is_empty());
+        let keys = [("x-api-key", "tok"), ("x-api-key", "tok")];
+        assert!(token_of(&all, &keys).is_empty());
+        // An Authorization header serve cannot read leaves the key alone.
+        let digest = [("authorization", "Digest x"), ("x-api-key", "tok")];
+        assert_eq!(token_of(&all, &digest), b"tok");
+        let basic_only = Config::new(&[Credential::Basic], None);
+        assert!(token_of(&basic_only, &[("x-api-key", "tok")]).is_empty());
     }
 }

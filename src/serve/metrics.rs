@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::decision::Decision;
 
+use super::routes::RoutesStatus;
+
 /// How one check ended, the `outcome` label of `tokenfile_checks_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Outcome {
@@ -90,8 +92,9 @@ impl Metrics {
         self.reload_failures.load(Relaxed)
     }
 
-    /// The whole exposition, with the gauges of the state in use.
-    pub(super) fn render(&self, gauges: &Gauges) -> String {
+    /// The whole exposition, with the gauges of the state in use and, with `--routes`, the
+    /// figures of the rules file.
+    pub(super) fn render(&self, gauges: &Gauges, routes: Option<&RoutesStatus>) -> String {
         let mut out = String::with_capacity(1536);
         let name = "tokenfile_checks_total";
         let _ = writeln!(
@@ -158,6 +161,44 @@ impl Metrics {
             "Active records that expire within the next 7 days.",
             gauges.expiring_soon.to_string(),
         );
+        if let Some(routes) = routes {
+            single(
+                "tokenfile_routes_rules",
+                "gauge",
+                "Rules of the routes file in use.",
+                routes.rules.to_string(),
+            );
+            single(
+                "tokenfile_routes_file_ok",
+                "gauge",
+                "1 if the rules in use are the routes file as it is; 0 if its last change could not be used (the last good rules stay).",
+                u8::from(routes.problem.is_none()).to_string(),
+            );
+            single(
+                "tokenfile_routes_reloads_total",
+                "counter",
+                "Times a changed routes file was installed.",
+                routes.reloads.to_string(),
+            );
+            single(
+                "tokenfile_routes_reload_failures_total",
+                "counter",
+                "Changes of the routes file that could not be used: unparsable, missing or unsafe.",
+                routes.failures.to_string(),
+            );
+            single(
+                "tokenfile_routes_last_reload_timestamp_seconds",
+                "gauge",
+                "Unix time at which the rules in use were installed.",
+                routes.installed_unix.to_string(),
+            );
+            single(
+                "tokenfile_route_misses_total",
+                "counter",
+                "Checks of a request that no rule covers (answered 403).",
+                routes.misses.to_string(),
+            );
+        }
         out
     }
 }

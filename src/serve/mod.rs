@@ -8,7 +8,8 @@
 //! - [`watch`]: the reloader thread that drives it (inotify on the names that lead to the
 //!   file, periodic stat, SIGHUP);
 //! - [`socket`]: the Unix socket line protocol;
-//! - [`http`]: forward auth, `/healthz`, `/metrics`;
+//! - [`http`]: forward auth (`/check`, Envoy's `/ext_authz/`), `/healthz`, `/metrics`;
+//! - [`routes`]: the rules of `--routes` in use, and the thread that follows their file;
 //! - [`metrics`]: counters and their Prometheus text.
 //!
 //! Order at start matters: the file is read and the listeners bound before any thread
@@ -20,13 +21,13 @@ mod last_used;
 mod load;
 mod metrics;
 mod policy;
+mod routes;
 mod socket;
 mod state;
 mod usage;
 mod watch;
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ use tracing::{info, warn};
 
 use crate::error::{Error, Exit, Result};
 
+pub(crate) use http::{Credential, HttpAddr};
 use state::Shared;
 
 #[derive(Debug, Clone)]
@@ -44,7 +46,11 @@ pub(crate) struct ServeOptions {
     pub file: PathBuf,
     /// The listeners: with neither, nothing is served (the command line requires one).
     pub socket: Option<PathBuf>,
-    pub http: Option<SocketAddr>,
+    pub http: Vec<HttpAddr>,
+    /// Where else than `Authorization: Bearer` a token is taken from.
+    pub accept: Vec<Credential>,
+    /// `--routes`: the rules file mapping the original request to scopes.
+    pub routes: Option<PathBuf>,
     /// The last-used sidecar; `None`: `<file>.seen` beside the real file.
     pub seen: Option<PathBuf>,
     /// How often the sidecar is written when something changed.
@@ -61,9 +67,21 @@ pub(crate) fn run(options: ServeOptions) -> Result<Exit> {
     let sidecar = last_used::Sidecar::of(&options);
     sidecar.load_into(&snapshot);
     let shared = Arc::new(Shared::new(options.file.clone(), snapshot));
+    // A rules file that cannot be used stops the start: there are no good rules to keep.
+    let (routes, routes_watch) = match options.routes.as_deref().map(routes::Routes::load) {
+        Some(loaded) => {
+            let (routes, watch) = loaded?;
+            (Some(routes), Some(watch))
+        }
+        None => (None, None),
+    };
     // Bind before any thread exists; see the module comment.
     let socket = options.socket.as_deref().map(socket::bind).transpose()?;
-    let http = options.http.map(http::bind).transpose()?;
+    let http = options
+        .http
+        .iter()
+        .map(http::Bound::bind)
+        .collect::<Result<Vec<_>>>()?;
 
     let reloader =
         watch::Reloader::start(shared.clone(), fingerprint, recheck).map_err(|source| {
@@ -71,6 +89,13 @@ pub(crate) fn run(options: ServeOptions) -> Result<Exit> {
                 what: "the reloader thread",
                 source,
             }
+        })?;
+    let routes_follower = routes_watch
+        .map(routes::Watch::start)
+        .transpose()
+        .map_err(|source| Error::Start {
+            what: "the routes thread",
+            source,
         })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -85,32 +110,56 @@ pub(crate) fn run(options: ServeOptions) -> Result<Exit> {
         Some((listener, file)) => (Some(listener), Some(file)),
         None => (None, None),
     };
+    let (http, http_files): (Vec<_>, Vec<_>) = http.into_iter().map(http::Bound::split).unzip();
+    let config = Arc::new(http::Config::new(&options.accept, routes));
     let served = runtime.block_on(serve(
         shared.clone(),
         socket_listener,
         http,
-        reloader.trigger(),
+        Reload {
+            file: reloader.trigger(),
+            routes: routes_follower.as_ref(),
+        },
         &options,
         &sidecar,
+        config,
     ));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     reloader.stop();
+    drop(routes_follower);
     // Every check has been answered: what they changed is kept.
     sidecar.write(&shared);
-    // Removes the socket file (if it is still ours).
+    // Removes the socket files (if they are still ours).
     drop(socket_file);
+    drop(http_files);
     served?;
     info!("stopped");
     Ok(Exit::Success)
 }
 
+/// What SIGHUP reads again.
+struct Reload<'a> {
+    file: watch::Trigger,
+    routes: Option<&'a routes::Follower>,
+}
+
+impl Reload<'_> {
+    fn reload(&self) {
+        self.file.reload();
+        if let Some(routes) = self.routes {
+            routes.reload();
+        }
+    }
+}
+
 async fn serve(
     shared: Arc<Shared>,
     socket: Option<std::os::unix::net::UnixListener>,
-    http: Option<std::net::TcpListener>,
-    reload: watch::Trigger,
+    http: Vec<http::Listener>,
+    reload: Reload<'_>,
     options: &ServeOptions,
     sidecar: &last_used::Sidecar,
+    config: Arc<http::Config>,
 ) -> Result<()> {
     let signals = |kind: SignalKind, name: &str| {
         signal(kind).map_err(|e| Error::Signals {
@@ -141,15 +190,23 @@ async fn serve(
         servers.spawn(socket::serve(listener, shared.clone(), stopping.clone()));
         info!(socket = %path.display(), "listening");
     }
-    if let Some(listener) = http {
-        let addr = listener.local_addr().ok();
-        let listener =
-            tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Listen {
-                addr: display_addr(addr).clone(),
-                source,
-            })?;
-        servers.spawn(http::serve(listener, shared.clone(), stopping.clone()));
-        info!(http = %display_addr(addr), "listening");
+    for listener in http {
+        let shown = listener.to_string();
+        match listener.into_tokio()? {
+            http::Tokio::Tcp(listener) => servers.spawn(http::serve(
+                listener,
+                shared.clone(),
+                config.clone(),
+                stopping.clone(),
+            )),
+            http::Tokio::Unix(listener) => servers.spawn(http::serve(
+                listener,
+                shared.clone(),
+                config.clone(),
+                stopping.clone(),
+            )),
+        };
+        info!(http = %shown, "listening");
     }
     info!(file = %shared.file().display(), "serving checks");
     servers.spawn(sidecar.clone().keep(shared.clone(), stopping.clone()));
@@ -172,10 +229,6 @@ async fn serve(
         warn!("some connections did not finish in time; closing them");
     }
     Ok(())
-}
-
-fn display_addr(addr: Option<SocketAddr>) -> String {
-    addr.map_or_else(|| "the HTTP address".to_owned(), |a| a.to_string())
 }
 
 /// Resolves once `shutdown` says stop (or its sender is gone).

@@ -268,7 +268,7 @@ mod tests {
                 assert_eq!(decision, Decision::Unauthorized(Unauthorized::Unknown));
             },
         );
-        let text = shared.metrics.render(&shared.snapshot().gauges());
+        let text = shared.metrics.render(&shared.snapshot().gauges(), None);
         assert!(text.contains("tokenfile_checks_total{outcome=\"unauthorized\"} 1"));
     }
 
