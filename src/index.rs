@@ -81,6 +81,9 @@ pub struct TokenIndex {
     /// records that store the token itself rather than its digest, and invalid lines whose
     /// first field is not a digest (docs/trust.md: such a file must not be readable by others).
     pub plaintext: usize,
+    /// Records kept by `rotate --grace` after a new one replaced them (the
+    /// [`Replaced`](format::Replaced) markers): they expire on purpose, so no alert is due.
+    replaced: Vec<Box<str>>,
 }
 
 /// One record in 64 bytes, a cache line: what a lookup reads after its slot.
@@ -346,6 +349,15 @@ impl TokenIndex {
             .map(|entry| (&entry.digest, self.view(entry)))
     }
 
+    /// Whether the record of `digest` was replaced by `rotate --grace` and is only kept for
+    /// the grace period: its expiry is planned, not a surprise to warn about.
+    pub fn is_replaced(&self, digest: &Digest) -> bool {
+        !self.replaced.is_empty() && {
+            let id = digest.id();
+            self.replaced.iter().any(|old| **old == *id.as_str())
+        }
+    }
+
     /// Whether the index holds no token.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -399,6 +411,9 @@ impl TokenIndex {
             let Some(expires) = entry.expires().filter(|&at| at > now) else {
                 continue;
             };
+            if self.is_replaced(&entry.digest) {
+                continue;
+            }
             count += usize::from(expires <= within);
             if soonest.is_none_or(|s| expires < s) {
                 soonest = Some(expires);
@@ -569,6 +584,11 @@ impl Loader {
     fn line(&mut self, content: &[u8]) -> ControlFlow<()> {
         self.number += 1;
         if !format::is_record_line(content) {
+            if let Some(marker) = format::Replaced::parse(content) {
+                self.index
+                    .replaced
+                    .push(marker.old.to_ascii_lowercase().into());
+            }
             return ControlFlow::Continue(());
         }
         let fields = match format::split_record(content, |field| self.scopes_of(field)) {
@@ -646,6 +666,7 @@ impl Loader {
             );
         self.index.records += next_index.records;
         self.index.plaintext += next_index.plaintext;
+        self.index.replaced.extend(next_index.replaced);
         self.number += next_lines;
         self.problems
             .extend(next_problems.into_iter().map(|problem| match problem {

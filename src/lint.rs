@@ -49,18 +49,24 @@ impl Finding {
 }
 
 /// `lint --expiring`: a warning (kind `expiring`) for each active record that expires
-/// within `window` of `now` — what a cron job alerts on before a token stops working.
+/// within `window` of `now` — what a cron job alerts on before a token stops working. A
+/// record kept by `rotate --grace` after its successor was issued is meant to expire, and is
+/// left out.
 pub(crate) fn lint_expiring(
     doc: &Document,
     now: Timestamp,
     window: std::time::Duration,
 ) -> Vec<Finding> {
+    let replaced = doc.replacements();
     doc.counted_records()
         .filter_map(|(line, record)| {
             let expires = record
                 .expires
                 .filter(|_| record.expires_within(window, now))?;
             let id = record.id();
+            if replaced.contains_key(id.as_str()) {
+                return None;
+            }
             Some(
                 Finding::new(
                     Severity::Warning,

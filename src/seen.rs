@@ -74,9 +74,10 @@ impl fmt::Display for SeenError {
             SeenError::Corrupt { line } => {
                 write!(f, "line {line} is not a last-used record (corrupt sidecar)")
             }
-            SeenError::OtherFile { names } => {
-                write!(f, "belongs to another token file ({names})")
-            }
+            SeenError::OtherFile { names } => write!(
+                f,
+                "belongs to another token file ({names}) and has no row for a record of this one"
+            ),
             SeenError::TooLarge => f.write_str("is too large to be a last-used sidecar"),
         }
     }
@@ -117,11 +118,22 @@ fn same_token_file(named: &str, target: &Path) -> bool {
     }
 }
 
+/// Which sidecars belong to the token file being read.
+#[derive(Clone, Copy)]
+pub enum Belongs<'a> {
+    /// Only one whose header names that file (the file's own `<file>.seen`).
+    SameFile,
+    /// Also one that names another path (copied from another host, where the file lives
+    /// elsewhere) if it has a row for at least one record of this file, as `is_record` says:
+    /// a sidecar that shares no record with the file is some other file's, and taking it as
+    /// evidence would make every record look unused.
+    SharesARecord(&'a dyn Fn(&str) -> bool),
+}
+
 /// The figures of the sidecar at `path`, for the token file at `target`; `Ok(None)` when there
-/// is no sidecar (no figures yet). With `check_file`, a sidecar naming another token file is
-/// refused; without (a sidecar given explicitly, e.g. copied from another host where the file
-/// has another path), its header is only read.
-pub fn read(path: &Path, target: &Path, check_file: bool) -> Result<Option<SeenById>, SeenError> {
+/// is no sidecar (no figures yet). A sidecar that does not [belong](Belongs) to the file is
+/// refused ([`SeenError::OtherFile`]).
+pub fn read(path: &Path, target: &Path, belongs: Belongs) -> Result<Option<SeenById>, SeenError> {
     let text = match File::open(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(SeenError::Io(e)),
@@ -135,17 +147,18 @@ pub fn read(path: &Path, target: &Path, check_file: bool) -> Result<Option<SeenB
             })?
         }
     };
-    parse(&text, target, check_file).map(Some)
+    parse(&text, target, belongs).map(Some)
 }
 
-fn parse(text: &str, target: &Path, check_file: bool) -> Result<SeenById, SeenError> {
+fn parse(text: &str, target: &Path, belongs: Belongs) -> Result<SeenById, SeenError> {
     let mut lines = text.lines().enumerate();
     let header: Header = lines
         .next()
         .and_then(|(_, line)| serde_json::from_str(line).ok())
         .filter(|h: &Header| h.tokenfile_seen == VERSION)
         .ok_or(SeenError::Corrupt { line: 1 })?;
-    if check_file && !same_token_file(&header.file, target) {
+    let same_file = same_token_file(&header.file, target);
+    if !same_file && matches!(belongs, Belongs::SameFile) {
         return Err(SeenError::OtherFile { names: header.file });
     }
     let mut seen = SeenById::new();
@@ -171,6 +184,11 @@ fn parse(text: &str, target: &Path, check_file: bool) -> Result<SeenById, SeenEr
                 last_client: entry.last_client,
             },
         );
+    }
+    if let (false, Belongs::SharesARecord(is_record)) = (same_file, belongs)
+        && !seen.keys().any(|id| is_record(id))
+    {
+        return Err(SeenError::OtherFile { names: header.file });
     }
     Ok(seen)
 }
@@ -275,7 +293,7 @@ mod tests {
             [("0123456789ab", &a), ("ba9876543210", &b)],
         )
         .unwrap();
-        let back = read(&path, &target, true).unwrap().unwrap();
+        let back = read(&path, &target, Belongs::SameFile).unwrap().unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back["0123456789ab"], a);
         assert_eq!(back["ba9876543210"], b);
@@ -298,7 +316,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("tokens");
         let path = sidecar_of(&target);
-        assert!(read(&path, &target, true).unwrap().is_none());
+        assert!(read(&path, &target, Belongs::SameFile).unwrap().is_none());
         for (text, line) in [
             ("", 1),
             ("not json\n", 1),
@@ -315,7 +333,7 @@ mod tests {
             ),
         ] {
             fs::write(&path, text).unwrap();
-            match read(&path, &target, true) {
+            match read(&path, &target, Belongs::SameFile) {
                 Err(SeenError::Corrupt { line: got }) => assert_eq!(got, line, "{text}"),
                 other => panic!("{text}: {other:?}"),
             }
@@ -326,10 +344,28 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            read(&path, &target, true),
+            read(&path, &target, Belongs::SameFile),
             Err(SeenError::OtherFile { .. })
         ));
-        assert_eq!(read(&path, &target, false).unwrap().unwrap().len(), 0);
+        // Another path: taken from another host only if it shares a record with this file.
+        let ours = |id: &str| id == "0123456789ab";
+        let is_ours = Belongs::SharesARecord(&ours);
+        assert!(matches!(
+            read(&path, &target, is_ours),
+            Err(SeenError::OtherFile { .. })
+        ));
+        let row = |id: &str| {
+            format!("{{\"id\":\"{id}\",\"last_used\":\"2026-01-01T00:00:00Z\",\"uses\":1}}\n")
+        };
+        let header = "{\"tokenfile_seen\":1,\"file\":\"/elsewhere/tokens\",\"written\":\"\"}\n";
+        fs::write(&path, format!("{header}{}", row("ba9876543210"))).unwrap();
+        assert!(matches!(
+            read(&path, &target, is_ours),
+            Err(SeenError::OtherFile { .. })
+        ));
+        let shared = format!("{header}{}{}", row("ba9876543210"), row("0123456789ab"));
+        fs::write(&path, shared).unwrap();
+        assert_eq!(read(&path, &target, is_ours).unwrap().unwrap().len(), 2);
     }
 
     #[test]

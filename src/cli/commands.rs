@@ -730,7 +730,7 @@ fn list(ctx: &Context, args: ListArgs) -> Result<Exit> {
     let bytes = ctx.store.read()?;
     let doc = Document::parse(&bytes);
     let now = when::now();
-    let figures = last_used::load(ctx, &args.seen.files)?;
+    let figures = last_used::load(ctx, &doc, &args.seen.files)?;
     if args.unused.is_some() && !figures.any {
         note(&format!(
             "warning: no last-used figures (no sidecar at {} and no --seen): every record \
@@ -767,9 +767,12 @@ fn list(ctx: &Context, args: ListArgs) -> Result<Exit> {
         if args
             .unused
             .is_some_and(|window| !last_used::unused_for(&r, seen, window, now))
-            || args
-                .expiring
-                .is_some_and(|window| status != "active" || !r.expires_within(window, now))
+            || args.expiring.is_some_and(|window| {
+                // A record kept by `rotate --grace` is meant to expire: nothing to act on.
+                status != "active"
+                    || replaced_by.contains_key(r.id().as_str())
+                    || !r.expires_within(window, now)
+            })
         {
             continue;
         }
@@ -890,7 +893,10 @@ fn doomed(
 
 fn prune(ctx: &Context, args: PruneArgs) -> Result<Exit> {
     let now = when::now();
-    let figures = last_used::load(ctx, &args.seen.files)?;
+    // The records as they are now, to tell whether a --seen sidecar is this file's; the
+    // change itself reads the file again under the lock.
+    let bytes = ctx.store.read()?;
+    let figures = last_used::load(ctx, &Document::parse(&bytes), &args.seen.files)?;
     if args.unused.is_some() && !figures.any {
         // With no figures every record would look unused: removing tokens on no evidence
         // (serve on another host, a sidecar not copied yet) is not what anyone asked for.
@@ -901,7 +907,6 @@ fn prune(ctx: &Context, args: PruneArgs) -> Result<Exit> {
         )));
     }
     let removed = if args.dry_run {
-        let bytes = ctx.store.read()?;
         let doomed = doomed(&Document::parse(&bytes), args.unused, &figures, now);
         doomed.into_iter().map(|(_, pruned)| pruned).collect()
     } else {

@@ -1,14 +1,16 @@
 //! What `list` and `prune` know of each record's use: the last-used sidecars (`crate::seen`)
 //! read and merged, and the rules that turn them into "unused for that long".
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::Context;
 use super::output::note;
 use crate::error::Result;
+use crate::format::Document;
 use crate::format::Record;
-use crate::seen::{self, Seen, SeenById};
+use crate::seen::{self, Belongs, Seen, SeenById};
 use crate::when::Timestamp;
 
 /// The merged figures, and whether any sidecar gave them.
@@ -27,9 +29,15 @@ impl Figures {
 }
 
 /// The file's own sidecar `<file>.seen` (it must name this file) and every `extra` one (from
-/// another host, where the file may have another path), latest use winning. A sidecar that
-/// cannot be used is a warning naming it, never a failure: the figures are advice.
-pub(crate) fn load(ctx: &Context, extra: &[PathBuf]) -> Result<Figures> {
+/// another host, where the file may have another path: then it must have a row for one of
+/// `doc`'s records), latest use winning. A sidecar that cannot be used is a warning naming
+/// it, never a failure: the figures are advice.
+pub(crate) fn load(ctx: &Context, doc: &Document, extra: &[PathBuf]) -> Result<Figures> {
+    let records: HashSet<String> = doc
+        .counted_records()
+        .map(|(_, record)| record.id().to_string())
+        .collect();
+    let is_record = |id: &str| records.contains(id);
     let target = ctx.store.target()?;
     let default = seen::sidecar_of(&target);
     let mut figures = Figures {
@@ -37,20 +45,26 @@ pub(crate) fn load(ctx: &Context, extra: &[PathBuf]) -> Result<Figures> {
         any: false,
         default: default.clone(),
     };
-    let mut add = |path: &Path, own: bool| match seen::read(path, &target, own) {
-        Ok(Some(found)) => {
-            figures.any = true;
-            seen::merge(&mut figures.by_id, found);
+    let mut add = |path: &Path, own: bool| {
+        let belongs = match own {
+            true => Belongs::SameFile,
+            false => Belongs::SharesARecord(&is_record),
+        };
+        match seen::read(path, &target, belongs) {
+            Ok(Some(found)) => {
+                figures.any = true;
+                seen::merge(&mut figures.by_id, found);
+            }
+            Ok(None) if own => {}
+            Ok(None) => note(&format!(
+                "warning: the last-used sidecar {} does not exist; ignored",
+                path.display()
+            )),
+            Err(e) => note(&format!(
+                "warning: ignoring the last-used sidecar {}: it {e}",
+                path.display()
+            )),
         }
-        Ok(None) if own => {}
-        Ok(None) => note(&format!(
-            "warning: the last-used sidecar {} does not exist; ignored",
-            path.display()
-        )),
-        Err(e) => note(&format!(
-            "warning: ignoring the last-used sidecar {}: it {e}",
-            path.display()
-        )),
     };
     add(&default, true);
     for path in extra {

@@ -47,7 +47,7 @@ impl Sidecar {
     /// The sidecar's figures, if it has usable ones: a corrupt sidecar, or one of another
     /// file, is a warning, and the figures start empty.
     fn read(&self) -> Option<SeenById> {
-        match seen::read(&self.path, &self.target, true) {
+        match seen::read(&self.path, &self.target, seen::Belongs::SameFile) {
             Ok(figures) => figures,
             Err(why) => {
                 warn!(sidecar = %self.path.display(), "last-used sidecar ignored: it {why}");
@@ -93,6 +93,9 @@ impl Sidecar {
             else {
                 continue;
             };
+            if snapshot.index.is_replaced(digest) {
+                continue; // kept by `rotate --grace`: it is meant to expire
+            }
             let used = snapshot.usage.last_used(position);
             if used.is_none_or(|used| used < now - WARN_BEFORE) {
                 continue;

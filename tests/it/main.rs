@@ -32,6 +32,7 @@ mod readme;
 mod redaction;
 mod secrets_everywhere;
 mod serve_consistency;
+mod serve_forward;
 mod serve_http;
 mod serve_inplace;
 mod serve_reload;

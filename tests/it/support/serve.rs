@@ -353,8 +353,30 @@ pub(crate) fn raw_http(addr: SocketAddr, request: &[u8]) -> Response {
 /// Like [`raw_http`], but a server that closes early (and resets the connection) is an
 /// error rather than a panic.
 pub(crate) fn try_raw_http(addr: SocketAddr, request: &[u8]) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect(addr)?;
+    let stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    exchange(stream, request)
+}
+
+/// [`http`] over a Unix socket (`serve --http unix:PATH`).
+pub(crate) fn http_unix(
+    socket: &Path,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Response {
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let stream = UnixStream::connect(socket).expect("connect to the HTTP socket");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    exchange(stream, request.as_bytes()).expect("HTTP exchange over the Unix socket")
+}
+
+fn exchange(mut stream: impl Read + Write, request: &[u8]) -> std::io::Result<Response> {
     // The server may answer and close before taking all of an oversized request.
     let _ = stream.write_all(request);
     let mut raw = Vec::new();
