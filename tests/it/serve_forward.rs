@@ -437,7 +437,7 @@ fn the_rules_file_reloads_live_and_a_broken_one_keeps_the_last_good_rules() {
 
 #[test]
 fn serve_refuses_to_start_with_a_broken_or_unsafe_rules_file() {
-    let (dir, file, routes) = setup();
+    let (_dir, file, routes) = setup();
     let start = || {
         let mut cmd = tokenfile_command();
         cmd.arg("--file")
