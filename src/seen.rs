@@ -65,6 +65,9 @@ pub enum SeenError {
     },
     /// It is larger than any sidecar this tool writes.
     TooLarge,
+    /// It is not a regular file of a trusted owner, or others may write it: whoever planted
+    /// it could make tokens look used (or unused) at will.
+    Unsafe(String),
 }
 
 impl fmt::Display for SeenError {
@@ -72,13 +75,17 @@ impl fmt::Display for SeenError {
         match self {
             SeenError::Io(e) => write!(f, "cannot be read: {e}"),
             SeenError::Corrupt { line } => {
-                write!(f, "line {line} is not a last-used record (corrupt sidecar)")
+                write!(
+                    f,
+                    "has a line {line} that is not a last-used record (corrupt sidecar)"
+                )
             }
             SeenError::OtherFile { names } => write!(
                 f,
                 "belongs to another token file ({names}) and has no row for a record of this one"
             ),
             SeenError::TooLarge => f.write_str("is too large to be a last-used sidecar"),
+            SeenError::Unsafe(why) => write!(f, "cannot be trusted: {why}"),
         }
     }
 }
@@ -133,22 +140,58 @@ pub enum Belongs<'a> {
 /// The figures of the sidecar at `path`, for the token file at `target`; `Ok(None)` when there
 /// is no sidecar (no figures yet). A sidecar that does not [belong](Belongs) to the file is
 /// refused ([`SeenError::OtherFile`]).
+///
+/// The sidecar is opened without blocking (a FIFO planted there must not hang `list` or
+/// `serve`), and must be a regular file owned by root, the reader or the token file's owner,
+/// that others cannot write (as the lock file and the audit log: `trust::sidecar_refusal`);
+/// the file's own sidecar must not be a symlink either. A row whose use lies more than a day
+/// in the future (a host with a wrong clock, or a forgery that would pin a token as "used"
+/// forever) is left out.
 pub fn read(path: &Path, target: &Path, belongs: Belongs) -> Result<Option<SeenById>, SeenError> {
-    let text = match File::open(path) {
+    let file = match open_sidecar(path, matches!(belongs, Belongs::SameFile)) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(SeenError::Io(e)),
-        Ok(file) => {
-            if file.metadata().map_err(SeenError::Io)?.len() > MAX_SIDECAR_BYTES {
-                return Err(SeenError::TooLarge);
-            }
-            io::read_to_string(file).map_err(|e| match e.kind() {
-                io::ErrorKind::InvalidData => SeenError::Corrupt { line: 1 },
-                _ => SeenError::Io(e),
-            })?
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err(SeenError::Unsafe(format!(
+                "{} is a symlink; the sidecar is a file of its own",
+                path.display()
+            )));
         }
+        Err(e) => return Err(SeenError::Io(e)),
+        Ok(file) => file,
     };
+    let meta = file.metadata().map_err(SeenError::Io)?;
+    let owner = fs::metadata(target).ok().map(|m| m.uid());
+    if let Some(why) = crate::trust::sidecar_refusal(path, &file, &meta, owner) {
+        return Err(SeenError::Unsafe(why));
+    }
+    if meta.len() > MAX_SIDECAR_BYTES {
+        return Err(SeenError::TooLarge);
+    }
+    let text = io::read_to_string(io::Read::take(&file, MAX_SIDECAR_BYTES)).map_err(|e| match e
+        .kind()
+    {
+        io::ErrorKind::InvalidData => SeenError::Corrupt { line: 1 },
+        _ => SeenError::Io(e),
+    })?;
     parse(&text, target, belongs).map(Some)
 }
+
+/// Opens a sidecar for reading: never blocking, and without following a last symlink when
+/// `no_symlink`.
+fn open_sidecar(path: &Path, no_symlink: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut flags = nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY | nix::libc::O_CLOEXEC;
+    if no_symlink {
+        flags |= nix::libc::O_NOFOLLOW;
+    }
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+}
+
+/// How far in the future a use may lie and still be believed (clocks of several hosts).
+const FUTURE_SLACK: time::Duration = time::Duration::days(1);
 
 fn parse(text: &str, target: &Path, belongs: Belongs) -> Result<SeenById, SeenError> {
     let mut lines = text.lines().enumerate();
@@ -162,6 +205,7 @@ fn parse(text: &str, target: &Path, belongs: Belongs) -> Result<SeenById, SeenEr
         return Err(SeenError::OtherFile { names: header.file });
     }
     let mut seen = SeenById::new();
+    let latest_believed = crate::when::now() + FUTURE_SLACK;
     for (index, line) in lines {
         let corrupt = SeenError::Corrupt { line: index + 1 };
         let Ok(entry) = serde_json::from_str::<Line>(line) else {
@@ -175,6 +219,9 @@ fn parse(text: &str, target: &Path, belongs: Belongs) -> Result<SeenById, SeenEr
         let Some(last_used) = parse_timestamp(entry.last_used.as_bytes()).filter(|_| is_id) else {
             return Err(corrupt);
         };
+        if last_used > latest_believed {
+            continue;
+        }
         merge_one(
             &mut seen,
             entry.id,
@@ -223,14 +270,26 @@ pub fn write<'a>(
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let group_readable = fs::metadata(target).is_ok_and(|m| m.mode() & 0o040 != 0);
+    let target_meta = fs::metadata(target).ok();
+    let group_readable = target_meta.as_ref().is_some_and(|m| m.mode() & 0o040 != 0);
     let mode = if group_readable { 0o640 } else { 0o600 };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    // Created 0600 (never wider, whatever the umask); then made exactly `mode`, and the
+    // token file's group, before a byte is written: the group that may read the file may
+    // read when its tokens were used. A group it cannot give (serve not in it) stays 0600.
     let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.as_deref().unwrap_or("seen")))
-        .suffix(".tmp")
-        .permissions(fs::Permissions::from_mode(mode))
+        .prefix(&temp_prefix(path))
+        .suffix(TEMP_SUFFIX)
+        .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)?;
+    if mode != 0o600
+        && let Some(target_meta) = &target_meta
+    {
+        let group = nix::unistd::Gid::from_raw(target_meta.gid());
+        if nix::unistd::fchown(temp.as_file(), None, Some(group)).is_ok() {
+            temp.as_file()
+                .set_permissions(fs::Permissions::from_mode(mode))?;
+        }
+    }
     {
         let mut out = io::BufWriter::new(temp.as_file_mut());
         let header = Header {
@@ -255,6 +314,84 @@ pub fn write<'a>(
     temp.as_file().sync_all()?;
     temp.persist(path).map_err(|e| e.error)?;
     File::open(dir)?.sync_all()
+}
+
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// The name a temporary copy of the sidecar at `path` starts with (beside it).
+fn temp_prefix(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    format!(".{}.", name.as_deref().unwrap_or("seen"))
+}
+
+/// How long a writer waits for another writer of the same sidecar (another `serve` of the
+/// same file) before writing anyway: figures are advice, and a stuck holder must not stop
+/// them being kept.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Takes the lock `<sidecar>.lock` that serializes the read-merge-replace of writers of one
+/// sidecar, so that two `serve`s of one file never drop each other's rows. `None` when it
+/// could not be had within [`LOCK_WAIT`] (the caller writes anyway). Held until dropped;
+/// like the token file's lock, the lock file is never deleted.
+pub fn lock(path: &Path) -> io::Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(crate::store::sibling(path, ".lock"))?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(Some(lock)),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+}
+
+/// Removes the temporary copies of the sidecar at `path` that a writer killed mid-write left
+/// behind (`.tokens.seen.XXXXXX.tmp`). Only while holding [`lock`]: no other writer has one
+/// in progress then. Returns how many went.
+pub fn remove_stale_temps(path: &Path) -> usize {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let prefix = temp_prefix(path);
+    let euid = nix::unistd::geteuid().as_raw();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(std::result::Result::ok)
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(&prefix)
+                && name.ends_with(TEMP_SUFFIX)
+                && name.len() == prefix.len() + 6 + TEMP_SUFFIX.len()
+                && entry
+                    .metadata()
+                    .is_ok_and(|m| m.is_file() && m.uid() == euid)
+        })
+        .filter(|entry| fs::remove_file(entry.path()).is_ok())
+        .count()
+}
+
+/// Moves a sidecar that cannot be used out of the way, to `<sidecar>.ignored` (replacing an
+/// earlier one), so that the next write does not destroy what it held: an admin may still
+/// want it. Returns where it went.
+pub fn set_aside(path: &Path) -> io::Result<PathBuf> {
+    let aside = crate::store::sibling(path, ".ignored");
+    fs::rename(path, &aside)?;
+    Ok(aside)
 }
 
 #[cfg(test)]

@@ -354,16 +354,17 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     response
 }
 
-/// The client a proxy says it forwards (the first address of `X-Forwarded-For`, else
-/// `X-Real-IP`), else the peer — for last used only, never for a decision. A value that is
-/// not an address is ignored.
+/// The client a proxy says it forwards, else the peer — for last used only, never for a
+/// decision. From `X-Forwarded-For` the *last* address counts: the one the nearest proxy
+/// appended, which the client cannot choose (everything before it may be the client's own
+/// text); else `X-Real-IP`. A value that is not an address is ignored.
 fn client_of(headers: &HeaderMap, peer: Client) -> Client {
-    let first_address = |name: &str| {
-        let value = headers.get(name)?.to_str().ok()?;
-        value.split(',').next()?.trim().parse::<IpAddr>().ok()
+    let address = |name: &str| {
+        let value = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+        value.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
     };
-    first_address("x-forwarded-for")
-        .or_else(|| first_address("x-real-ip"))
+    address("x-forwarded-for")
+        .or_else(|| address("x-real-ip"))
         .map_or(peer, Client::Addr)
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch as signal_watch;
 use tracing::{debug, warn};
 
-use crate::seen::{self, SeenById};
+use crate::seen::{self, SeenById, SeenError};
 use crate::when::{self, Timestamp};
 
 use super::ServeOptions;
@@ -44,22 +44,48 @@ impl Sidecar {
         }
     }
 
-    /// The sidecar's figures, if it has usable ones: a corrupt sidecar, or one of another
-    /// file, is a warning, and the figures start empty.
-    fn read(&self) -> Option<SeenById> {
-        match seen::read(&self.path, &self.target, seen::Belongs::SameFile) {
-            Ok(figures) => figures,
-            Err(why) => {
-                warn!(sidecar = %self.path.display(), "last-used sidecar ignored: it {why}");
-                None
-            }
+    /// The sidecar's figures, if it has usable ones. It belongs to the file if its header
+    /// names it, or if it has a row for one of `snapshot`'s records (the file and its sidecar
+    /// were moved together). One that cannot be used — corrupt, another file's, planted by
+    /// another user, not a regular file — is a warning, and is moved aside to
+    /// `<sidecar>.ignored` so that the next write does not destroy what it held.
+    fn read(&self, snapshot: &Snapshot) -> Option<SeenById> {
+        let records: std::collections::HashSet<String> = snapshot
+            .index
+            .iter()
+            .map(|(digest, _)| digest.id().to_string())
+            .collect();
+        let is_record = |id: &str| records.contains(id);
+        let why = match seen::read(
+            &self.path,
+            &self.target,
+            seen::Belongs::SharesARecord(&is_record),
+        ) {
+            Ok(figures) => return figures,
+            Err(why) => why,
+        };
+        if matches!(why, SeenError::Io(_)) {
+            warn!(sidecar = %self.path.display(), "cannot read the last-used sidecar: it {why}");
+            return None;
         }
+        match seen::set_aside(&self.path) {
+            Ok(aside) => warn!(
+                sidecar = %self.path.display(),
+                "last-used sidecar ignored: it {why}; kept as {}",
+                aside.display()
+            ),
+            Err(e) => warn!(
+                sidecar = %self.path.display(),
+                "last-used sidecar ignored: it {why} (and it cannot be moved aside: {e})"
+            ),
+        }
+        None
     }
 
-    /// Starts `snapshot`'s figures from the sidecar (`serve` restarted).
-    pub(super) fn load_into(&self, snapshot: &Snapshot) {
-        if let Some(figures) = self.read() {
-            snapshot.usage.load(&snapshot.index, &figures);
+    /// Starts the figures of the state in use from the sidecar (`serve` restarted).
+    pub(super) fn load_into(&self, shared: &Shared) {
+        if let Some(figures) = self.read(&shared.snapshot()) {
+            shared.load_figures(figures);
         }
     }
 
@@ -128,8 +154,30 @@ impl Sidecar {
         if !snapshot.status.is_loaded() || !snapshot.usage.take_changed() {
             return;
         }
+        // Another serve of the same file writes the same sidecar: one read-merge-replace at
+        // a time, or each could drop the other's newest rows.
+        let lock = match seen::lock(&self.path) {
+            Ok(Some(lock)) => {
+                let removed = seen::remove_stale_temps(&self.path);
+                if removed > 0 {
+                    debug!(
+                        removed,
+                        "removed temporary sidecar copies left by a killed writer"
+                    );
+                }
+                Some(lock)
+            }
+            Ok(None) => {
+                warn!(sidecar = %self.path.display(), "the last-used sidecar's lock is held by another writer for long: writing anyway");
+                None
+            }
+            Err(e) => {
+                debug!(sidecar = %self.path.display(), "cannot lock the last-used sidecar ({e}): writing without");
+                None
+            }
+        };
         let mut figures = snapshot.usage.by_id(&snapshot.index);
-        if let Some(theirs) = self.read() {
+        if let Some(theirs) = self.read(&snapshot) {
             let records: std::collections::HashSet<String> = snapshot
                 .index
                 .iter()
@@ -153,5 +201,6 @@ impl Sidecar {
                 warn!(sidecar = %self.path.display(), "cannot write the last-used sidecar: {e}");
             }
         }
+        drop(lock);
     }
 }

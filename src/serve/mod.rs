@@ -65,8 +65,8 @@ pub(crate) fn run(options: ServeOptions) -> Result<Exit> {
     map_large_blocks();
     let (snapshot, fingerprint, recheck) = load::initial(&options.file)?;
     let sidecar = last_used::Sidecar::of(&options);
-    sidecar.load_into(&snapshot);
     let shared = Arc::new(Shared::new(options.file.clone(), snapshot));
+    sidecar.load_into(&shared);
     // A rules file that cannot be used stops the start: there are no good rules to keep.
     let (routes, routes_watch) = match options.routes.as_deref().map(routes::Routes::load) {
         Some(loaded) => {

@@ -2,7 +2,7 @@
 //! whole through an [`ArcSwap`] so that a check sees either the old file or the new one.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -10,11 +10,12 @@ use arc_swap::ArcSwap;
 use crate::decision::{Decision, Unauthorized};
 use crate::index::{LoadProblem, TokenIndex};
 use crate::scope::RequiredScopes;
+use crate::seen::SeenById;
 use crate::token::{Digest, MAX_TOKEN_LEN, Secret};
 use crate::when::{self, Timestamp};
 
 use super::metrics::{Gauges, Metrics, Outcome};
-use super::usage::{Client, Usage};
+use super::usage::{Client, Departed, Usage};
 
 /// What `/metrics` counts as expiring soon (`tokenfile_records_expiring_7d`).
 pub(super) const EXPIRING_SOON: time::Duration = time::Duration::days(7);
@@ -134,6 +135,8 @@ pub(super) struct Shared {
     file: PathBuf,
     current: ArcSwap<Snapshot>,
     pub metrics: Metrics,
+    /// Figures of records that left the file, for their return (off the check path).
+    departed: Mutex<Departed>,
 }
 
 impl Shared {
@@ -142,7 +145,19 @@ impl Shared {
             file,
             current: ArcSwap::from_pointee(initial),
             metrics: Metrics::default(),
+            departed: Mutex::default(),
         }
+    }
+
+    /// Starts the state in use from a sidecar's figures (`serve` restarted); those of records
+    /// the file does not have now are kept for their return.
+    pub(super) fn load_figures(&self, figures: SeenById) {
+        let mut departed = self.departed.lock().unwrap_or_else(PoisonError::into_inner);
+        departed.add(figures, when::now());
+        let current = self.current.load();
+        departed.restore(&current.usage, &current.index, when::now());
+        // Only what was read: nothing new to write yet.
+        current.usage.take_changed();
     }
 
     pub(super) fn file(&self) -> &Path {
@@ -164,6 +179,11 @@ impl Shared {
         snapshot
             .usage
             .carry_over(&snapshot.index, &current.usage, &current.index);
+        let now = when::now();
+        let mut departed = self.departed.lock().unwrap_or_else(PoisonError::into_inner);
+        departed.add(current.usage.departed(&current.index, &snapshot.index), now);
+        departed.restore(&snapshot.usage, &snapshot.index, now);
+        drop(departed);
         self.current.swap(Arc::new(snapshot))
     }
 

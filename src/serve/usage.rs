@@ -154,7 +154,10 @@ impl Usage {
         if slot.last_used.load(Relaxed) < at {
             slot.last_used.fetch_max(at, Relaxed);
         }
-        slot.uses.fetch_add(1, Relaxed);
+        // A forged or ancient count at the top stays there rather than wrap to 0.
+        if slot.uses.fetch_add(1, Relaxed) == u64::MAX {
+            slot.uses.store(u64::MAX, Relaxed);
+        }
         if slot.client() != client {
             slot.set_client(client);
         }
@@ -224,13 +227,41 @@ impl Usage {
         self.changed.store(older.changed.load(Relaxed), Relaxed);
     }
 
-    /// Starts from the figures of a sidecar (`serve` restarted).
-    pub(crate) fn load(&self, index: &TokenIndex, seen: &SeenById) {
+    /// The figures of the records of `index` (whose usage this is) that `newer` no longer
+    /// has, by ID: what a reload would otherwise drop.
+    pub(crate) fn departed(&self, index: &TokenIndex, newer: &TokenIndex) -> SeenById {
+        if self
+            .slots
+            .iter()
+            .all(|slot| slot.last_used.load(Relaxed) == NEVER)
+        {
+            return SeenById::new();
+        }
+        index
+            .iter()
+            .enumerate()
+            .filter(|(_, (digest, _))| newer.position(digest).is_none())
+            .filter_map(|(position, (digest, _))| {
+                Some((digest.id().to_string(), self.seen_at(position)?))
+            })
+            .collect()
+    }
+
+    /// Starts from the figures of a sidecar (`serve` restarted), or of records back in the
+    /// file; returns the IDs it took figures for.
+    pub(crate) fn load(&self, index: &TokenIndex, seen: &SeenById) -> Vec<String> {
+        let mut taken = Vec::new();
+        if seen.is_empty() {
+            return taken;
+        }
         for (position, (digest, _)) in index.iter().enumerate() {
-            if let Some(figures) = seen.get(&digest.id().to_string()) {
+            let id = digest.id().to_string();
+            if let Some(figures) = seen.get(&id) {
                 self.seed(position, figures, Client::Unknown);
+                taken.push(id);
             }
         }
+        taken
     }
 
     fn seed(&self, position: usize, seen: &Seen, client: Client) {
@@ -240,6 +271,53 @@ impl Usage {
             && let Ok(mut clients) = self.shown_clients.lock()
         {
             clients.push((position, shown.clone()));
+        }
+    }
+}
+
+/// The figures of records that left the file, kept in memory for [`Departed::KEPT`]: a file
+/// caught empty or cut short by an in-place writer, or missing for a moment, takes its records
+/// away and brings them back, and their figures must come back with them — while a revoked
+/// record's figures are not written to the sidecar again (docs/last-used.md).
+#[derive(Debug, Default)]
+pub(crate) struct Departed {
+    figures: SeenById,
+    since: std::collections::HashMap<String, Timestamp>,
+}
+
+impl Departed {
+    /// How long the figures of a record that left are kept for its return.
+    const KEPT: time::Duration = time::Duration::days(1);
+
+    /// Keeps `figures` of records that left at `now`.
+    pub(crate) fn add(&mut self, figures: SeenById, now: Timestamp) {
+        for (id, seen) in figures {
+            self.since.insert(id.clone(), now);
+            self.figures.insert(id, seen);
+        }
+    }
+
+    /// Gives the figures of the records of `index` that came back to `usage` (which marks
+    /// them to be written), and forgets those gone for longer than [`Departed::KEPT`].
+    pub(crate) fn restore(&mut self, usage: &Usage, index: &TokenIndex, now: Timestamp) {
+        let back = usage.load(index, &self.figures);
+        if !back.is_empty() {
+            usage.mark_changed();
+        }
+        for id in back {
+            self.figures.remove(&id);
+            self.since.remove(&id);
+        }
+        let cutoff = now - Self::KEPT;
+        let expired: Vec<String> = self
+            .since
+            .iter()
+            .filter(|(_, since)| **since < cutoff)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.figures.remove(&id);
+            self.since.remove(&id);
         }
     }
 }

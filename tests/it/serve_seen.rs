@@ -79,7 +79,8 @@ fn socket_and_http_uses_land_in_the_sidecar() {
     let uid = nix::unistd::getuid().as_raw();
     assert_eq!(alpha["last_client"], format!("uid {uid}"));
     assert!(alpha["last_used"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(rows[&id("beta")]["last_client"], "203.0.113.7");
+    // The address the nearest proxy appended, not the one a client may have sent.
+    assert_eq!(rows[&id("beta")]["last_client"], "10.0.0.1");
     assert!(!rows.contains_key(&id("never")));
     // Never a token, only IDs; never readable by others.
     let text = fs::read_to_string(&seen).unwrap();
@@ -164,7 +165,173 @@ fn a_corrupt_or_foreign_sidecar_is_a_warning() {
             "{what}: {}",
             serve.log()
         );
+        // What it held is moved aside, not destroyed by the next write.
+        let aside = dir.path().join("tokens.seen.ignored");
+        assert_eq!(fs::read_to_string(&aside).unwrap(), text, "{what}");
     }
+}
+
+#[test]
+fn a_sidecar_with_one_bad_line_is_kept_aside_with_its_history() {
+    let (dir, file, seen) = setup(&(record("alpha", "read", "") + &record("beta", "read", "")));
+    let header = format!(
+        "{{\"tokenfile_seen\":1,\"file\":{:?},\"written\":\"2026-01-01T00:00:00Z\"}}\n",
+        fs::canonicalize(&file).unwrap().display().to_string()
+    );
+    let history = format!(
+        "{header}{{\"id\":\"{}\",\"last_used\":\"2026-01-01T00:00:00Z\",\"uses\":5000}}\ngarbage\n",
+        id("beta")
+    );
+    fs::write(&seen, &history).unwrap();
+    fs::set_permissions(&seen, fs::Permissions::from_mode(0o600)).unwrap();
+    let serve = Serve::start_configured(&file, dir.path(), Listen::Socket, &quick);
+    assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+    eventually("the new sidecar", Duration::from_secs(5), || {
+        fs::read_to_string(&seen).is_ok_and(|t| t != history)
+    });
+    let aside = fs::read_to_string(dir.path().join("tokens.seen.ignored")).unwrap();
+    assert_eq!(
+        aside, history,
+        "beta's 5000 uses are still there to recover"
+    );
+}
+
+#[test]
+fn a_file_caught_empty_or_missing_loses_no_figure() {
+    let _timed = crate::support::timed();
+    // `probe` tells when serve sees a change; its own uses are not counted below.
+    let content =
+        record("alpha", "read", "") + &record("beta", "read", "") + &record("probe", "read", "");
+    let (dir, file, seen) = setup(&content);
+    let mut serve = Serve::start_configured(&file, dir.path(), Listen::Socket, &quick);
+    let uses = |rows: &HashMap<String, serde_json::Value>, token: &str| {
+        rows.get(&id(token))
+            .map_or(0, |row| row["uses"].as_u64().unwrap())
+    };
+    assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+    assert_eq!(serve.ask("CHECK read beta"), ok("beta"));
+    eventually("both rows", Duration::from_secs(5), || {
+        seen.exists() && sidecar(&seen).len() == 2
+    });
+    // An in-place writer truncates the file, and a use lands meanwhile: the sidecar written
+    // then has no row (nothing is in the file), but the figures are not forgotten.
+    assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+    fs::write(&file, "").unwrap();
+    serve.answers("CHECK read probe", "UNAUTHORIZED", PATIENCE);
+    eventually("the empty file's sidecar", Duration::from_secs(5), || {
+        sidecar(&seen).is_empty()
+    });
+    fs::write(&file, &content).unwrap();
+    serve.answers("CHECK read probe", &ok("probe"), PATIENCE);
+    let back = |rows: &HashMap<String, serde_json::Value>| {
+        uses(rows, "alpha") == 2 && uses(rows, "beta") == 1
+    };
+    if !crate::support::within(Duration::from_secs(5), || back(&sidecar(&seen))) {
+        panic!(
+            "the rows are not back: {:?}\n{}",
+            sidecar(&seen),
+            serve.log()
+        );
+    }
+
+    // Uses just before the file goes missing, and before it is made unsafe, are kept for
+    // when it is back (nothing is written meanwhile).
+    for _ in 0..5 {
+        assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+    }
+    fs::rename(&file, dir.path().join("away")).unwrap();
+    serve.answers("CHECK read probe", "UNAUTHORIZED", PATIENCE);
+    fs::rename(dir.path().join("away"), &file).unwrap();
+    serve.answers("CHECK read probe", &ok("probe"), PATIENCE);
+    assert_eq!(serve.ask("CHECK read beta"), ok("beta"));
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o606)).unwrap();
+    serve.answers("CHECK read probe", "UNAUTHORIZED", PATIENCE);
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    serve.answers("CHECK read probe", &ok("probe"), PATIENCE);
+    serve.signal(Signal::SIGTERM);
+    assert!(serve.wait_exit().success());
+    let rows = sidecar(&seen);
+    assert_eq!(
+        (uses(&rows, "alpha"), uses(&rows, "beta")),
+        (7, 2),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn a_fifo_or_a_planted_sidecar_hangs_nothing_and_is_not_believed() {
+    let (dir, file, seen) = setup(&record("alpha", "read", ""));
+    nix::unistd::mkfifo(&seen, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut serve = Serve::start_configured(&file, dir.path(), Listen::Socket, &quick);
+    assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+    eventually(
+        "the FIFO replaced by a sidecar",
+        Duration::from_secs(5),
+        || fs::symlink_metadata(&seen).is_ok_and(|m| m.is_file()),
+    );
+    serve.signal(Signal::SIGTERM);
+    assert!(serve.wait_exit().success(), "{}", serve.log());
+
+    // A sidecar another user planted (in a sticky directory, say) claiming a use in 2099.
+    let (dir, file, seen) = setup(&record("alpha", "read", ""));
+    let real = fs::canonicalize(&file).unwrap();
+    let forged = format!(
+        "{{\"tokenfile_seen\":1,\"file\":{:?},\"written\":\"2026-01-01T00:00:00Z\"}}\n\
+         {{\"id\":\"{}\",\"last_used\":\"2099-01-01T00:00:00Z\",\"uses\":999,\"last_client\":\"attacker\"}}\n",
+        real.display().to_string(),
+        id("alpha")
+    );
+    fs::write(&seen, &forged).unwrap();
+    nix::unistd::chown(&seen, Some(nix::unistd::Uid::from_raw(NOBODY)), None).unwrap();
+    let list = |seen: &Path| {
+        let mut cmd = crate::support::tokenfile_command();
+        cmd.arg("--file")
+            .arg(&file)
+            .args(["list", "--json", "--seen"])
+            .arg(seen);
+        crate::support::run(cmd, None)
+    };
+    let out = list(&seen).ok();
+    assert!(out.err().contains("cannot be trusted"), "{}", out.err());
+    assert!(out.json()["records"][0]["last_used"].is_null());
+    // Owned by us, the row from 2099 is still left out.
+    nix::unistd::chown(&seen, Some(nix::unistd::getuid()), None).unwrap();
+    let out = list(&seen).ok();
+    assert!(
+        out.json()["records"][0]["last_used"].is_null(),
+        "{}",
+        out.out()
+    );
+    drop(dir);
+}
+
+#[test]
+fn the_sidecar_mode_and_group_do_not_depend_on_the_umask() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let (dir, file, seen) = setup(&record("alpha", "read", ""));
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+    nix::unistd::chown(&file, None, Some(nix::unistd::Gid::from_raw(NOBODY))).unwrap();
+    // A stale temporary copy from a writer killed mid-write.
+    let stale = dir.path().join(".tokens.seen.AbC123.tmp");
+    fs::write(&stale, "half").unwrap();
+    let strict_umask = |cmd: &mut Command| {
+        quick(cmd);
+        // SAFETY: umask(2) is async-signal-safe, and nothing else runs in the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+                Ok(())
+            });
+        }
+    };
+    let serve = Serve::start_configured(&file, dir.path(), Listen::Socket, &strict_umask);
+    assert_eq!(serve.ask("CHECK read alpha"), ok("alpha"));
+    eventually("the sidecar", Duration::from_secs(5), || seen.exists());
+    let meta = fs::metadata(&seen).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(meta.gid(), NOBODY, "the token file's group");
+    assert!(!stale.exists(), "the stale temporary copy is removed");
 }
 
 #[test]
@@ -208,6 +375,32 @@ fn two_servers_on_one_file_keep_each_others_figures() {
         Duration::from_secs(5),
         || seen.exists() && sidecar(&seen).len() == 2,
     );
+    drop(dir);
+}
+
+#[test]
+fn two_servers_writing_at_once_drop_no_row() {
+    let _alone = crate::support::serial();
+    let tokens: Vec<String> = (0..300).map(|i| format!("token-{i}")).collect();
+    let content: String = tokens.iter().map(|t| record(t, "read", "")).collect();
+    let (dir, file, seen) = setup(&content);
+    let fast = |cmd: &mut Command| {
+        cmd.args(["--seen-interval", "5ms"]);
+    };
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    let mut first = Serve::start_configured(&file, one.path(), Listen::Socket, &fast);
+    let mut second = Serve::start_configured(&file, two.path(), Listen::Socket, &fast);
+    let mut a = Client::connect(first.socket.as_ref().unwrap());
+    let mut b = Client::connect(second.socket.as_ref().unwrap());
+    for (i, token) in tokens.iter().enumerate() {
+        let client = if i % 2 == 0 { &mut a } else { &mut b };
+        assert_eq!(client.ask(&format!("CHECK read {token}")), ok(token));
+    }
+    first.signal(Signal::SIGTERM);
+    second.signal(Signal::SIGTERM);
+    assert!(first.wait_exit().success() && second.wait_exit().success());
+    assert_eq!(sidecar(&seen).len(), tokens.len(), "every use has its row");
     drop(dir);
 }
 

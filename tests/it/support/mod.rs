@@ -793,3 +793,18 @@ pub(crate) fn with_final_ending(bytes: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Whether `probe` holds within `within` (polled every 10 ms): [`eventually`] for a test that
+/// reports the failure itself.
+pub(crate) fn within(within: Duration, mut probe: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    loop {
+        if probe() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
