@@ -129,7 +129,8 @@ impl fmt::Display for WhenError {
         match self {
             WhenError::NotADuration(text) => write!(
                 f,
-                "{text:?} is not a duration: use a number and a unit, e.g. 90d, 12h, 30m, 45s"
+                "{text:?} is not a duration: use a number and a unit (s, m, h, d, w or ms), or \
+                 several in a row, e.g. 90d, 12h, 1h30m; there are no months or years (30d, 365d)"
             ),
             WhenError::DurationTooLong(text) => write!(f, "{text:?} is too long a duration"),
             WhenError::TooFarInTheFuture(text) => write!(f, "{text:?} is too far in the future"),

@@ -44,27 +44,103 @@ Exit codes of check:
 (4, no such record ID, does not apply to check.) The code is the decision whatever happens
 to the output: `check --json | true` or `> /dev/full` still exits 1 or 3 for a denial.";
 
+/// How `DURATION` and `WHEN` are written, for every command that takes one (a macro: the text
+/// is part of several help texts, and `concat!` takes literals only).
+macro_rules! durations_help {
+    () => {
+        "DURATION: a number and a unit - s, m, h, d (days), w (weeks) or ms - or several in a
+row, as 1h30m; there are no months or years (use 30d, 365d). WHEN: an RFC 3339 time
+(2026-05-05T14:23:00Z) or a DURATION from now."
+    };
+}
+
+/// `list --help`.
+const LIST_HELP: &str = concat!(
+    "Only `serve` counts uses: a token used only through `tokenfile check` shows \"never\".
+With `serve --seen PATH`, give list the same --seen PATH.
+
+Exit codes of list:
+  0   listed (also when a reader such as `head` stops early)
+  5   the file is unsafe to use
+  10  the file is missing or cannot be read
+
+",
+    durations_help!()
+);
+
+/// `prune --help`.
+const PRUNE_HELP: &str = concat!(
+    "What is (or would be) removed is listed on stderr; --json puts it on stdout. Only `serve`
+counts uses: a token used only through `tokenfile check` looks unused, and --unused removes
+it. With `serve --seen PATH`, give prune the same --seen PATH.
+
+Exit codes of prune:
+  0   done, or nothing to prune
+  2   usage error; --unused without any usable last-used sidecar (nothing to go by)
+  5   the file is unsafe to use
+  10  I/O failure: cannot read or write the file, lock timeout
+
+",
+    durations_help!()
+);
+
+/// `lint --help`: the finding kinds a script may match on.
+const LINT_HELP: &str = concat!(
+    "Findings (the kind in brackets, and `kind` in --json):
+  errors:   invalid, duplicate, unsafe-permissions, unsafe-sidecar, stale-edit-copy
+  warnings: expired, plaintext, dead-scope, world-readable, group-writable, bom,
+            network-fs, saved-edit-copy, expiring (with --expiring)
+Findings go to stdout, the summary to stderr.
+
+Exit codes of lint:
+  0   no error (warnings alone exit 0 unless --strict)
+  5   an error; with --strict, a warning; with --expiring, a record that expires within it
+  10  the file is missing or cannot be read
+
+",
+    durations_help!()
+);
+
+/// `id --help`.
+const ID_HELP: &str = "\
+Exit codes of id:
+  0   the ID is printed, and the file has the token (or there is no file)
+  2   no token on stdin
+  4   the file exists and no record in it has the token
+  5   the file is unsafe to use
+  10  the file cannot be read";
+
+/// `rotate --help` and `mint --help`: how times are written.
+const WHEN_HELP: &str = durations_help!();
+
 /// `serve --help`: what a proxy and an operator talk to.
 const SERVE_HELP: &str = "\
-HTTP endpoints (--http):
-  /check     any method; required scopes from ?scope=a,b or the X-Required-Scope header,
-             the token from `Authorization: Bearer <token>`. Answers:
-               204  granted (headers X-Token-Id, X-Token-Name)
-               401  no, unknown or expired token (WWW-Authenticate: Bearer realm=\"tokenfile\")
-               403  the token lacks a required scope
-               400  no valid required scope was asked for
-  /healthz   GET: 200 and a JSON status while a loaded file is in use; 503 with the same
-             JSON (status missing, refused, ...) while serve fails closed
-  /metrics   GET: Prometheus text format (checks by outcome, reloads, reload failures, records
-             loaded, last reload time)
+HTTP endpoints (--http HOST:PORT or --http unix:/PATH, any number of them):
+  /check       any method; required scopes from ?scope=a,b, the X-Required-Scope header and/or
+               --routes; the token from `Authorization: Bearer <token>` (with --accept: also
+               Basic's password, X-Api-Key). Answers:
+                 204  granted (X-Token-Id, X-Token-Name, X-Token-Expires if it expires)
+                 401  no, unknown or expired token (WWW-Authenticate: Bearer realm=\"tokenfile\")
+                 403  the token lacks a required scope, or no rule of --routes covers the request
+                 400  no valid required scope; with --routes, a path that cannot be normalized
+  /ext_authz/  Envoy's ext_authz: as /check, but 200 on a grant and scopes only from
+               X-Required-Scope; --routes matches Envoy's own method and path
+  /healthz     GET: 200 and a JSON status while a loaded file is in use; 503 with the same
+               JSON (status missing, refused, ...) while serve fails closed
+  /metrics     GET: Prometheus text format (checks by outcome, reloads, reload failures,
+               records loaded, last reload time, the soonest expiry, records expiring within
+               7 days; with --routes, the rules' figures)
 Unix socket (--socket, mode 0660), one request per line, answers in order:
   CHECK <scope>[,<scope>...] <token>   ->  OK <id> | FORBIDDEN <id> | UNAUTHORIZED | ERROR <reason>
   PING                                 ->  PONG
 The file is reloaded on every change (in place, by rename, through a symlink); a missing or
-unsafe file means no tokens (fail closed).
+unsafe file means no tokens (fail closed). The rules of --routes are reloaded the same way; a
+change that cannot be used keeps the last good rules. Uses are counted per record and written
+to <file>.seen (or --seen PATH) at most once a minute and at shutdown; `list` and `prune`
+read it (give them the same --seen PATH).
 Signals:
-  SIGHUP           reload the file now
-  SIGTERM, SIGINT  stop: finish the requests in flight, remove the socket file, exit 0";
+  SIGHUP           reload the file (and the rules) now
+  SIGTERM, SIGINT  stop: finish the requests in flight, remove the socket files, exit 0";
 
 /// `completions --help`: which shells, and how to install the script.
 const COMPLETIONS_HELP: &str = "\
@@ -117,7 +193,9 @@ pub(crate) enum Command {
 
     /// Add a new token and print it once on stdout (only its SHA-256 is stored)
     ///
-    /// Example: T=$(tokenfile mint --scope deploy --name ci --expires 90d)
+    /// Example: T=$(tokenfile mint --scope deploy --name ci --expires 90d). Without
+    /// --expires the token never expires.
+    #[command(after_help = WHEN_HELP)]
     Mint(MintArgs),
 
     /// Show the records: ID, status, stored form, scopes, name, created, expires, last used,
@@ -126,6 +204,7 @@ pub(crate) enum Command {
     /// Last used comes from the sidecar `<file>.seen` that `serve` writes, and from every
     /// --seen FILE (e.g. copied from other hosts): per record, the latest use wins. A record
     /// never seen is "never"; for --unused it counts as unused since it was created.
+    #[command(after_help = LIST_HELP)]
     List(ListArgs),
 
     /// Remove the records with these IDs (all or nothing)
@@ -136,6 +215,7 @@ pub(crate) enum Command {
     },
 
     /// Replace a token with a new one with the same scopes and name
+    #[command(after_help = WHEN_HELP)]
     Rotate(RotateArgs),
 
     /// Remove every expired record and, with --unused, every record not used for that long
@@ -143,6 +223,7 @@ pub(crate) enum Command {
     /// Expired records are always removed (--expired says so explicitly); --unused adds the
     /// records that the last-used sidecars show unused for DURATION (a record never seen counts
     /// from its creation). One atomic change and one audit line; --dry-run only lists them.
+    #[command(after_help = PRUNE_HELP)]
     Prune(PruneArgs),
 
     /// Decide whether a token has the required scopes (exit 0 granted, 1 forbidden, 3 unknown)
@@ -156,9 +237,11 @@ pub(crate) enum Command {
     ///
     /// The ID goes to stdout; when the file exists, stderr says which line (and name) has
     /// the token, and the exit code is 4 when no record has it. Without a file: just the ID.
+    #[command(after_help = ID_HELP)]
     Id,
 
     /// Report invalid lines, duplicates, expired and plaintext records, unsafe permissions
+    #[command(after_help = LINT_HELP)]
     Lint(LintArgs),
 
     /// Store every plaintext credential as its sha256: digest (IDs, order, comments kept)

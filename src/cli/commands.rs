@@ -733,8 +733,8 @@ fn list(ctx: &Context, args: ListArgs) -> Result<Exit> {
     let figures = last_used::load(ctx, &doc, &args.seen.files)?;
     if args.unused.is_some() && !figures.any {
         note(&format!(
-            "warning: no last-used figures (no sidecar at {} and no --seen): every record \
-             counts as never used",
+            "warning: no last-used figures (no usable sidecar at {} and no --seen): every \
+             record counts as never used",
             figures.default.display()
         ));
     }

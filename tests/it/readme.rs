@@ -23,7 +23,7 @@
 //! The README uses a few placeholders a reader recognises; each block is run with them
 //! replaced: the ID `9f6b6b6e5127` (and its prefix `9f6b`) by the fixture record's, the
 //! ports 9180 (serve), 8080 (nginx) and 3000 (the application) by free ones, and
-//! `/etc/tokenfile/`, `/run/tokenfile/` by directories under the fixture root. `#> text`
+//! `/etc/tokenfile/`, `/run/tokenfile/`, `/var/lib/tokenfile/` by directories under the fixture root. `#> text`
 //! lines in a shell block are its expected stdout lines, in order.
 //!
 //! A block that needs a tool that is not installed (nginx, caddy, socat, …) is skipped with a
@@ -179,6 +179,7 @@ impl Fixture {
         };
         let (work, etc) = (dir("work"), dir("etc/tokenfile"));
         dir("run/tokenfile");
+        dir("var/lib/tokenfile/hosts");
         dir("home");
         let file = etc.join("tokens");
         let (code, _) = cli(&file, &["init"], "");
@@ -222,6 +223,7 @@ impl Fixture {
             .replace("127.0.0.1:3000", &self.app_port.to_string())
             .replace("/etc/tokenfile/", &format!("{root}/etc/tokenfile/"))
             .replace("/run/tokenfile/", &format!("{root}/run/tokenfile/"))
+            .replace("/var/lib/tokenfile/", &format!("{root}/var/lib/tokenfile/"))
     }
 
     /// bash running `block` in its own process group, in `work`, with a clean environment.
