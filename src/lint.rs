@@ -74,7 +74,8 @@ pub(crate) fn lint_expiring(
                     Some(line),
                     format!(
                         "record {id} expires at {}; issue its successor with `tokenfile rotate \
-                         {id} --grace 24h`",
+                         {id} --grace 24h --expires 90d` (without --expires it would expire with \
+                         this one)",
                         format_timestamp(expires)
                     ),
                 )

@@ -30,9 +30,9 @@ use crate::when::{Timestamp, format_timestamp, parse_timestamp};
 /// The version of the sidecar's layout, in its header.
 const VERSION: u64 = 1;
 
-/// The longest sidecar a reader accepts: far above a million records' worth (about 100 bytes
+/// The longest sidecar a reader accepts: above two million records' worth (about 100 bytes
 /// a line), low enough that a wrong `--seen` path cannot exhaust memory.
-const MAX_SIDECAR_BYTES: u64 = 1 << 30;
+const MAX_SIDECAR_BYTES: u64 = 256 << 20;
 
 /// What is known of one record's use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +97,21 @@ struct Header {
     tokenfile_seen: u64,
     file: String,
     written: String,
+    /// Since when the figures have been gathered: a record never seen is unused only since
+    /// then (absent in sidecars written before it existed: then only the record's creation
+    /// counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
+}
+
+/// A sidecar as read: its rows, and since when they were gathered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeenFile {
+    /// The figures, by record ID.
+    pub rows: SeenById,
+    /// When the figures began (the first `serve` that wrote this sidecar): before that,
+    /// nothing is known of any use. `None` if the header does not say.
+    pub since: Option<Timestamp>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -147,7 +162,7 @@ pub enum Belongs<'a> {
 /// the file's own sidecar must not be a symlink either. A row whose use lies more than a day
 /// in the future (a host with a wrong clock, or a forgery that would pin a token as "used"
 /// forever) is left out.
-pub fn read(path: &Path, target: &Path, belongs: Belongs) -> Result<Option<SeenById>, SeenError> {
+pub fn read(path: &Path, target: &Path, belongs: Belongs) -> Result<Option<SeenFile>, SeenError> {
     let file = match open_sidecar(path, matches!(belongs, Belongs::SameFile)) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
@@ -193,7 +208,7 @@ fn open_sidecar(path: &Path, no_symlink: bool) -> io::Result<File> {
 /// How far in the future a use may lie and still be believed (clocks of several hosts).
 const FUTURE_SLACK: time::Duration = time::Duration::days(1);
 
-fn parse(text: &str, target: &Path, belongs: Belongs) -> Result<SeenById, SeenError> {
+fn parse(text: &str, target: &Path, belongs: Belongs) -> Result<SeenFile, SeenError> {
     let mut lines = text.lines().enumerate();
     let header: Header = lines
         .next()
@@ -237,7 +252,32 @@ fn parse(text: &str, target: &Path, belongs: Belongs) -> Result<SeenById, SeenEr
     {
         return Err(SeenError::OtherFile { names: header.file });
     }
-    Ok(seen)
+    let since = header
+        .since
+        .as_deref()
+        .and_then(|at| parse_timestamp(at.as_bytes()));
+    Ok(SeenFile { rows: seen, since })
+}
+
+/// Whether the file at `path` may be replaced by a sidecar: there is none, or it is a
+/// regular file whose first line is a sidecar's header (corrupt rows or another file's
+/// name included). Anything else — a token file, an audit log, a lock file, a file of some
+/// other program that `--seen` was pointed at by mistake — must never be overwritten.
+pub fn replaceable(path: &Path) -> io::Result<bool> {
+    let file = match open_sidecar(path, false) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        other => other?,
+    };
+    if !file.metadata()?.is_file() {
+        return Ok(false);
+    }
+    let mut first = Vec::new();
+    io::BufRead::read_until(
+        &mut io::BufReader::new(io::Read::take(&file, 64 * 1024)),
+        b'\n',
+        &mut first,
+    )?;
+    Ok(serde_json::from_slice::<Header>(first.trim_ascii_end()).is_ok())
 }
 
 /// Adds `other`'s figures to `into`: per ID, the later use wins, with its count and client
@@ -257,12 +297,16 @@ fn merge_one(into: &mut SeenById, id: String, seen: Seen) {
     }
 }
 
-/// Replaces the sidecar at `path` of the token file at `target` with `entries`, atomically
-/// and durably. Its mode is 0600, or 0640 when the token file is group-readable (so the group
-/// that may read the file may read when its tokens were used); never readable by others.
+/// Replaces the sidecar at `path` of the token file at `target` (named `named` in the header:
+/// the path as `serve` was given it, which stays the same across a Kubernetes `..data` swap)
+/// with `entries`, gathered since `since`, atomically and durably. Its mode is 0600, or 0640
+/// when the token file is group-readable (so the group that may read the file may read when
+/// its tokens were used); never readable by others.
 pub fn write<'a>(
     path: &Path,
     target: &Path,
+    named: &Path,
+    since: Timestamp,
     now: Timestamp,
     entries: impl IntoIterator<Item = (&'a str, &'a Seen)>,
 ) -> io::Result<()> {
@@ -294,8 +338,9 @@ pub fn write<'a>(
         let mut out = io::BufWriter::new(temp.as_file_mut());
         let header = Header {
             tokenfile_seen: VERSION,
-            file: target.display().to_string(),
+            file: named.display().to_string(),
             written: format_timestamp(now),
+            since: Some(format_timestamp(since)),
         };
         serde_json::to_writer(&mut out, &header)?;
         out.write_all(b"\n")?;
@@ -423,17 +468,26 @@ mod tests {
             ..seen("2026-12-02T00:00:00Z", 1, "")
         };
         let now = at("2026-12-02T01:00:00Z");
+        let since = at("2026-11-01T00:00:00Z");
         write(
             &path,
             &target,
+            &target,
+            since,
             now,
             [("0123456789ab", &a), ("ba9876543210", &b)],
         )
         .unwrap();
         let back = read(&path, &target, Belongs::SameFile).unwrap().unwrap();
+        assert_eq!(back.since, Some(since));
+        let back = back.rows;
         assert_eq!(back.len(), 2);
         assert_eq!(back["0123456789ab"], a);
         assert_eq!(back["ba9876543210"], b);
+        assert!(replaceable(&path).unwrap());
+        assert!(!replaceable(&target).unwrap(), "a token file is no sidecar");
+        assert!(replaceable(&dir.path().join("absent")).unwrap());
+        assert!(!replaceable(dir.path()).unwrap(), "nor is a directory");
         assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o640);
         let text = fs::read_to_string(&path).unwrap();
         assert!(
@@ -502,7 +556,10 @@ mod tests {
         ));
         let shared = format!("{header}{}{}", row("ba9876543210"), row("0123456789ab"));
         fs::write(&path, shared).unwrap();
-        assert_eq!(read(&path, &target, is_ours).unwrap().unwrap().len(), 2);
+        assert_eq!(
+            read(&path, &target, is_ours).unwrap().unwrap().rows.len(),
+            2
+        );
     }
 
     #[test]

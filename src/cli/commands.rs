@@ -764,16 +764,14 @@ fn list(ctx: &Context, args: ListArgs) -> Result<Exit> {
             "active"
         };
         let seen = figures.of(&r);
-        if args
-            .unused
-            .is_some_and(|window| !last_used::unused_for(&r, seen, window, now))
-            || args.expiring.is_some_and(|window| {
-                // A record kept by `rotate --grace` is meant to expire: nothing to act on.
-                status != "active"
-                    || replaced_by.contains_key(r.id().as_str())
-                    || !r.expires_within(window, now)
-            })
-        {
+        if args.unused.is_some_and(|window| {
+            !last_used::unused_for(&r, seen, window, now, figures.observed_since)
+        }) || args.expiring.is_some_and(|window| {
+            // A record kept by `rotate --grace` is meant to expire: nothing to act on.
+            status != "active"
+                || replaced_by.contains_key(r.id().as_str())
+                || !r.expires_within(window, now)
+        }) {
             continue;
         }
         last_used_at.push(seen.map(|s| s.last_used));
@@ -872,7 +870,9 @@ fn doomed(
             let seen = figures.of(&r);
             let reason = if r.is_expired(now) {
                 "expired"
-            } else if unused.is_some_and(|window| last_used::unused_for(&r, seen, window, now)) {
+            } else if unused.is_some_and(|window| {
+                last_used::unused_for(&r, seen, window, now, figures.observed_since)
+            }) {
                 "unused"
             } else {
                 return None;
@@ -897,6 +897,17 @@ fn prune(ctx: &Context, args: PruneArgs) -> Result<Exit> {
     // change itself reads the file again under the lock.
     let bytes = ctx.store.read()?;
     let figures = last_used::load(ctx, &Document::parse(&bytes), &args.seen.files)?;
+    if args.unused.is_some()
+        && let Some(unusable) = figures.unusable.first()
+    {
+        // A sidecar asked for is evidence of use on some host: without it, tokens used
+        // only there would look unused.
+        return Err(Error::usage(format!(
+            "--unused: the last-used sidecar {} given with --seen cannot be used (see the \
+             warning above); fix it or leave it out, nothing was removed",
+            unusable.display()
+        )));
+    }
     if args.unused.is_some() && !figures.any {
         // With no figures every record would look unused: removing tokens on no evidence
         // (serve on another host, a sidecar not copied yet) is not what anyone asked for.

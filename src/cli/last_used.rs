@@ -20,6 +20,11 @@ pub(crate) struct Figures {
     pub(crate) any: bool,
     /// The file's own sidecar, for messages.
     pub(crate) default: PathBuf,
+    /// Since when every sidecar read has been gathering: the latest of their starts. Before
+    /// it, a use on some host may have gone unseen.
+    pub(crate) observed_since: Option<Timestamp>,
+    /// `--seen` files that could not be used (missing, corrupt, another file's, untrusted).
+    pub(crate) unusable: Vec<PathBuf>,
 }
 
 impl Figures {
@@ -44,6 +49,8 @@ pub(crate) fn load(ctx: &Context, doc: &Document, extra: &[PathBuf]) -> Result<F
         by_id: SeenById::new(),
         any: false,
         default: default.clone(),
+        observed_since: None,
+        unusable: Vec::new(),
     };
     let mut add = |path: &Path, own: bool| {
         let belongs = match own {
@@ -53,17 +60,26 @@ pub(crate) fn load(ctx: &Context, doc: &Document, extra: &[PathBuf]) -> Result<F
         match seen::read(path, &target, belongs) {
             Ok(Some(found)) => {
                 figures.any = true;
-                seen::merge(&mut figures.by_id, found);
+                figures.observed_since = figures.observed_since.max(found.since);
+                seen::merge(&mut figures.by_id, found.rows);
             }
             Ok(None) if own => {}
-            Ok(None) => note(&format!(
-                "warning: the last-used sidecar {} does not exist; ignored",
-                path.display()
-            )),
-            Err(e) => note(&format!(
-                "warning: ignoring the last-used sidecar {}: it {e}",
-                path.display()
-            )),
+            Ok(None) => {
+                figures.unusable.push(path.to_path_buf());
+                note(&format!(
+                    "warning: the last-used sidecar {} does not exist; ignored",
+                    path.display()
+                ));
+            }
+            Err(e) => {
+                if !own {
+                    figures.unusable.push(path.to_path_buf());
+                }
+                note(&format!(
+                    "warning: ignoring the last-used sidecar {}: it {e}",
+                    path.display()
+                ));
+            }
         }
     };
     add(&default, true);
@@ -73,16 +89,20 @@ pub(crate) fn load(ctx: &Context, doc: &Document, extra: &[PathBuf]) -> Result<F
     Ok(figures)
 }
 
-/// Whether `record` has not been used for `window` at `now`. A record never seen counts from
-/// its creation — a token minted yesterday is not "unused for 90 days" — and one with neither
-/// a use nor a creation time counts as unused.
+/// Whether `record` has not been used for `window` at `now`. A record never seen is unused
+/// since the later of its creation and the start of the figures (`observed_since`): a token
+/// minted yesterday is not "unused for 90 days", and neither is one that sidecars begun
+/// yesterday have not seen yet. One with neither a use, a creation time nor figures counts as
+/// unused.
 pub(crate) fn unused_for(
     record: &Record,
     seen: Option<&Seen>,
     window: Duration,
     now: Timestamp,
+    observed_since: Option<Timestamp>,
 ) -> bool {
-    let Some(since) = seen.map(|s| s.last_used).or(record.created) else {
+    let never_seen_since = record.created.max(observed_since);
+    let Some(since) = seen.map(|s| s.last_used).or(never_seen_since) else {
         return true;
     };
     match time::Duration::try_from(window)

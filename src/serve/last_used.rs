@@ -3,14 +3,16 @@
 //! always off the check path. Never the token file.
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch as signal_watch;
 use tracing::{debug, warn};
 
-use crate::seen::{self, SeenById, SeenError};
+use crate::error::{Error, Result};
+use crate::seen::{self, SeenById, SeenError, SeenFile};
 use crate::when::{self, Timestamp};
 
 use super::ServeOptions;
@@ -23,25 +25,58 @@ const WARN_BEFORE: time::Duration = time::Duration::days(7);
 #[derive(Debug, Clone)]
 pub(super) struct Sidecar {
     path: PathBuf,
-    /// The token file the sidecar's header names (the real file, as `list` resolves it).
+    /// `--seen PATH` named it: only a file that is already a sidecar may be replaced there
+    /// (the default `<file>.seen` is ours by its name).
+    explicit: bool,
+    /// The token file as `serve` was given it, made absolute: what the header names (it stays
+    /// the same across a Kubernetes `..data` swap, where the real file's path changes).
+    named: PathBuf,
+    /// The real token file, behind any symlinks.
     target: PathBuf,
     interval: Duration,
+    /// Since when the figures have been gathered (the sidecar's, or this start's).
+    since: Arc<Mutex<Option<Timestamp>>>,
     /// When each record was last warned about (by ID): once a day at most.
     warned: Arc<Mutex<HashMap<String, Timestamp>>>,
 }
 
 impl Sidecar {
-    pub(super) fn of(options: &ServeOptions) -> Sidecar {
+    /// Where `serve` keeps its figures. A `--seen PATH` where something other than a sidecar
+    /// is — the token file, its lock or audit log, any other file, a directory — is refused:
+    /// writing the sidecar there would destroy it.
+    pub(super) fn of(options: &ServeOptions) -> Result<Sidecar> {
         let target = std::fs::canonicalize(&options.file).unwrap_or_else(|_| options.file.clone());
-        Sidecar {
+        let named = std::path::absolute(&options.file).unwrap_or_else(|_| options.file.clone());
+        let sidecar = Sidecar {
             path: options
                 .seen
                 .clone()
                 .unwrap_or_else(|| seen::sidecar_of(&target)),
+            explicit: options.seen.is_some(),
+            named,
             target,
             interval: options.seen_interval.max(Duration::from_millis(10)),
+            since: Arc::default(),
             warned: Arc::default(),
+        };
+        if sidecar.explicit {
+            let same_as_file = match (
+                std::fs::metadata(&sidecar.path),
+                std::fs::metadata(&sidecar.target),
+            ) {
+                (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+                _ => false,
+            };
+            let replaceable = seen::replaceable(&sidecar.path).unwrap_or(false);
+            if same_as_file || !replaceable {
+                return Err(Error::usage(format!(
+                    "--seen {}: something other than a last-used sidecar is there (serve \
+                     would replace it); name a new file, e.g. /var/lib/tokenfile/tokens.seen",
+                    sidecar.path.display()
+                )));
+            }
         }
+        Ok(sidecar)
     }
 
     /// The sidecar's figures, if it has usable ones. It belongs to the file if its header
@@ -49,7 +84,7 @@ impl Sidecar {
     /// were moved together). One that cannot be used — corrupt, another file's, planted by
     /// another user, not a regular file — is a warning, and is moved aside to
     /// `<sidecar>.ignored` so that the next write does not destroy what it held.
-    fn read(&self, snapshot: &Snapshot) -> Option<SeenById> {
+    fn read(&self, snapshot: &Snapshot) -> Option<SeenFile> {
         let records: std::collections::HashSet<String> = snapshot
             .index
             .iter()
@@ -64,8 +99,8 @@ impl Sidecar {
             Ok(figures) => return figures,
             Err(why) => why,
         };
-        if matches!(why, SeenError::Io(_)) {
-            warn!(sidecar = %self.path.display(), "cannot read the last-used sidecar: it {why}");
+        if matches!(why, SeenError::Io(_)) || !self.may_replace() {
+            warn!(sidecar = %self.path.display(), "cannot use the last-used sidecar: it {why}");
             return None;
         }
         match seen::set_aside(&self.path) {
@@ -82,10 +117,17 @@ impl Sidecar {
         None
     }
 
+    /// Whether what is at the sidecar's path may be replaced (or moved aside): always at the
+    /// default `<file>.seen`; at a `--seen PATH` only a sidecar, or nothing.
+    fn may_replace(&self) -> bool {
+        !self.explicit || seen::replaceable(&self.path).unwrap_or(false)
+    }
+
     /// Starts the figures of the state in use from the sidecar (`serve` restarted).
     pub(super) fn load_into(&self, shared: &Shared) {
         if let Some(figures) = self.read(&shared.snapshot()) {
-            shared.load_figures(figures);
+            *self.since.lock().unwrap_or_else(PoisonError::into_inner) = figures.since;
+            shared.load_figures(figures.rows);
         }
     }
 
@@ -101,7 +143,7 @@ impl Sidecar {
                 () = super::stopped(&mut stopping) => return,
             }
             let (sidecar, shared) = (self.clone(), shared.clone());
-            let _ = tokio::task::spawn_blocking(move || sidecar.write(&shared)).await;
+            let _ = tokio::task::spawn_blocking(move || sidecar.write(&shared, false)).await;
         }
     }
 
@@ -137,7 +179,7 @@ impl Sidecar {
                 %id,
                 name = %crate::token::redact(grant.name),
                 expires = %when::format_timestamp(expires),
-                "a token that expires within 7 days is still in use; rotate it (`tokenfile rotate {id}`)"
+                "a token that expires within 7 days is still in use; rotate it (`tokenfile rotate {id} --grace 24h --expires 90d`)"
             );
             warned.insert(id, now);
         }
@@ -146,12 +188,28 @@ impl Sidecar {
     /// Writes the figures of the state in use, if anything was used since the last write.
     /// Another `serve` of the same file may write the same sidecar: its newer figures for
     /// records of this state are kept (the later use wins), so neither erases the other's.
-    pub(super) fn write(&self, shared: &Shared) {
+    /// While the file is missing or refused nothing is written — it has no records, and
+    /// writing would erase the rows of every record it will have again — except at
+    /// `shutdown`, when the figures of the records that left are added to the sidecar's rows
+    /// rather than lost with the process.
+    pub(super) fn write(&self, shared: &Shared, shutdown: bool) {
         let snapshot = shared.snapshot();
         self.warn_expiring(&snapshot);
-        // A missing or refused file grants nothing and has no records: writing would erase
-        // the figures of every record it will have again.
-        if !snapshot.status.is_loaded() || !snapshot.usage.take_changed() {
+        let loaded = snapshot.status.is_loaded();
+        let departed = match (loaded, shutdown) {
+            (true, _) => None,
+            (false, true) => Some(shared.departed_figures()).filter(|d| !d.is_empty()),
+            (false, false) => return,
+        };
+        if loaded && !snapshot.usage.take_changed() {
+            return;
+        }
+        if departed.is_none() && !loaded {
+            return;
+        }
+        if !self.may_replace() {
+            snapshot.usage.mark_changed();
+            warn!(sidecar = %self.path.display(), "not writing the last-used sidecar: something other than a sidecar is at its path now");
             return;
         }
         // Another serve of the same file writes the same sidecar: one read-merge-replace at
@@ -176,24 +234,46 @@ impl Sidecar {
                 None
             }
         };
-        let mut figures = snapshot.usage.by_id(&snapshot.index);
-        if let Some(theirs) = self.read(&snapshot) {
-            let records: std::collections::HashSet<String> = snapshot
-                .index
-                .iter()
-                .map(|(digest, _)| digest.id().to_string())
-                .collect();
-            let ours: SeenById = theirs
-                .into_iter()
-                .filter(|(id, _)| records.contains(id))
-                .collect();
-            seen::merge(&mut figures, ours);
-        }
+        let now = when::now();
+        let theirs = self.read(&snapshot);
+        let mut since = self.since.lock().unwrap_or_else(PoisonError::into_inner);
+        // The figures cover whatever the earliest writer of this sidecar saw.
+        let began = [*since, theirs.as_ref().and_then(|t| t.since)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now);
+        let figures = match departed {
+            Some(departed) => {
+                // Every row kept: which records are revoked cannot be told without the file.
+                let mut rows = theirs.map(|t| t.rows).unwrap_or_default();
+                seen::merge(&mut rows, departed);
+                rows
+            }
+            None => {
+                let mut figures = snapshot.usage.by_id(&snapshot.index);
+                if let Some(theirs) = theirs {
+                    let records: std::collections::HashSet<String> = snapshot
+                        .index
+                        .iter()
+                        .map(|(digest, _)| digest.id().to_string())
+                        .collect();
+                    let ours: SeenById = theirs
+                        .rows
+                        .into_iter()
+                        .filter(|(id, _)| records.contains(id))
+                        .collect();
+                    seen::merge(&mut figures, ours);
+                }
+                figures
+            }
+        };
         let mut rows: Vec<_> = figures.iter().collect();
         rows.sort_by(|a, b| a.0.cmp(b.0));
         let rows = rows.into_iter().map(|(id, seen)| (id.as_str(), seen));
-        match seen::write(&self.path, &self.target, when::now(), rows) {
+        match seen::write(&self.path, &self.target, &self.named, began, now, rows) {
             Ok(()) => {
+                *since = Some(began);
                 debug!(sidecar = %self.path.display(), records = figures.len(), "last used written");
             }
             Err(e) => {
@@ -201,6 +281,7 @@ impl Sidecar {
                 warn!(sidecar = %self.path.display(), "cannot write the last-used sidecar: {e}");
             }
         }
+        drop(since);
         drop(lock);
     }
 }

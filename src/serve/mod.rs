@@ -64,7 +64,7 @@ pub(crate) fn run(options: ServeOptions) -> Result<Exit> {
     early_signals()?;
     map_large_blocks();
     let (snapshot, fingerprint, recheck) = load::initial(&options.file)?;
-    let sidecar = last_used::Sidecar::of(&options);
+    let sidecar = last_used::Sidecar::of(&options)?;
     let shared = Arc::new(Shared::new(options.file.clone(), snapshot));
     sidecar.load_into(&shared);
     // A rules file that cannot be used stops the start: there are no good rules to keep.
@@ -128,7 +128,7 @@ pub(crate) fn run(options: ServeOptions) -> Result<Exit> {
     reloader.stop();
     drop(routes_follower);
     // Every check has been answered: what they changed is kept.
-    sidecar.write(&shared);
+    sidecar.write(&shared, true);
     // Removes the socket files (if they are still ours).
     drop(socket_file);
     drop(http_files);

@@ -149,6 +149,15 @@ impl Shared {
         }
     }
 
+    /// The figures of the records that left the file and have not come back.
+    pub(super) fn departed_figures(&self) -> SeenById {
+        self.departed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .figures()
+            .clone()
+    }
+
     /// Starts the state in use from a sidecar's figures (`serve` restarted); those of records
     /// the file does not have now are kept for their return.
     pub(super) fn load_figures(&self, figures: SeenById) {

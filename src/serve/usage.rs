@@ -289,6 +289,11 @@ impl Departed {
     /// How long the figures of a record that left are kept for its return.
     const KEPT: time::Duration = time::Duration::days(1);
 
+    /// The figures kept, by ID.
+    pub(crate) fn figures(&self) -> &SeenById {
+        &self.figures
+    }
+
     /// Keeps `figures` of records that left at `now`.
     pub(crate) fn add(&mut self, figures: SeenById, now: Timestamp) {
         for (id, seen) in figures {

@@ -31,6 +31,7 @@ mod nginx;
 mod readme;
 mod redaction;
 mod secrets_everywhere;
+mod seen_hostile;
 mod serve_consistency;
 mod serve_forward;
 mod serve_http;
