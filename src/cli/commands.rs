@@ -865,6 +865,14 @@ fn doomed(
     figures: &last_used::Figures,
     now: Timestamp,
 ) -> Vec<(Id, PrunedRecord)> {
+    // `remove_records` takes every line of a token: say so, line by line.
+    let mut duplicates: std::collections::HashMap<Id, Vec<usize>> =
+        std::collections::HashMap::new();
+    for (line, classified) in doc.classify() {
+        if let Classified::Duplicate(r, _) = classified {
+            duplicates.entry(r.id()).or_default().push(line);
+        }
+    }
     doc.counted_records()
         .filter_map(|(line, r)| {
             let seen = figures.of(&r);
@@ -880,6 +888,7 @@ fn doomed(
             let pruned = PrunedRecord {
                 id: r.id().to_string(),
                 line,
+                duplicate_lines: duplicates.remove(&r.id()).unwrap_or_default(),
                 name: r.name_lossy(),
                 scopes: r.scopes.items().iter().map(ToString::to_string).collect(),
                 reason,
@@ -984,6 +993,12 @@ fn prune(ctx: &Context, args: PruneArgs) -> Result<Exit> {
         text.push(')');
         if !p.name.is_empty() {
             text.push_str(&format!(" {}", printable(&p.name)));
+        }
+        if !p.duplicate_lines.is_empty() {
+            text.push_str(&format!(
+                ", with its duplicate line(s) {}",
+                join_numbers(&p.duplicate_lines)
+            ));
         }
         note(&text);
     }

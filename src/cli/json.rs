@@ -101,6 +101,9 @@ pub(crate) struct LintReport {
 pub(crate) struct PrunedRecord {
     pub(crate) id: String,
     pub(crate) line: usize,
+    /// Later lines with the same token (duplicates that granted nothing), removed with it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) duplicate_lines: Vec<usize>,
     pub(crate) name: String,
     pub(crate) scopes: Vec<String>,
     /// `expired` or `unused`.

@@ -331,9 +331,17 @@ fn prune_fixture() -> (Env, Vec<String>, Vec<u8>) {
 #[test]
 fn prune_removes_expired_records_with_their_duplicates_and_markers_only() {
     let (env, ids, before) = prune_fixture();
+    // Every line that goes is named, the duplicate too.
+    let planned = env.tokenfile(&["prune", "--dry-run", "--json"]).ok().json();
+    assert_eq!(planned["removed"][0]["line"], 2);
+    assert_eq!(
+        planned["removed"][0]["duplicate_lines"],
+        serde_json::json!([9])
+    );
     let out = env.tokenfile(&["prune"]).ok();
     assert!(
-        out.err().contains(&format!("removed {}", ids[0])),
+        out.err().contains(&format!("removed {}", ids[0]))
+            && out.err().contains("with its duplicate line(s) 9"),
         "{out:?}"
     );
     let after = String::from_utf8(env.read()).unwrap();
