@@ -462,37 +462,39 @@ pub fn normalize_path(target: &[u8]) -> Result<NormalizedPath, PathError> {
     let Some(path) = target[..end].strip_prefix(b"/") else {
         return Err(PathError::NotAbsolute);
     };
-    let mut segments: Vec<Vec<u8>> = Vec::new();
+    // `/segment` after `/segment`, decoded straight into place (one allocation a request:
+    // this runs on the check path); a decoded segment never holds a `/`, so the last `/`
+    // starts the last segment, which `..` removes.
+    let mut out = Vec::with_capacity(end + 1);
     let mut trailing_slash = false;
     let mut raw_segments = path.split(|&b| b == b'/').peekable();
     while let Some(raw) = raw_segments.next() {
         let last = raw_segments.peek().is_none();
-        let segment = percent_decode_segment(raw)?;
-        match segment.as_slice() {
-            b"" | b"." => trailing_slash = last,
-            b".." => {
-                segments.pop().ok_or(PathError::AboveRoot)?;
+        let start = out.len();
+        out.push(b'/');
+        decode_segment_into(raw, &mut out)?;
+        match &out[start + 1..] {
+            b"" | b"." => {
+                out.truncate(start);
                 trailing_slash = last;
             }
-            _ => {
-                segments.push(segment);
-                trailing_slash = false;
+            b".." => {
+                out.truncate(start);
+                let previous = memchr::memrchr(b'/', &out).ok_or(PathError::AboveRoot)?;
+                out.truncate(previous);
+                trailing_slash = last;
             }
+            _ => trailing_slash = false,
         }
     }
-    let mut out = Vec::with_capacity(end + 1);
-    for segment in &segments {
-        out.push(b'/');
-        out.extend_from_slice(segment);
-    }
-    if trailing_slash || segments.is_empty() {
+    if trailing_slash || out.is_empty() {
         out.push(b'/');
     }
     Ok(NormalizedPath(out))
 }
 
-fn percent_decode_segment(raw: &[u8]) -> Result<Vec<u8>, PathError> {
-    let mut out = Vec::with_capacity(raw.len());
+/// Appends the percent-decoding of one raw segment to `out`.
+fn decode_segment_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), PathError> {
     let mut i = 0;
     while i < raw.len() {
         let byte = if raw[i] == b'%' {
@@ -509,7 +511,7 @@ fn percent_decode_segment(raw: &[u8]) -> Result<Vec<u8>, PathError> {
             b => out.push(b),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The byte of a `%XX` escape whose `XX` starts `after`: exactly two hex digits (not `+1`,

@@ -34,7 +34,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -72,6 +72,23 @@ pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_NAME_HEADER: usize = 256;
 
 type Body = Full<Bytes>;
+
+/// Header names as constants: looking a header up by `&str` parses the name every time, and
+/// the check path looks up several per request (measured: BENCHMARKS.md "Forward auth").
+mod names {
+    use hyper::header::HeaderName;
+    pub(super) const X_REQUIRED_SCOPE: HeaderName = HeaderName::from_static("x-required-scope");
+    pub(super) const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub(super) const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+    pub(super) const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+    pub(super) const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+    pub(super) const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+    pub(super) const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+    pub(super) const X_TOKEN_ID: HeaderName = HeaderName::from_static("x-token-id");
+    pub(super) const X_TOKEN_NAME: HeaderName = HeaderName::from_static("x-token-name");
+    pub(super) const X_TOKEN_EXPIRES: HeaderName = HeaderName::from_static("x-token-expires");
+}
 
 /// Where an HTTP listener listens: `HOST:PORT`, or `unix:PATH` for HTTP over a Unix socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -359,12 +376,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 /// appended, which the client cannot choose (everything before it may be the client's own
 /// text); else `X-Real-IP`. A value that is not an address is ignored.
 fn client_of(headers: &HeaderMap, peer: Client) -> Client {
-    let address = |name: &str| {
+    let address = |name: &HeaderName| {
         let value = headers.get_all(name).iter().next_back()?.to_str().ok()?;
         value.rsplit(',').next()?.trim().parse::<IpAddr>().ok()
     };
-    address("x-forwarded-for")
-        .or_else(|| address("x-real-ip"))
+    address(&names::X_FORWARDED_FOR)
+        .or_else(|| address(&names::X_REAL_IP))
         .map_or(peer, Client::Addr)
 }
 
@@ -375,7 +392,15 @@ fn check(
     peer: Client,
     endpoint: Endpoint,
 ) -> Response<Body> {
-    let required = match required_scopes(request, config, endpoint) {
+    // The rules in use, held for the check: the rule's scopes are borrowed from them.
+    let rules = config
+        .routes
+        .as_ref()
+        .map(|routes| (routes, routes.rules()));
+    let routes = rules
+        .as_ref()
+        .map(|(routes, rules)| (&***routes, &***rules));
+    let required = match required_scopes(request, routes, endpoint) {
         Ok(required) => required,
         Err(reason) => {
             shared.count_invalid();
@@ -394,9 +419,10 @@ fn check(
         log_decision("http", &decision);
         let mut response = decision_response(decision, config, endpoint);
         if let (Decision::Granted { .. }, Some(expires)) = (decision, expires) {
-            response
-                .headers_mut()
-                .insert("x-token-expires", header_value(&format_timestamp(expires)));
+            response.headers_mut().insert(
+                names::X_TOKEN_EXPIRES,
+                header_value(&format_timestamp(expires)),
+            );
         }
         response
     })
@@ -415,15 +441,15 @@ fn decision_response(
                 Endpoint::ExtAuthz => StatusCode::OK,
             };
             let headers = response.headers_mut();
-            headers.insert("x-token-id", header_value(id.as_str()));
-            headers.insert("x-token-name", header_value(&header_safe(name)));
+            headers.insert(names::X_TOKEN_ID, header_value(id.as_str()));
+            headers.insert(names::X_TOKEN_NAME, header_value(&header_safe(name)));
             response
         }
         Decision::Forbidden { id, .. } => {
             let mut response = text(StatusCode::FORBIDDEN, "forbidden: missing scope\n");
             response
                 .headers_mut()
-                .insert("x-token-id", header_value(id.as_str()));
+                .insert(names::X_TOKEN_ID, header_value(id.as_str()));
             response
         }
         Decision::Unauthorized(_) => {
@@ -475,17 +501,17 @@ pub(super) fn header_safe(name: &str) -> String {
 /// `--routes`, those of the first rule for the original request — all of them; no rule for
 /// it needs what no token has. The error is the 400 body: no scope asked for, a malformed
 /// one, an original request that is ambiguous or whose path does not normalize.
-fn required_scopes(
+fn required_scopes<'r>(
     request: &Request<Incoming>,
-    config: &Config,
+    routes: Option<(&Routes, &'r routes::Rules)>,
     endpoint: Endpoint,
-) -> std::result::Result<RequiredScopes, String> {
+) -> std::result::Result<Cow<'r, RequiredScopes>, String> {
     let asked = asked_scopes(request, endpoint)?;
-    let Some(routes) = &config.routes else {
-        return asked.ok_or_else(|| NO_SCOPE.into());
+    let Some((routes, rules)) = routes else {
+        return asked.map(Cow::Owned).ok_or_else(|| NO_SCOPE.into());
     };
     let Some((method, target)) = original_request(request, endpoint)? else {
-        return asked.ok_or_else(|| {
+        return asked.map(Cow::Owned).ok_or_else(|| {
             format!(
                 "{NO_SCOPE}, or send the original request's X-Forwarded-Method and \
                  X-Forwarded-Uri (or X-Original-Method and X-Original-URI) for --routes"
@@ -493,17 +519,16 @@ fn required_scopes(
         });
     };
     let path = routes::normalize_path(target).map_err(|e| e.to_string())?;
-    let rules = routes.rules();
     Ok(match (rules.find(method, &path), asked) {
-        (Some(rule), Some(asked)) => asked.and(rule.scopes()),
-        (Some(rule), None) => rule.scopes().clone(),
+        (Some(rule), Some(asked)) => Cow::Owned(asked.and(rule.scopes())),
+        (Some(rule), None) => Cow::Borrowed(rule.scopes()),
         (None, _) => {
             routes.count_miss();
             debug!(
                 method = standard_method(method),
                 "no rule matches the request"
             );
-            RequiredScopes::unsatisfiable()
+            Cow::Owned(RequiredScopes::unsatisfiable())
         }
     })
 }
@@ -529,7 +554,7 @@ fn asked_scopes(
             asked.push(percent_decode(value).ok_or("malformed percent-encoding in scope")?);
         }
     }
-    for value in request.headers().get_all("x-required-scope") {
+    for value in request.headers().get_all(names::X_REQUIRED_SCOPE) {
         let value = value
             .to_str()
             .map_err(|_| "X-Required-Scope is not ASCII")?;
@@ -558,8 +583,16 @@ fn original_request(
         return Ok(Some((request.method().as_str(), rest.as_bytes())));
     }
     let headers = request.headers();
-    let forwarded = header_pair(headers, "X-Forwarded-Method", "X-Forwarded-Uri")?;
-    let original = header_pair(headers, "X-Original-Method", "X-Original-URI")?;
+    let forwarded = header_pair(
+        headers,
+        (&names::X_FORWARDED_METHOD, "X-Forwarded-Method"),
+        (&names::X_FORWARDED_URI, "X-Forwarded-Uri"),
+    )?;
+    let original = header_pair(
+        headers,
+        (&names::X_ORIGINAL_METHOD, "X-Original-Method"),
+        (&names::X_ORIGINAL_URI, "X-Original-URI"),
+    )?;
     match (forwarded, original) {
         (Some(a), Some(b)) if a == b => Ok(Some(a)),
         (Some(_), Some(_)) => Err(
@@ -571,13 +604,18 @@ fn original_request(
     }
 }
 
+/// A header, and its name as messages spell it.
+type Named<'n> = (&'n HeaderName, &'static str);
+
 fn header_pair<'h>(
     headers: &'h HeaderMap,
-    method_name: &str,
-    uri_name: &str,
+    (method, method_name): Named<'_>,
+    (uri, uri_name): Named<'_>,
 ) -> std::result::Result<Option<(&'h str, &'h [u8])>, String> {
-    let once = |name: &str| single(headers, name).ok_or_else(|| format!("{name} given twice"));
-    match (once(method_name)?, once(uri_name)?) {
+    let once = |(name, shown): Named<'_>| {
+        single(headers, name).ok_or_else(|| format!("{shown} given twice"))
+    };
+    match (once((method, method_name))?, once((uri, uri_name))?) {
         (None, None) => Ok(None),
         (Some(method), Some(uri)) => {
             let method = method
@@ -640,12 +678,12 @@ fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
 /// headers, or two places holding different tokens: fail closed rather than pick one.
 fn presented_token(headers: &HeaderMap, config: &Config) -> Secret {
     let none = || Secret::new(Vec::new());
-    let Some(authorization) = single(headers, header::AUTHORIZATION.as_str()) else {
+    let Some(authorization) = single(headers, &header::AUTHORIZATION) else {
         return none();
     };
     let from_authorization = authorization.and_then(|value| authorization_token(value, config));
     let api_key = if config.api_key {
-        match single(headers, "x-api-key") {
+        match single(headers, &names::X_API_KEY) {
             Some(value) => value,
             None => return none(),
         }
@@ -665,7 +703,7 @@ fn presented_token(headers: &HeaderMap, config: &Config) -> Secret {
 
 /// The one value of header `name`: `Some(None)` if there is none, `None` if there are
 /// several.
-fn single<'h>(headers: &'h HeaderMap, name: &str) -> Option<Option<&'h HeaderValue>> {
+fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<Option<&'h HeaderValue>> {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
         (value, None) => Some(value),
@@ -830,9 +868,8 @@ fn with_no_store(bytes: &[u8]) -> Option<Vec<u8>> {
         let head = &bytes[at..];
         let head = &head[..memchr::memmem::find(head, b"\r\n\r\n").map_or(head.len(), |e| e + 2)];
         if head
-            .to_ascii_lowercase()
             .windows(14)
-            .any(|w| w == b"cache-control:")
+            .any(|w| w.eq_ignore_ascii_case(b"cache-control:"))
         {
             continue;
         }
