@@ -173,8 +173,7 @@ impl Rule {
                 theirs.iter().all(|m| mine.contains(m))
             }
         };
-        let everything = self.glob.segments == [Segment::Any];
-        methods && (everything || self.glob == later.glob)
+        methods && self.glob.covers(&later.glob)
     }
 }
 
@@ -347,6 +346,28 @@ fn printable(text: &str) -> String {
 }
 
 impl Glob {
+    /// Whether every path `later` matches, this matches too — as far as can be told simply:
+    /// the same glob, or literal segments then `**` (`/api/**`) in front of a glob that starts
+    /// with those same literal segments (`/api/items`, `/api/*/x`, `/api/**`).
+    fn covers(&self, later: &Glob) -> bool {
+        if self == later {
+            return true;
+        }
+        let Some((Segment::Any, prefix)) = self.segments.split_last() else {
+            return false;
+        };
+        let literal = |segment: &Segment| match segment {
+            Segment::Pattern(bytes) => !bytes.contains(&b'*'),
+            Segment::Any => false,
+        };
+        prefix.iter().all(literal)
+            && later.segments.len() >= prefix.len()
+            && prefix
+                .iter()
+                .zip(&later.segments)
+                .all(|(mine, theirs)| mine == theirs)
+    }
+
     /// Whether the path's segments match, `**` spanning any number of them: the usual
     /// wildcard walk, backtracking to the last `**` (linear in practice, never exponential).
     fn matches(&self, path: &[&[u8]]) -> bool {
@@ -665,6 +686,10 @@ mod tests {
         assert_eq!(shadowed.unreachable(), vec![(2, 1), (3, 1), (4, 1)]);
         let partly = rules("GET /x a\nGET,POST /x b\nGET /x c\n");
         assert_eq!(partly.unreachable(), vec![(3, 1)]);
+        let below = rules(
+            "GET /api/** a\nGET /api/items b\nGET /api/*/x c\nGET /apix d\nGET /api e\nGET /ap*/x f\n",
+        );
+        assert_eq!(below.unreachable(), vec![(2, 1), (3, 1), (5, 1)]);
     }
 
     #[test]

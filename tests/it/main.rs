@@ -13,6 +13,7 @@ mod cli_edit;
 mod cli_errors;
 mod cli_faults;
 mod cli_lossless;
+mod cli_routes;
 mod cli_scopes;
 mod cli_secrets;
 mod cli_seen;
