@@ -4,7 +4,7 @@
 #   bench/run.sh                      # full run: 10k, 100k and 1M records, hashed and plaintext
 #   bench/run.sh --quick              # 10k and 100k only, fewer runs (a minute or so)
 #   bench/run.sh --dir /var/tmp/x     # where the generated files go (default: a temp dir)
-#   bench/run.sh --no-serve           # without the `serve` part (bench/serve.sh)
+#   bench/run.sh --no-serve           # without the `serve` parts (bench/serve.sh, bench/proxy.sh)
 #
 # Every figure is printed as a ratio against its baseline, both timed here, now, on the same
 # file: `check` against `grep -qF`, a reload (TokenIndex::read_file, as serve) against `wc -l`, `mint`
@@ -191,9 +191,12 @@ done
 echo >&2
 echo "# table also in $results" >&2
 
-# 4. serve, on the largest file: its own table (bench/serve.sh).
+# 4. serve, on the largest file: its own table (bench/serve.sh); then forward auth end to end
+# behind nginx (bench/proxy.sh).
 if [ "$serve" -eq 1 ]; then
   echo >&2
   TOKENFILE_BIN="$bin" GEN_TOKENS_BIN="$gen" bench/serve.sh "${serve_args[@]}" \
     --dir "$dir" --records "$(echo "$sizes" | awk '{ print $NF }')"
+  echo >&2
+  TOKENFILE_BIN="$bin" GEN_TOKENS_BIN="$gen" bench/proxy.sh "${serve_args[@]}"
 fi

@@ -487,7 +487,8 @@ impl fmt::Display for Error {
             ),
             Error::SocketInUse(path) => write!(
                 f,
-                "{} is in use: another server is listening on it",
+                "{} is in use: another server is listening on it (stop it, or give this one \
+                 another path)",
                 path.display()
             ),
             Error::Internal(what) => write!(f, "internal error: {what}"),
@@ -503,6 +504,7 @@ fn next_step(kind: io::ErrorKind) -> &'static str {
             "; run as a user who may (the file's owner, or with sudo), or fix its permissions"
         }
         io::ErrorKind::IsADirectory => "; --file must name a file, not a directory",
+        io::ErrorKind::NotFound => "; it, or a directory on the way to it, does not exist",
         io::ErrorKind::AddrInUse => {
             "; another process listens there (another serve?): stop it, or choose another port"
         }

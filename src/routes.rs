@@ -310,9 +310,16 @@ pub(crate) fn read_file(path: &Path) -> Result<(Rules, Metadata)> {
         Refusal::Missing => Error::io(
             "read the rules file",
             path,
-            std::io::ErrorKind::NotFound.into(),
+            std::io::Error::from_raw_os_error(nix::libc::ENOENT),
         ),
-        Refusal::Unsafe(why) => Error::Unsafe(format!("refusing to use the rules file: {why}")),
+        // The walk's reasons speak of tokens; for a rules file, what is at stake is which
+        // scopes a route needs.
+        Refusal::Unsafe(why) => Error::Unsafe(format!(
+            "refusing to use the rules file (whoever can change it decides what every route \
+             needs): {}",
+            why.to_string()
+                .replace("can add a token", "can change the rules")
+        )),
         other => other.into_error(path),
     })?;
     let mut bytes = Vec::new();
@@ -347,25 +354,34 @@ fn printable(text: &str) -> String {
 
 impl Glob {
     /// Whether every path `later` matches, this matches too — as far as can be told simply:
-    /// the same glob, or literal segments then `**` (`/api/**`) in front of a glob that starts
-    /// with those same literal segments (`/api/items`, `/api/*/x`, `/api/**`).
+    /// the same glob; or segment by segment, each of ours covering theirs (`*` covers any
+    /// segment, a glob covers a literal it matches), ending in `**` (`/api/**` covers
+    /// `/api/items` and `/api/admin/**`) or as long as theirs (`/api/*` covers `/api/x`).
     fn covers(&self, later: &Glob) -> bool {
         if self == later {
             return true;
         }
-        let Some((Segment::Any, prefix)) = self.segments.split_last() else {
-            return false;
+        let covers_segment = |mine: &Segment, theirs: &Segment| match (mine, theirs) {
+            (Segment::Pattern(mine), _) if **mine == *b"*" => *theirs != Segment::Any,
+            (Segment::Pattern(mine), Segment::Pattern(theirs)) if !theirs.contains(&b'*') => {
+                segment_matches(mine, theirs)
+            }
+            _ => false,
         };
-        let literal = |segment: &Segment| match segment {
-            Segment::Pattern(bytes) => !bytes.contains(&b'*'),
-            Segment::Any => false,
+        let pairwise = |mine: &[Segment], theirs: &[Segment]| {
+            mine.iter()
+                .zip(theirs)
+                .all(|(mine, theirs)| covers_segment(mine, theirs))
         };
-        prefix.iter().all(literal)
-            && later.segments.len() >= prefix.len()
-            && prefix
-                .iter()
-                .zip(&later.segments)
-                .all(|(mine, theirs)| mine == theirs)
+        match self.segments.split_last() {
+            Some((Segment::Any, prefix)) => {
+                later.segments.len() >= prefix.len() && pairwise(prefix, &later.segments)
+            }
+            _ => {
+                self.segments.len() == later.segments.len()
+                    && pairwise(&self.segments, &later.segments)
+            }
+        }
     }
 
     /// Whether the path's segments match, `**` spanning any number of them: the usual
@@ -690,6 +706,11 @@ mod tests {
             "GET /api/** a\nGET /api/items b\nGET /api/*/x c\nGET /apix d\nGET /api e\nGET /ap*/x f\n",
         );
         assert_eq!(below.unreachable(), vec![(2, 1), (3, 1), (5, 1)]);
+        let admin_after = rules("GET /api/** a\nGET /api/admin/** admin\n");
+        assert_eq!(admin_after.unreachable(), vec![(2, 1)]);
+        let stars =
+            rules("GET /api/* a\nGET /api/x b\nGET /api/x/y c\nGET /*.txt d\nGET /a.txt e\n");
+        assert_eq!(stars.unreachable(), vec![(2, 1), (5, 4)]);
     }
 
     #[test]

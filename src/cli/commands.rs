@@ -542,7 +542,7 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     let now = when::now();
     // `--explain` reads the whole file, for the duplicates the one-shot scan stops before;
     // the decision is then the first of those records, as the scan's would be.
-    let (grant, explanation) = if args.explain {
+    let (grant, mut explanation) = if args.explain {
         let matches = records_of(ctx, &token)?;
         let explanation = decision::explain(token.expose(), &matches, &required, now);
         (matches.into_iter().next(), Some(explanation))
@@ -561,8 +561,16 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     let hint = unknown
         .then(|| decision::unknown_hint(token.expose()))
         .flatten();
+    // A request no rule of --routes covers is refused for that, not for a scope.
+    let uncovered = route.as_ref().is_some_and(|route| route.rule.is_none());
+    if let (true, Some(explanation)) = (uncovered, explanation.as_mut()) {
+        explanation.reason = Some(NO_RULE);
+    }
     let report = match &decision {
         Decision::Granted { id, name } => ("granted", Some(id), Some(name), None),
+        Decision::Forbidden { id, name } if uncovered => {
+            ("forbidden", Some(id), Some(name), Some(NO_RULE))
+        }
         Decision::Forbidden { id, name } => {
             ("forbidden", Some(id), Some(name), Some("missing scope"))
         }
@@ -1096,6 +1104,9 @@ fn lint(ctx: &Context, args: LintArgs) -> Result<Exit> {
     };
     output::conclude(exit, printed, Stdout::Job)
 }
+
+/// `check --json`'s `reason` when `--routes` has no rule for the request.
+const NO_RULE: &str = "no rule";
 
 /// `check --routes FILE --method M --path P`: the rule that decides what the request
 /// needs, as `serve --routes` finds it.

@@ -418,11 +418,14 @@ fn check(
     shared.check(&token, &required, client, |decision, expires| {
         log_decision("http", &decision);
         let mut response = decision_response(decision, config, endpoint);
-        if let (Decision::Granted { .. }, Some(expires)) = (decision, expires) {
-            response.headers_mut().insert(
-                names::X_TOKEN_EXPIRES,
-                header_value(&format_timestamp(expires)),
-            );
+        // On every grant, empty for a record that never expires: a proxy that copies the
+        // header then overwrites a client's own copy instead of letting it through.
+        if let Decision::Granted { .. } = decision {
+            let value = match expires {
+                Some(expires) => header_value(&format_timestamp(expires)),
+                None => HeaderValue::from_static(""),
+            };
+            response.headers_mut().insert(names::X_TOKEN_EXPIRES, value);
         }
         response
     })

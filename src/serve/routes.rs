@@ -153,11 +153,7 @@ impl Routes {
     }
 
     fn keep_last_good(&self, problem: &Error) {
-        error!(
-            "keeping the last good routes: {problem}. Fix it and save again; `tokenfile routes \
-             check {}` shows every problem",
-            self.path.display()
-        );
+        error!("keeping the last good routes: {problem}; fix it and save again");
         self.failures.fetch_add(1, Relaxed);
         self.set_problem(Some(problem.to_string()));
     }

@@ -137,6 +137,7 @@ fn check_with_routes_decides_as_serve_does() {
         .code(FORBIDDEN)
         .json();
     assert!(json["route"]["rule"].is_null());
+    assert_eq!(json["reason"], "no rule");
     // --method and --path come with --routes, and --routes with both.
     env.tokenfile_stdin(&["check", "--routes", "routes", "--method", "GET"], b"x\n")
         .code(USAGE);

@@ -83,21 +83,23 @@ fn start_app(addr: SocketAddr) {
                 let mut body = vec![0; length];
                 let _ = reader.read_exact(&mut body);
                 let shown = |name: &str| seen.get(name).cloned().unwrap_or_else(|| "-".into());
+                let present = |name: &str| {
+                    if seen.contains_key(name) {
+                        "present"
+                    } else {
+                        "-"
+                    }
+                };
+                // An alias of X-Token-* (`X_Token_Id`) reads as X-Token-* in CGI-style apps.
+                let alias = seen.keys().any(|k| k.starts_with("x_token"));
                 let text = format!(
-                    "x-token-id={}\nx-token-name={}\nauthorization={}\nx-api-key={}\nx-token-expires={}\n",
+                    "x-token-id={}\nx-token-name={}\nauthorization={}\nx-api-key={}\nx-token-expires={}\nalias={}\n",
                     shown("x-token-id"),
                     shown("x-token-name"),
-                    if seen.contains_key("authorization") {
-                        "present"
-                    } else {
-                        "-"
-                    },
-                    if seen.contains_key("x-api-key") {
-                        "present"
-                    } else {
-                        "-"
-                    },
+                    present("authorization"),
+                    present("x-api-key"),
                     shown("x-token-expires"),
+                    if alias { "present" } else { "-" },
                 );
                 let _ = (&stream).write_all(
                     format!(
@@ -202,12 +204,25 @@ fn assert_recipe_holds(proxy: SocketAddr, host: &str, t: &Tokens, what: &str) {
         "GET",
         "/api/items",
         Some(&t.reader),
-        &[("X-Token-Id", "000000000000"), ("X-Token-Name", "root")],
+        &[
+            ("X-Token-Id", "000000000000"),
+            ("X-Token-Name", "root"),
+            ("X-Token-Expires", "2999-01-01T00:00:00Z"),
+            ("X_Token_Id", "000000000000"),
+        ],
     );
     assert_eq!(forged.status, 200, "{what}");
     let saw = app_saw(&forged);
     assert_eq!(saw["x-token-id"], id(&t.reader), "{what}: {saw:?}");
     assert_eq!(saw["x-token-name"], "reader", "{what}: {saw:?}");
+    assert!(
+        !saw["x-token-expires"].starts_with("2999"),
+        "{what}: a forged X-Token-Expires reached the app: {saw:?}"
+    );
+    assert!(
+        saw.get("alias").is_none_or(|a| a == "-"),
+        "{what}: a client's X_Token_Id reached the app: {saw:?}"
+    );
     // ...the client chooses neither its scope nor the request the rules see...
     let spoofed = ask(
         "GET",
@@ -537,14 +552,14 @@ fn traefik_recipe_with_routes() {
     let mut serve = serve_with_routes(&fx, &fx.serve_port.to_string());
     let dynamic = fx.root.path().join("dynamic.yml");
     fs::write(&dynamic, fx.substitute(&the_block("yaml traefik").body)).unwrap();
+    // The README's static configuration, its file provider pointed at the file above.
     let static_config = fx.root.path().join("traefik.yml");
+    let static_block = fx
+        .substitute(&the_block("yaml traefik-static").body)
+        .replace("/etc/traefik/tokenfile.yml", &dynamic.display().to_string());
     fs::write(
         &static_config,
-        format!(
-            "entryPoints:\n  web:\n    address: \"{}\"\nproviders:\n  file:\n    filename: \"{}\"\nlog:\n  level: INFO\n",
-            fx.nginx_port,
-            dynamic.display()
-        ),
+        format!("{static_block}log:\n  level: INFO\n"),
     )
     .unwrap();
     let log_path = fx.root.path().join("traefik.log");
@@ -573,6 +588,11 @@ fn traefik_recipe_with_routes() {
             != 404
     });
     assert_recipe_holds(fx.nginx_port, "api.example.com", &t, "traefik");
+    assert!(
+        !traefik_log().contains("WRN"),
+        "Traefik warns about the README's configuration:\n{}",
+        traefik_log()
+    );
     // X-Api-Key is forwarded and accepted, then stripped before the application.
     let by_key = request(
         fx.nginx_port,
@@ -613,6 +633,10 @@ fn envoy_config_asks_serve_as_envoy_does() {
             .to_string()
     };
     assert_eq!(value("path_prefix:"), "/ext_authz");
+    assert!(
+        yaml.contains("headers_with_underscores_action: DROP_HEADER"),
+        "a client's X_Token_Id must not reach the app"
+    );
     assert_eq!(value("failure_mode_allow:"), "false");
     let upstream_block = yaml
         .split("allowed_upstream_headers:")
