@@ -19,8 +19,8 @@
 //! A path is matched only once [normalized](normalize_path): the query cut off,
 //! percent-decoded, `.`/`..` segments resolved and duplicate slashes dropped — the form the
 //! application will act on. What cannot be normalized without guessing how the application
-//! reads it (an encoded slash, a backslash, a control character, `..` above the root, a bad
-//! escape) is refused (HTTP 400, exit 2), never matched as best it can.
+//! reads it (an encoded slash, a backslash, a `;` path parameter, a control character, `..`
+//! above the root, a bad escape) is refused (HTTP 400, exit 2), never matched as best it can.
 
 use std::fmt;
 use std::fs::Metadata;
@@ -33,6 +33,9 @@ use crate::trust::{self, Refusal};
 
 /// Largest rules file read; a rules file is written by hand.
 pub const MAX_RULES_FILE: u64 = 1 << 20;
+
+/// How many rules [`Rules::unreachable`] compares (with every earlier one).
+pub const UNREACHABLE_CHECKED: usize = 5000;
 
 /// A parsed rules file, rules in file order.
 #[derive(Debug, Clone, Default)]
@@ -100,7 +103,12 @@ impl Rules {
             match parse_line(raw, line) {
                 Ok(Some(rule)) => rules.push(rule),
                 Ok(None) => {}
-                Err(message) => errors.push(RuleError { line, message }),
+                // Redacted once more on top of what each message leaves out: a message may
+                // quote an item of the line, and the line may hold a pasted secret.
+                Err(message) => errors.push(RuleError {
+                    line,
+                    message: crate::token::redact(&message).into_owned(),
+                }),
             }
         }
         if errors.is_empty() {
@@ -134,10 +142,12 @@ impl Rules {
     }
 
     /// Rules that can never match because an earlier one matches every request they do
-    /// (same or wider methods, a glob that is `/**` or the same): `(shadowed, by)` lines.
+    /// (same or wider methods, a glob that covers theirs): `(shadowed, by)` lines. Each rule
+    /// is compared with every earlier one, so only the first [`UNREACHABLE_CHECKED`] rules
+    /// are looked at.
     pub fn unreachable(&self) -> Vec<(usize, usize)> {
         let mut found = Vec::new();
-        for (i, later) in self.rules.iter().enumerate() {
+        for (i, later) in self.rules.iter().enumerate().take(UNREACHABLE_CHECKED) {
             if let Some(earlier) = self.rules[..i].iter().find(|earlier| earlier.covers(later)) {
                 found.push((later.line, earlier.line));
             }
@@ -225,15 +235,28 @@ fn parse_methods(field: &str) -> Result<Methods, String> {
         if method == "*" {
             return Err("`*` stands for every method and must stand alone".into());
         }
+        // A field is echoed only when it is a method everyone knows: anything else may be a
+        // secret pasted into the wrong place (the message reaches logs and /healthz).
+        let known = STANDARD_METHODS
+            .iter()
+            .find(|m| m.eq_ignore_ascii_case(method));
         if method.bytes().any(|b| b.is_ascii_lowercase()) {
-            return Err(format!(
-                "methods are case-sensitive and upper case: `{}`, not `{}`",
-                method.to_ascii_uppercase(),
-                printable(method)
-            ));
+            return Err(match known {
+                Some(upper) => format!(
+                    "methods are case-sensitive and upper case: `{upper}`, not `{}`",
+                    upper.to_ascii_lowercase()
+                ),
+                None => "methods are case-sensitive and upper case (`GET`, not `get`); this \
+                         field is not a method"
+                    .into(),
+            });
         }
         if !method.bytes().all(is_method_byte) {
-            return Err(format!("`{}` is not an HTTP method", printable(method)));
+            return Err(
+                "the methods field holds something that is not an HTTP method (write \
+                        `GET,POST`, or `*` for any)"
+                    .into(),
+            );
         }
         if !list.iter().any(|m| **m == *method) {
             list.push(method.into());
@@ -302,10 +325,19 @@ fn parse_scopes(field: &str) -> Result<RequiredScopes, String> {
     })
 }
 
+/// A rules file as read.
+pub(crate) struct RulesFile {
+    pub(crate) rules: Rules,
+    /// `fstat` of what was read, for `serve` to tell a later change.
+    pub(crate) meta: Metadata,
+    /// Whether the last line has its line ending (an empty file counts as ended): one that
+    /// has none may still be being written.
+    pub(crate) ended: bool,
+}
+
 /// Reads and parses the rules file at `path`, which must be as trustworthy as a token file
-/// (docs/trust.md): whoever can change it decides what every route needs. Also returns the
-/// `fstat` of what was read, for `serve` to tell a later change.
-pub(crate) fn read_file(path: &Path) -> Result<(Rules, Metadata)> {
+/// (docs/trust.md): whoever can change it decides what every route needs.
+pub(crate) fn read_file(path: &Path) -> Result<RulesFile> {
     let trusted = trust::open(path).map_err(|refusal| match refusal {
         Refusal::Missing => Error::io(
             "read the rules file",
@@ -338,7 +370,11 @@ pub(crate) fn read_file(path: &Path) -> Result<(Rules, Metadata)> {
         path: path.to_path_buf(),
         errors,
     })?;
-    Ok((rules, trusted.meta))
+    Ok(RulesFile {
+        rules,
+        meta: trusted.meta,
+        ended: bytes.last().is_none_or(|&b| b == b'\n'),
+    })
 }
 
 /// A byte of an HTTP method: a token character (RFC 9110 `tchar`).
@@ -346,11 +382,10 @@ pub fn is_method_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// `text` for an error message, cut short: a method field is the admin's, but never echo
-/// more than a few characters of a line.
-fn printable(text: &str) -> String {
-    text.chars().take(16).collect()
-}
+/// The methods of RFC 9110 and PATCH: the only method names a message or a log repeats.
+pub const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
 
 impl Glob {
     /// Whether every path `later` matches, this matches too — as far as can be told simply:
@@ -472,6 +507,9 @@ pub enum PathError {
     Separator,
     /// A control character, raw or encoded (`%00`, `%0A`, …).
     Control,
+    /// A `;`, raw or encoded: a path parameter (`/admin;x/`), which some servers (Tomcat,
+    /// Spring) strip before routing and others keep.
+    Parameter,
     /// More `..` than segments before them.
     AboveRoot,
 }
@@ -485,6 +523,10 @@ impl fmt::Display for PathError {
                 "the original path has an encoded slash (%2F), or a backslash, raw or encoded"
             }
             PathError::Control => "the original path has a control character",
+            PathError::Parameter => {
+                "the original path has a `;` (a path parameter, which some servers strip and \
+                 others keep)"
+            }
             PathError::AboveRoot => "the original path climbs above the root with ..",
         })
     }
@@ -544,6 +586,7 @@ fn decode_segment_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), PathError> {
         };
         match byte {
             b'/' | b'\\' => return Err(PathError::Separator),
+            b';' => return Err(PathError::Parameter),
             b if b.is_ascii_control() => return Err(PathError::Control),
             b => out.push(b),
         }
@@ -617,6 +660,9 @@ mod tests {
             ("/a%0a", PathError::Control),
             ("/a\tb", PathError::Control),
             ("/a%7F", PathError::Control),
+            ("/admin;x/secret", PathError::Parameter),
+            ("/api/..;/admin", PathError::Parameter),
+            ("/a%3Bb", PathError::Parameter),
             ("/a%", PathError::BadEscape),
             ("/a%4", PathError::BadEscape),
             ("/a%zz", PathError::BadEscape),

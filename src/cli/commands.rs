@@ -1123,7 +1123,7 @@ fn route_of(file: &Path, method: Option<&str>, path: Option<&str>) -> Result<Rou
     }
     let normalized = routes::normalize_path(path.as_bytes())
         .map_err(|e| Error::usage(format!("--path: {e}")))?;
-    let (rules, _) = routes::read_file(file)?;
+    let rules = routes::read_file(file)?.rules;
     let rule = rules.find(method, &normalized).map(|rule| RuleMatch {
         line: rule.line,
         methods: rule.methods(),
@@ -1168,7 +1168,7 @@ impl RouteMatch {
 /// `routes check FILE`: every problem of a rules file, by line; exit 5 if there is one.
 fn routes_check(file: &Path, json: bool) -> Result<Exit> {
     let (rules, errors) = match routes::read_file(file) {
-        Ok((rules, _)) => (Some(rules), Vec::new()),
+        Ok(file) => (Some(file.rules), Vec::new()),
         Err(Error::Rules { errors, .. }) => (None, errors),
         Err(e) => return Err(e),
     };
@@ -1186,6 +1186,16 @@ fn routes_check(file: &Path, json: bool) -> Result<Exit> {
                 line: 0,
                 severity: "warning",
                 message: "no rule: every request matched against this file is refused".into(),
+            });
+        }
+        if rules.len() > routes::UNREACHABLE_CHECKED {
+            findings.push(RouteFinding {
+                line: 0,
+                severity: "warning",
+                message: format!(
+                    "only the first {} rules were compared for rules that never match",
+                    routes::UNREACHABLE_CHECKED
+                ),
             });
         }
         for (line, by) in rules.unreachable() {

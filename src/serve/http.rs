@@ -637,10 +637,7 @@ fn header_pair<'h>(
 /// A method as a log may show it: the standard ones by name, any other as `other` (it is
 /// the client's text, and might be anything).
 fn standard_method(method: &str) -> &'static str {
-    const STANDARD: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
-    ];
-    STANDARD
+    routes::STANDARD_METHODS
         .into_iter()
         .find(|m| *m == method)
         .unwrap_or("other")

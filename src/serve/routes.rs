@@ -6,8 +6,10 @@
 //! deleted and re-created — well within the second that a change of the token file is
 //! promised in. A file replaced by rename (a new inode) is complete and is read at once; one
 //! changed in place is read once it has been left alone for a tick, so that a rules file
-//! caught half-written (`cat > routes` truncates first) is not installed. What was read is
-//! installed only if the file did not change while it was read.
+//! caught half-written (`cat > routes` truncates first) is not installed, and one whose last
+//! line has no line ending is believed only once it was left alone for [`UNENDED_HOLD`] (a
+//! writer may be in the middle of that line). What was read is installed only if the file did
+//! not change while it was read.
 //!
 //! A rules file that cannot be used — unparsable, missing, unsafe — keeps the last good
 //! rules in use: it is logged, counted (`tokenfile_routes_reload_failures_total`) and shown
@@ -31,6 +33,20 @@ use crate::routes::{self, Rules};
 
 /// How often the rules file is looked at.
 const TICK: Duration = Duration::from_millis(200);
+/// How long a last line without its line ending must be left alone before it is believed
+/// (the token file's hold, docs/protocols.md "Reloads").
+const UNENDED_HOLD: Duration = Duration::from_millis(700);
+
+/// Whether the file was modified less than `within` ago, or less than `within` ahead of our
+/// clock (a time far in the future does not hold a file back for ever).
+fn written_within(meta: &Metadata, within: Duration) -> bool {
+    meta.modified()
+        .ok()
+        .is_some_and(|at| match SystemTime::now().duration_since(at) {
+            Ok(age) => age < within,
+            Err(ahead) => ahead.duration() < within,
+        })
+}
 
 /// What identifies one version of the file: a change of any of these is a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +106,7 @@ impl Routes {
     /// Reads the rules file for the first time: any problem stops `serve` from starting (there
     /// are no earlier rules to fall back on).
     pub(super) fn load(path: &Path) -> Result<(Arc<Routes>, Watch)> {
-        let (rules, meta) = routes::read_file(path)?;
+        let routes::RulesFile { rules, meta, .. } = routes::read_file(path)?;
         info!(rules = rules.len(), "routes loaded");
         if rules.is_empty() {
             warn!(
@@ -109,6 +125,7 @@ impl Routes {
         let watch = Watch {
             routes: routes.clone(),
             seen: Some(Fingerprint::of(&meta)),
+            recheck: false,
         };
         Ok((routes, watch))
     }
@@ -153,9 +170,12 @@ impl Routes {
     }
 
     fn keep_last_good(&self, problem: &Error) {
+        // Logged, and shown by `/healthz` to anyone who can reach serve: redacted, in case a
+        // message quotes a secret pasted into the file.
+        let problem = crate::token::redact(&problem.to_string()).into_owned();
         error!("keeping the last good routes: {problem}; fix it and save again");
         self.failures.fetch_add(1, Relaxed);
-        self.set_problem(Some(problem.to_string()));
+        self.set_problem(Some(problem));
     }
 }
 
@@ -170,6 +190,9 @@ pub(super) struct Watch {
     routes: Arc<Routes>,
     /// The version in use (or last found unusable): no need to read it again.
     seen: Option<Fingerprint>,
+    /// The last read was held back (a last line without its line ending, just written):
+    /// read again next tick even if nothing changed.
+    recheck: bool,
 }
 
 /// The running follower; stopped when dropped.
@@ -214,26 +237,36 @@ impl Watch {
     /// One look at the file; returns the in-place change waiting to be read next tick.
     fn tick(&mut self, pending: Option<Fingerprint>, force: bool) -> Option<Fingerprint> {
         let now = Fingerprint::at(&self.routes.path);
-        if !force && now == self.seen {
+        if !force && !self.recheck && now == self.seen {
             return None;
         }
         let replaced = match (now, self.seen) {
             (Some(now), Some(seen)) => now.ino != seen.ino || now.dev != seen.dev,
             _ => true,
         };
-        if !force && !replaced && pending != now {
+        if !force && !self.recheck && !replaced && pending != now {
             // Changed in place: give the writer a tick to finish.
             return now;
         }
+        self.recheck = false;
         match routes::read_file(&self.routes.path) {
-            Ok((rules, meta)) => {
-                let read = Fingerprint::of(&meta);
+            Ok(file) => {
+                let read = Fingerprint::of(&file.meta);
                 if Fingerprint::at(&self.routes.path) != Some(read) {
                     // Changed while being read: look again next tick.
                     return None;
                 }
+                if !file.ended && written_within(&file.meta, UNENDED_HOLD) {
+                    // A last line without its line ending, just written, may be half a
+                    // line (`app:read` of `app:read-all`): the last good rules stay until
+                    // it ends or is left alone. (Leaving it out instead would be safe too —
+                    // dropping the last rule only makes more requests match none — but a
+                    // rule file read half is not one the admin wrote.)
+                    self.recheck = true;
+                    return None;
+                }
                 self.seen = Some(read);
-                self.routes.install(rules);
+                self.routes.install(file.rules);
             }
             Err(problem) => {
                 self.seen = now;

@@ -286,6 +286,8 @@ fn routes_decide_the_scopes_of_the_original_request() {
         "/api/%zz",
         "/api/%00",
         "api",
+        "/api/..;/admin/users",
+        "/admin;x/users",
     ] {
         let r = forwarded(&serve, "root", "GET", uri);
         assert_eq!(r.status, 400, "{uri}");
@@ -433,6 +435,73 @@ fn the_rules_file_reloads_live_and_a_broken_one_keeps_the_last_good_rules() {
         status("GET", "/api/x") == 204
     });
     assert!(serve.metric("tokenfile_routes_reloads_total") >= 3.0);
+}
+
+#[test]
+fn a_last_rule_still_being_written_is_not_used() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let (dir, file, routes) = setup();
+    fs::write(&routes, "GET /api/** app:read-all\n").unwrap();
+    let serve = serve_with(&file, dir.path(), &routes_arg(&routes));
+    let _timed = timed();
+    let status = || forwarded(&serve, "reader", "GET", "/api/x").status;
+    assert_eq!(status(), 403);
+    // A writer in the middle of the line: `app:read` of `app:read-all`, no line ending yet.
+    let mut writer = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&routes)
+        .unwrap();
+    writer.write_all(b"GET /api/** app:read").unwrap();
+    let until = Instant::now() + Duration::from_millis(450);
+    while Instant::now() < until {
+        assert_ne!(status(), 204, "half a rule was used: {}", serve.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    writer.write_all(b"-all\n").unwrap();
+    drop(writer);
+    std::thread::sleep(RELOAD);
+    assert_eq!(status(), 403);
+    // A file that simply ends without a line ending is used once it is left alone.
+    fs::write(&routes, "GET /api/** app:read").unwrap();
+    eventually("the unended rules file", RELOAD * 2, || status() == 204);
+}
+
+#[test]
+fn a_secret_pasted_into_a_rules_file_is_never_shown() {
+    let (dir, file, routes) = setup();
+    let serve = serve_with(&file, dir.path(), &routes_arg(&routes));
+    let token = "tf_JfNtFeWrXaFR84kQzL2mP9vB7sD3gH5jK1nC6xY0wTeA";
+    let lower = token.to_ascii_lowercase();
+    let upper = token.to_ascii_uppercase();
+    for line in [
+        format!("{token} /x s"),
+        format!("GET@{token} /x s"),
+        format!("GET,{lower} /x s"),
+        format!("GET /x {token}"),
+    ] {
+        fs::write(&routes, format!("{line}\n")).unwrap();
+        eventually("the broken rules noticed", RELOAD * 2, || {
+            healthz_routes(&serve)["status"] == "stale"
+        });
+        let shown = healthz_routes(&serve).to_string() + &serve.log();
+        for part in [token, &upper, &token[..16], &lower] {
+            assert!(!shown.contains(part), "{line}: {shown}");
+        }
+        let mut cmd = tokenfile_command();
+        cmd.args(["routes", "check", "--json"]).arg(&routes);
+        let out = run(cmd, None);
+        assert_eq!(out.code, 5);
+        let printed = out.out() + &out.err();
+        for part in [token, &upper, &token[..16], &lower] {
+            assert!(!printed.contains(part), "{line}: {printed}");
+        }
+        fs::write(&routes, RULES).unwrap();
+        eventually("good rules again", RELOAD * 2, || {
+            healthz_routes(&serve)["status"] == "ok"
+        });
+    }
 }
 
 #[test]
