@@ -335,25 +335,15 @@ pub(crate) struct RulesFile {
     pub(crate) ended: bool,
 }
 
+/// Judges the rules file's path as [`read_file`] does, without reading it.
+pub(crate) fn judge_file(path: &Path) -> Result<()> {
+    open_trusted(path).map(drop)
+}
+
 /// Reads and parses the rules file at `path`, which must be as trustworthy as a token file
 /// (docs/trust.md): whoever can change it decides what every route needs.
 pub(crate) fn read_file(path: &Path) -> Result<RulesFile> {
-    let trusted = trust::open(path).map_err(|refusal| match refusal {
-        Refusal::Missing => Error::io(
-            "read the rules file",
-            path,
-            std::io::Error::from_raw_os_error(nix::libc::ENOENT),
-        ),
-        // The walk's reasons speak of tokens; for a rules file, what is at stake is which
-        // scopes a route needs.
-        Refusal::Unsafe(why) => Error::Unsafe(format!(
-            "refusing to use the rules file (whoever can change it decides what every route \
-             needs): {}",
-            why.to_string()
-                .replace("can add a token", "can change the rules")
-        )),
-        other => other.into_error(path),
-    })?;
+    let trusted = open_trusted(path)?;
     let mut bytes = Vec::new();
     (&trusted.file)
         .take(MAX_RULES_FILE + 1)
@@ -374,6 +364,30 @@ pub(crate) fn read_file(path: &Path) -> Result<RulesFile> {
         rules,
         meta: trusted.meta,
         ended: bytes.last().is_none_or(|&b| b == b'\n'),
+    })
+}
+
+/// Opens the rules file if it may be trusted, with messages about a rules file: the trust
+/// walk's own speak of the token file and its tokens.
+fn open_trusted(path: &Path) -> Result<trust::Trusted> {
+    trust::open(path).map_err(|refusal| match refusal {
+        Refusal::Missing => Error::io(
+            "read the rules file",
+            path,
+            std::io::Error::from_raw_os_error(nix::libc::ENOENT),
+        ),
+        Refusal::Unsafe(why) => Error::Unsafe(format!(
+            "refusing to use the rules file (whoever can change it decides what every route \
+             needs): {}",
+            why.to_string()
+                .replace("can add a token", "can change the rules")
+                .replace(
+                    "--file / $TOKENFILE must name the token file itself",
+                    "--routes must name the rules file itself"
+                )
+                .replace("--file must name a file", "--routes must name a file")
+        )),
+        other => other.into_error(path),
     })
 }
 

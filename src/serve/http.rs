@@ -60,7 +60,6 @@ use super::state::{Shared, log_decision};
 use super::usage::Client;
 use super::{AcceptFailures, next_connection};
 
-const MAX_CONNECTIONS: usize = 1024;
 /// Against slowloris: the whole request head must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request head limit (hyper answers 431 beyond it); a bearer token is at most 4 KiB.
@@ -138,14 +137,25 @@ pub(super) struct Config {
     api_key: bool,
     /// `--routes`: scopes from the original request's method and path.
     routes: Option<Arc<Routes>>,
+    /// Connections each listener holds at once; more wait in the kernel's backlog.
+    max_connections: usize,
 }
 
 impl Config {
-    pub(super) fn new(accept: &[Credential], routes: Option<Arc<Routes>>) -> Self {
+    pub(super) fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    pub(super) fn new(
+        accept: &[Credential],
+        routes: Option<Arc<Routes>>,
+        max_connections: usize,
+    ) -> Self {
         Config {
             basic: accept.contains(&Credential::Basic),
             api_key: accept.contains(&Credential::ApiKey),
             routes,
+            max_connections,
         }
     }
 }
@@ -173,10 +183,15 @@ impl Bound {
     /// (see `socket::bind`, which also replaces a stale socket and refuses anything else).
     pub(super) fn bind(addr: &HttpAddr) -> Result<Bound> {
         match addr {
-            HttpAddr::Tcp(addr) => Ok(Bound {
-                listener: Listener::Tcp(bind_tcp(*addr)?, *addr),
-                file: None,
-            }),
+            HttpAddr::Tcp(addr) => {
+                let listener = bind_tcp(*addr)?;
+                // Port 0 asks for any free port: the log says which one it got.
+                let bound = listener.local_addr().unwrap_or(*addr);
+                Ok(Bound {
+                    listener: Listener::Tcp(listener, bound),
+                    file: None,
+                })
+            }
             HttpAddr::Unix(path) => {
                 let (listener, file) = socket::bind(path)?;
                 Ok(Bound {
@@ -272,7 +287,7 @@ pub(super) async fn serve<L: Accept>(
     shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(config.max_connections));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -393,14 +408,8 @@ fn check(
     endpoint: Endpoint,
 ) -> Response<Body> {
     // The rules in use, held for the check: the rule's scopes are borrowed from them.
-    let rules = config
-        .routes
-        .as_ref()
-        .map(|routes| (routes, routes.rules()));
-    let routes = rules
-        .as_ref()
-        .map(|(routes, rules)| (&***routes, &***rules));
-    let required = match required_scopes(request, routes, endpoint) {
+    let rules = config.routes.as_ref().map(|routes| routes.rules());
+    let required = match required_scopes(request, rules.as_deref().map(|r| &**r), endpoint) {
         Ok(required) => required,
         Err(reason) => {
             shared.count_invalid();
@@ -417,6 +426,15 @@ fn check(
     let client = client_of(request.headers(), peer);
     shared.check(&token, &required, client, |decision, expires| {
         log_decision("http", &decision);
+        // A valid token refused because no rule covers the request (a request no rule covers
+        // with no valid token is a 401, counted as such).
+        if let (Decision::Forbidden { .. }, true, Some(routes)) = (
+            decision,
+            required.is_unsatisfiable(),
+            config.routes.as_ref(),
+        ) {
+            routes.count_miss();
+        }
         let mut response = decision_response(decision, config, endpoint);
         // On every grant, empty for a record that never expires: a proxy that copies the
         // header then overwrites a client's own copy instead of letting it through.
@@ -506,11 +524,11 @@ pub(super) fn header_safe(name: &str) -> String {
 /// one, an original request that is ambiguous or whose path does not normalize.
 fn required_scopes<'r>(
     request: &Request<Incoming>,
-    routes: Option<(&Routes, &'r routes::Rules)>,
+    rules: Option<&'r routes::Rules>,
     endpoint: Endpoint,
 ) -> std::result::Result<Cow<'r, RequiredScopes>, String> {
     let asked = asked_scopes(request, endpoint)?;
-    let Some((routes, rules)) = routes else {
+    let Some(rules) = rules else {
         return asked.map(Cow::Owned).ok_or_else(|| NO_SCOPE.into());
     };
     let Some((method, target)) = original_request(request, endpoint)? else {
@@ -526,7 +544,6 @@ fn required_scopes<'r>(
         (Some(rule), Some(asked)) => Cow::Owned(asked.and(rule.scopes())),
         (Some(rule), None) => Cow::Borrowed(rule.scopes()),
         (None, _) => {
-            routes.count_miss();
             debug!(
                 method = standard_method(method),
                 "no rule matches the request"
@@ -972,7 +989,7 @@ mod tests {
 
     #[test]
     fn basic_and_api_key_tokens() {
-        let all = Config::new(&[Credential::Basic, Credential::ApiKey], None);
+        let all = Config::new(&[Credential::Basic, Credential::ApiKey], None, 1);
         // "u:tok", "git:tok" without padding, ":tok" (no user name), "u:a:b" (password "a:b").
         assert_eq!(
             token_of(&all, &[("authorization", "Basic dTp0b2s=")]),
@@ -1005,7 +1022,7 @@ mod tests {
         // An Authorization header serve cannot read leaves the key alone.
         let digest = [("authorization", "Digest x"), ("x-api-key", "tok")];
         assert_eq!(token_of(&all, &digest), b"tok");
-        let basic_only = Config::new(&[Credential::Basic], None);
+        let basic_only = Config::new(&[Credential::Basic], None, 1);
         assert!(token_of(&basic_only, &[("x-api-key", "tok")]).is_empty());
     }
 }

@@ -75,6 +75,7 @@ pub(crate) fn run(options: ServeOptions) -> Result<Exit> {
         }
         None => (None, None),
     };
+    refuse_a_socket_path_twice(&options)?;
     // Bind before any thread exists; see the module comment.
     let socket = options.socket.as_deref().map(socket::bind).transpose()?;
     let http = options
@@ -111,7 +112,9 @@ pub(crate) fn run(options: ServeOptions) -> Result<Exit> {
         None => (None, None),
     };
     let (http, http_files): (Vec<_>, Vec<_>) = http.into_iter().map(http::Bound::split).unzip();
-    let config = Arc::new(http::Config::new(&options.accept, routes));
+    let listeners = options.http.len() + usize::from(options.socket.is_some());
+    let max_connections = connection_limit(listeners);
+    let config = Arc::new(http::Config::new(&options.accept, routes, max_connections));
     let served = runtime.block_on(serve(
         shared.clone(),
         socket_listener,
@@ -187,7 +190,12 @@ async fn serve(
         let path = options.socket.clone().unwrap_or_default();
         let listener = tokio::net::UnixListener::from_std(listener)
             .map_err(|e| Error::io("listen on the socket", &path, e))?;
-        servers.spawn(socket::serve(listener, shared.clone(), stopping.clone()));
+        servers.spawn(socket::serve(
+            listener,
+            shared.clone(),
+            config.max_connections(),
+            stopping.clone(),
+        ));
         info!(socket = %path.display(), "listening");
     }
     for listener in http {
@@ -231,6 +239,27 @@ async fn serve(
     Ok(())
 }
 
+/// One path for two listeners would have the second find the first "in use": say what is
+/// wrong instead.
+fn refuse_a_socket_path_twice(options: &ServeOptions) -> Result<()> {
+    let unix_http = options.http.iter().filter_map(|addr| match addr {
+        HttpAddr::Unix(path) => Some(path),
+        HttpAddr::Tcp(_) => None,
+    });
+    let mut seen = std::collections::HashSet::new();
+    for path in options.socket.iter().chain(unix_http) {
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        if !seen.insert(absolute) {
+            return Err(Error::usage(format!(
+                "{} is given for two listeners (--socket, --http unix:): each needs a path of \
+                 its own",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Resolves once `shutdown` says stop (or its sender is gone).
 async fn stopped(shutdown: &mut signal_watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -265,6 +294,18 @@ where
             Err(e) => failures.failed(&e).await,
         }
     }
+}
+
+/// How many connections each of `listeners` holds at once: the open-files limit (raised at
+/// start) shared between them, less what the reloader and the rest need — at least 1024, at
+/// most 65536. A local client that opens more than that makes the next ones wait in the
+/// backlog; a higher limit (`LimitNOFILE=` in systemd) raises this one.
+fn connection_limit(listeners: usize) -> usize {
+    const SPARE: u64 = 256;
+    let files = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(4096, |(soft, _)| soft);
+    let each = files.saturating_sub(SPARE) / listeners.max(1) as u64;
+    usize::try_from(each.clamp(1024, 65536)).unwrap_or(1024)
 }
 
 /// Raises the soft limit on open files to the hard one: each client connection holds a

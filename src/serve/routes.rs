@@ -7,7 +7,7 @@
 //! promised in. A file replaced by rename (a new inode) is complete and is read at once; one
 //! changed in place is read once it has been left alone for a tick, so that a rules file
 //! caught half-written (`cat > routes` truncates first) is not installed, and one whose last
-//! line has no line ending is believed only once it was left alone for [`UNENDED_HOLD`] (a
+//! line has no line ending is believed only once it was left alone for [`HOLD`] (a
 //! writer may be in the middle of that line). What was read is installed only if the file did
 //! not change while it was read.
 //!
@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tracing::{error, info, warn};
@@ -33,9 +33,13 @@ use crate::routes::{self, Rules};
 
 /// How often the rules file is looked at.
 const TICK: Duration = Duration::from_millis(200);
-/// How long a last line without its line ending must be left alone before it is believed
-/// (the token file's hold, docs/protocols.md "Reloads").
-const UNENDED_HOLD: Duration = Duration::from_millis(700);
+/// The longest a change is waited for: a last line without its line ending is believed only
+/// once left alone this long, and a file written in place non-stop is read this long after
+/// its first change at the latest (the token file's hold, docs/protocols.md "Reloads").
+const HOLD: Duration = Duration::from_millis(700);
+/// How often an unchanged rules file's path is judged again (or, when the rules in use are
+/// stale, the file read again).
+const VERIFY: Duration = Duration::from_secs(1);
 
 /// Whether the file was modified less than `within` ago, or less than `within` ahead of our
 /// clock (a time far in the future does not hold a file back for ever).
@@ -125,7 +129,9 @@ impl Routes {
         let watch = Watch {
             routes: routes.clone(),
             seen: Some(Fingerprint::of(&meta)),
+            pending: None,
             recheck: false,
+            verified: Instant::now(),
         };
         Ok((routes, watch))
     }
@@ -173,9 +179,20 @@ impl Routes {
         // Logged, and shown by `/healthz` to anyone who can reach serve: redacted, in case a
         // message quotes a secret pasted into the file.
         let problem = crate::token::redact(&problem.to_string()).into_owned();
+        let mut current = self.problem.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.as_deref() == Some(problem.as_str()) {
+            return; // found again by the periodic look: said already
+        }
         error!("keeping the last good routes: {problem}; fix it and save again");
         self.failures.fetch_add(1, Relaxed);
-        self.set_problem(Some(problem));
+        *current = Some(problem);
+    }
+
+    fn has_problem(&self) -> bool {
+        self.problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 }
 
@@ -190,9 +207,14 @@ pub(super) struct Watch {
     routes: Arc<Routes>,
     /// The version in use (or last found unusable): no need to read it again.
     seen: Option<Fingerprint>,
-    /// The last read was held back (a last line without its line ending, just written):
-    /// read again next tick even if nothing changed.
+    /// A change in place not read yet: the file as last seen, and when the first such change
+    /// was seen (it is read once left alone for a tick, but never later than [`HOLD`]).
+    pending: Option<(Option<Fingerprint>, Instant)>,
+    /// Read again next tick even if nothing changed: the last read was held back (a last line
+    /// without its line ending, just written) or the file changed in place while it was read.
     recheck: bool,
+    /// When the path was last judged while nothing changed (see [`VERIFY`]).
+    verified: Instant,
 }
 
 /// The running follower; stopped when dropped.
@@ -216,15 +238,13 @@ impl Watch {
         let thread = thread::Builder::new()
             .name("tokenfile-routes".into())
             .spawn(move || {
-                // A change in place is read once it was left alone for a tick.
-                let mut pending: Option<Fingerprint> = None;
                 loop {
                     match rx.recv_timeout(TICK) {
                         Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                         Ok(Msg::Reload) | Err(RecvTimeoutError::Timeout) => {}
                     }
                     let force = flag.swap(false, Relaxed);
-                    pending = watch.tick(pending, force);
+                    watch.tick(force);
                 }
             })?;
         Ok(Follower {
@@ -234,36 +254,56 @@ impl Watch {
         })
     }
 
-    /// One look at the file; returns the in-place change waiting to be read next tick.
-    fn tick(&mut self, pending: Option<Fingerprint>, force: bool) -> Option<Fingerprint> {
+    /// One look at the file.
+    fn tick(&mut self, force: bool) {
         let now = Fingerprint::at(&self.routes.path);
         if !force && !self.recheck && now == self.seen {
-            return None;
+            self.pending = None;
+            if self.verified.elapsed() >= VERIFY {
+                self.verified = Instant::now();
+                self.verify();
+            }
+            return;
         }
         let replaced = match (now, self.seen) {
             (Some(now), Some(seen)) => now.ino != seen.ino || now.dev != seen.dev,
             _ => true,
         };
-        if !force && !self.recheck && !replaced && pending != now {
-            // Changed in place: give the writer a tick to finish.
-            return now;
+        if !force && !self.recheck && !replaced {
+            // Changed in place: give the writer a tick to finish — but a writer that never
+            // stops does not hold a change back longer than HOLD (what is read then is at
+            // worst the first lines of the new file: fewer rules, never a wider one).
+            let since = self.pending.map_or_else(Instant::now, |(_, since)| since);
+            let quiet = self.pending.is_some_and(|(last, _)| last == now);
+            if !quiet && since.elapsed() < HOLD {
+                self.pending = Some((now, since));
+                return;
+            }
         }
+        self.pending = None;
         self.recheck = false;
+        self.read(now);
+    }
+
+    /// Reads the file and installs it, keeps the last good rules, or looks again next tick.
+    fn read(&mut self, now: Option<Fingerprint>) {
         match routes::read_file(&self.routes.path) {
             Ok(file) => {
                 let read = Fingerprint::of(&file.meta);
-                if Fingerprint::at(&self.routes.path) != Some(read) {
-                    // Changed while being read: look again next tick.
-                    return None;
+                let after = Fingerprint::at(&self.routes.path);
+                if after != Some(read) && after.is_some_and(|after| after.ino == read.ino) {
+                    // Written in place while it was read: read again next tick. (Replaced
+                    // by a rename instead, what was read is a whole file: it is installed,
+                    // and the next tick reads the newer one.)
+                    self.recheck = true;
+                    return;
                 }
-                if !file.ended && written_within(&file.meta, UNENDED_HOLD) {
+                if !file.ended && written_within(&file.meta, HOLD) {
                     // A last line without its line ending, just written, may be half a
                     // line (`app:read` of `app:read-all`): the last good rules stay until
-                    // it ends or is left alone. (Leaving it out instead would be safe too —
-                    // dropping the last rule only makes more requests match none — but a
-                    // rule file read half is not one the admin wrote.)
+                    // it ends or is left alone.
                     self.recheck = true;
-                    return None;
+                    return;
                 }
                 self.seen = Some(read);
                 self.routes.install(file.rules);
@@ -273,7 +313,17 @@ impl Watch {
                 self.routes.keep_last_good(&problem);
             }
         }
-        None
+    }
+
+    /// Nothing changed: if the rules in use are stale, try the file again (its directory may
+    /// have been fixed); otherwise judge its path, which a `chmod` of a directory changes
+    /// without touching the file.
+    fn verify(&mut self) {
+        if self.routes.has_problem() {
+            self.read(self.seen);
+        } else if let Err(problem) = routes::judge_file(&self.routes.path) {
+            self.routes.keep_last_good(&problem);
+        }
     }
 }
 

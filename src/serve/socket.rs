@@ -15,7 +15,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
+use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +39,9 @@ use super::{AcceptFailures, next_connection, stopped};
 /// Longest request line, without its newline. A token is at most 4 KiB.
 pub(super) const MAX_LINE: usize = 8 * 1024;
 const SOCKET_MODE: u32 = 0o660;
-const MAX_CONNECTIONS: usize = 1024;
 /// A connection that sends nothing for this long is closed. (Each read restarts it: a client
 /// trickling a line byte by byte keeps its connection, and its one slot of
-/// [`MAX_CONNECTIONS`]; the socket is for the local group only, see the README.)
+/// of `max_connections`; the socket is for the local group only, see the README.)
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// A client that does not read its answers for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,9 +104,9 @@ fn remove_stale(path: &Path) -> Result<()> {
     if !meta.file_type().is_socket() {
         return Err(Error::NotASocket(path.to_path_buf()));
     }
-    match StdUnixStream::connect(path) {
-        Ok(_) => Err(Error::SocketInUse(path.to_path_buf())),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+    match someone_listens(path) {
+        Ok(true) => Err(Error::SocketInUse(path.to_path_buf())),
+        Ok(false) => {
             info!(socket = %path.display(), "removing a stale socket");
             fs::remove_file(path).map_err(|e| Error::io("remove the stale socket", path, e))
         }
@@ -115,13 +114,34 @@ fn remove_stale(path: &Path) -> Result<()> {
     }
 }
 
+/// Whether a server listens on the socket at `path`: a connect without blocking, because a
+/// listener whose backlog is full would hold a blocking one (and `serve`'s start, SIGTERM
+/// included) until it accepts. Refused: nobody listens (a stale socket).
+fn someone_listens(path: &Path) -> io::Result<bool> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    use std::os::fd::AsRawFd;
+    let probe = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    match connect(probe.as_raw_fd(), &UnixAddr::new(path)?) {
+        Ok(()) | Err(Errno::EAGAIN | Errno::EINPROGRESS) => Ok(true),
+        Err(Errno::ECONNREFUSED) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Accepts until `shutdown`, then waits for every connection to finish what it has read.
 pub(super) async fn serve(
     listener: UnixListener,
     shared: Arc<Shared>,
+    max_connections: usize,
     shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(max_connections));
     let mut connections = JoinSet::new();
     let mut stop = shutdown.clone();
     let mut failures = AcceptFailures::new("socket");

@@ -112,7 +112,13 @@ fn check_with_routes_decides_as_serve_does() {
         out.err()
     );
     // A path that does not normalize is a usage error, and never repeated.
-    for path in ["/api%2F..%2Fadmin", "/../x", "api", "/a%zz", "/api/..;/admin"] {
+    for path in [
+        "/api%2F..%2Fadmin",
+        "/../x",
+        "api",
+        "/a%zz",
+        "/api/..;/admin",
+    ] {
         let out = decide(&env, &root, "GET", path, &[]).code(USAGE);
         assert!(!out.err().contains(path), "{}", out.err());
     }

@@ -542,3 +542,160 @@ fn a_grant_always_names_the_record_even_with_an_empty_name() {
     // Present and empty: a proxy that copies it overwrites a client's own X-Token-Name.
     assert_eq!(r.header("X-Token-Name"), Some(""));
 }
+
+#[test]
+fn a_rules_file_written_non_stop_is_still_reloaded_within_a_second() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let (dir, file, routes) = setup();
+    let serve = serve_with(&file, dir.path(), &routes_arg(&routes));
+    let _timed = timed();
+    let status = || forwarded(&serve, "reader", "GET", "/api/x").status;
+    assert_eq!(status(), 204);
+    // The rule tightened in place, then a comment appended every 80 ms, for 3 s.
+    fs::write(&routes, "GET /api/** admin\n").unwrap();
+    let changed = Instant::now();
+    let mut tightened = None;
+    let mut appender = fs::OpenOptions::new().append(true).open(&routes).unwrap();
+    while changed.elapsed() < Duration::from_secs(3) {
+        appender.write_all(b"# still writing\n").unwrap();
+        if tightened.is_none() && status() == 403 {
+            tightened = Some(changed.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(80));
+    }
+    let took = tightened.expect("the tightened rule was never used while the file kept changing");
+    assert!(took <= RELOAD + Duration::from_millis(500), "took {took:?}");
+}
+
+#[test]
+fn rules_kept_stale_by_an_unsafe_directory_recover_once_it_is_fixed() {
+    let (dir, file, _) = setup();
+    let rules_dir = dir.path().join("rules");
+    fs::create_dir(&rules_dir).unwrap();
+    let routes = rules_dir.join("routes");
+    fs::write(&routes, RULES).unwrap();
+    let serve = serve_with(&file, dir.path(), &routes_arg(&routes));
+    let _timed = timed();
+    let status = || forwarded(&serve, "reader", "GET", "/api/x").status;
+    assert_eq!(status(), 204);
+    // Made unsafe, and a new version written meanwhile: refused, the last good rules stay.
+    fs::set_permissions(&rules_dir, fs::Permissions::from_mode(0o777)).unwrap();
+    replace_by_rename(&routes, "GET /api/** admin\n");
+    eventually("the unsafe directory noticed", RELOAD * 3, || {
+        healthz_routes(&serve)["status"] == "stale"
+    });
+    assert_eq!(status(), 204);
+    // Fixed: the file is read again without being touched.
+    fs::set_permissions(&rules_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    eventually("the fixed directory noticed", RELOAD * 3, || {
+        status() == 403
+    });
+    assert_eq!(healthz_routes(&serve)["status"], "ok");
+    assert_eq!(serve.metric("tokenfile_routes_file_ok"), 1.0);
+    // Made unsafe with no change to the file: reported, the rules in use stay.
+    fs::set_permissions(&rules_dir, fs::Permissions::from_mode(0o777)).unwrap();
+    eventually("a chmod alone noticed", RELOAD * 3, || {
+        healthz_routes(&serve)["status"] == "stale"
+    });
+    assert_eq!(status(), 403);
+    fs::set_permissions(&rules_dir, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn a_route_miss_is_counted_only_when_it_is_the_reason_for_a_403() {
+    let (dir, file, routes) = setup();
+    let serve = serve_with(&file, dir.path(), &routes_arg(&routes));
+    assert_eq!(forwarded(&serve, "nobody", "GET", "/other").status, 401);
+    assert_eq!(serve.metric("tokenfile_route_misses_total"), 0.0);
+    assert_eq!(forwarded(&serve, "reader", "GET", "/other").status, 403);
+    assert_eq!(serve.metric("tokenfile_route_misses_total"), 1.0);
+}
+
+#[test]
+fn start_up_never_hangs_on_a_busy_socket_and_names_a_path_given_twice() {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, connect, listen, socket,
+    };
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+    let (dir, file, _) = setup();
+    // A server that never accepts, its backlog full: a blocking connect would wait for ever.
+    let busy = dir.path().join("busy.sock");
+    let server = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    bind(server.as_raw_fd(), &UnixAddr::new(&busy).unwrap()).unwrap();
+    listen(&server, Backlog::new(1).unwrap()).unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let client = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let _ = connect(client.as_raw_fd(), &UnixAddr::new(&busy).unwrap());
+        clients.push(client);
+    }
+    let start = |extra: &[String]| {
+        let mut cmd = tokenfile_command();
+        cmd.arg("--file").arg(&file).arg("serve").args(extra);
+        run(cmd, None)
+    };
+    let began = Instant::now();
+    let out = start(&[format!("--http=unix:{}", busy.display())]).code(10);
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(out.err().contains("in use"), "{}", out.err());
+    assert!(busy.exists(), "another server's socket is left alone");
+    // The same path for two listeners: a usage error that says so.
+    let twice = dir.path().join("twice.sock");
+    let out = start(&[
+        format!("--http=unix:{}", twice.display()),
+        "--socket".into(),
+        twice.display().to_string(),
+    ])
+    .code(2);
+    assert!(out.err().contains("two listeners"), "{}", out.err());
+    assert!(!twice.exists());
+    drop(clients);
+}
+
+#[test]
+fn port_zero_logs_the_port_it_got() {
+    let (dir, file, _) = setup();
+    let serve = Serve::start_configured(&file, dir.path(), Listen::Socket, &|cmd| {
+        cmd.args(["--http", "127.0.0.1:0"]);
+    });
+    eventually("the listening line", PATIENCE, || {
+        serve.log().contains("listening http=")
+    });
+    let log = serve.log();
+    assert!(!log.contains("http=127.0.0.1:0 "), "{log}");
+    let port: u16 = log
+        .split("http=127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .expect("a port in the log");
+    assert_ne!(port, 0);
+    assert_eq!(
+        http(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            "GET",
+            "/healthz",
+            &[]
+        )
+        .status,
+        200
+    );
+}
