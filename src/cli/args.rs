@@ -34,12 +34,15 @@ stdin (or `check --token-env VAR`). A minted token is printed once, alone, on st
 const CHECK_HELP: &str = "\
 Exit codes of check:
   0   granted: the token is valid and has every required scope
-  1   forbidden: the token is valid but lacks a required scope (HTTP 403)
+  1   forbidden: the token is valid but lacks a required scope (HTTP 403); with --routes,
+      also when no rule covers --method and --path
   2   usage error: a bad flag, an empty or malformed required scope, a scope with `*`, or a
-      token where a scope goes (refused, never echoed)
+      token where a scope goes (refused, never echoed); with --routes, a --path that cannot
+      be normalized (an encoded slash, a `;`, `..` above the root, ...)
   3   unauthorized: no token, an unknown token or an expired one (HTTP 401)
   5   the file is unsafe to use: writable by others, a plaintext credential readable by
-      others, or not a regular file (`check` refuses it rather than trust it)
+      others, or not a regular file (`check` refuses it rather than trust it); with
+      --routes, the rules file has an error or is unsafe
   10  I/O failure: the file is missing or cannot be read
 (4, no such record ID, does not apply to check.) The code is the decision whatever happens
 to the output: `check --json | true` or `> /dev/full` still exits 1 or 3 for a denial.";
