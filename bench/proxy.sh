@@ -56,34 +56,7 @@ for tool in wrk nginx curl htpasswd; do
   command -v "$tool" >/dev/null 2>&1 || { echo "bench/proxy.sh: needs $tool" >&2; exit 1; }
 done
 
-pids=()
-work="$(mktemp -d "${TMPDIR:-/tmp}/tokenfile-proxy-bench.XXXXXX")"
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-wait_for() {
-  local what="$1" i
-  shift
-  for ((i = 0; i < 2400; i++)); do
-    "$@" >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "bench/proxy.sh: $what did not come up" >&2
-  exit 1
-}
-free_port() {
-  local port
-  while :; do
-    port=$(( 20000 + RANDOM % 30000 ))
-    ss -Htln "sport = :$port" 2>/dev/null | grep -q . || { echo "$port"; return; }
-  done
-}
+with_work_dir proxy-bench
 
 # The token file (hashed, `records` records) and a granted token with scope `deploy`.
 mkdir "$work/watched"
@@ -106,22 +79,9 @@ wait_for "serve" curl -sf "http://127.0.0.1:$serve_port/healthz"
 ceiling_port=$(free_port)
 ceiling_sock="$work/ceiling.sock"
 mkdir -p "$work/ceiling"
-as_root=""
-[ "$(id -u)" -eq 0 ] && as_root="user root;"   # its workers reach root's 0660 sockets
-cat >"$work/ceiling/nginx.conf" <<EOF
-$as_root
-worker_processes 2;
-daemon off;
-pid $work/ceiling/nginx.pid;
-error_log $work/ceiling/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $work/ceiling/body;
-  proxy_temp_path $work/ceiling/proxy;
-  fastcgi_temp_path $work/ceiling/fastcgi;
-  uwsgi_temp_path $work/ceiling/uwsgi;
-  scgi_temp_path $work/ceiling/scgi;
+{
+  nginx_prelude "$work/ceiling"
+  cat <<EOF
   server {
     listen 127.0.0.1:$ceiling_port;
     listen unix:$ceiling_sock;
@@ -129,6 +89,7 @@ http {
   }
 }
 EOF
+} >"$work/ceiling/nginx.conf"
 nginx -p "$work/ceiling" -c "$work/ceiling/nginx.conf" -e "$work/ceiling/error.log" &
 pids+=("$!")
 wait_for "the ceiling nginx" curl -sf "http://127.0.0.1:$ceiling_port/"
@@ -156,20 +117,9 @@ auth_server() {  # auth_server NAME UPSTREAM: a server whose every request asks 
   }
 EOF
 }
-cat >"$work/front/nginx.conf" <<EOF
-$as_root
-worker_processes 2;
-daemon off;
-pid $work/front/nginx.pid;
-error_log $work/front/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $work/front/body;
-  proxy_temp_path $work/front/proxy;
-  fastcgi_temp_path $work/front/fastcgi;
-  uwsgi_temp_path $work/front/uwsgi;
-  scgi_temp_path $work/front/scgi;
+{
+  nginx_prelude "$work/front"
+  cat <<EOF
   upstream serve_tcp { server 127.0.0.1:$serve_port; keepalive 32; }
   upstream serve_unix { server unix:$serve_sock; keepalive 32; }
   upstream ceiling_tcp { server 127.0.0.1:$ceiling_port; keepalive 32; }
@@ -190,6 +140,7 @@ $(auth_server ceiling_unix ceiling_unix)
   }
 }
 EOF
+} >"$work/front/nginx.conf"
 nginx -p "$work/front" -c "$work/front/nginx.conf" -e "$work/front/error.log" &
 pids+=("$!")
 wait_for "the front nginx" curl -sf "http://127.0.0.1:${port[none]}/page.html"

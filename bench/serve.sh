@@ -60,16 +60,7 @@ for tool in wrk nginx curl; do
 done
 
 # Everything started here is stopped by this trap, whatever happens.
-pids=()
-work="$(mktemp -d "${TMPDIR:-/tmp}/tokenfile-serve-bench.XXXXXX")"
-cleanup() {
-  local pid
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+with_work_dir serve-bench
 [ -n "$dir" ] || dir="$work"
 mkdir -p "$dir"
 dir="$(realpath "$dir")"
@@ -93,26 +84,6 @@ size=$(stat -c %s "$file")
 probe=$(( records - 1 - ((records - 1 - 4) % 7) ))
 token=$("$gen" --token "$probe")
 
-free_port() {
-  local port
-  while :; do
-    port=$(( 20000 + RANDOM % 30000 ))
-    ss -Htln "sport = :$port" 2>/dev/null | grep -q . || { echo "$port"; return; }
-  done
-}
-
-# wait_for WHAT COMMAND…: polls COMMAND (every 50 ms, up to 120 s).
-wait_for() {
-  local what="$1" i
-  shift
-  for ((i = 0; i < 2400; i++)); do
-    "$@" >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "bench/serve.sh: $what did not come up" >&2
-  exit 1
-}
-
 sock="$work/serve.sock"
 RUST_LOG=info "$bin" --file "$file" serve --socket "$sock" --http 127.0.0.1:0 2>"$work/serve.log" &
 serve_pid=$!
@@ -130,25 +101,16 @@ wait_for "the fixed socket server" test -S "$fixed_sock"
 
 nginx_port=$(free_port)
 mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<EOF
-worker_processes 2;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx/body;
-  proxy_temp_path $work/nginx/proxy;
-  fastcgi_temp_path $work/nginx/fastcgi;
-  uwsgi_temp_path $work/nginx/uwsgi;
-  scgi_temp_path $work/nginx/scgi;
+{
+  nginx_prelude "$work/nginx"
+  cat <<EOF
   server {
     listen 127.0.0.1:$nginx_port;
     location / { return 204; }
   }
 }
 EOF
+} >"$work/nginx/nginx.conf"
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" &
 pids+=("$!")
 wait_for "nginx" curl -sf "http://127.0.0.1:$nginx_port/"

@@ -8,18 +8,6 @@ use std::path::{Path, PathBuf};
 
 use crate::support::*;
 
-/// RFC 3339 to the second, as the tool writes times.
-fn stamp(t: time::OffsetDateTime) -> String {
-    t.replace_nanosecond(0)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap()
-}
-
-fn days_ago(days: i64) -> String {
-    stamp(now() - time::Duration::days(days))
-}
-
 /// A sidecar at `path` naming `file`, with `(id, last_used, uses, client)` lines.
 fn write_sidecar(path: &Path, file: &Path, entries: &[(&str, &str, u64, Option<&str>)]) {
     let mut text = format!(

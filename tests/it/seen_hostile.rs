@@ -14,17 +14,6 @@ use nix::sys::signal::Signal;
 use crate::support::serve::*;
 use crate::support::*;
 
-fn stamp(t: time::OffsetDateTime) -> String {
-    t.replace_nanosecond(0)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap()
-}
-
-fn days_ago(days: i64) -> String {
-    stamp(now() - time::Duration::days(days))
-}
-
 /// A sidecar naming `file`, begun at `since` (if given), with `(id, last_used)` rows.
 fn write_sidecar(path: &Path, file: &Path, since: Option<&str>, rows: &[(&str, &str)]) {
     let mut header = serde_json::json!({

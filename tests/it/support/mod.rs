@@ -808,3 +808,16 @@ pub(crate) fn within(within: Duration, mut probe: impl FnMut() -> bool) -> bool 
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// RFC 3339 to the second, as the tool writes times.
+pub(crate) fn stamp(t: time::OffsetDateTime) -> String {
+    t.replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// [`stamp`] of `days` days ago.
+pub(crate) fn days_ago(days: i64) -> String {
+    stamp(now() - time::Duration::days(days))
+}
