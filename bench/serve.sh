@@ -59,7 +59,7 @@ for tool in wrk nginx curl; do
   command -v "$tool" >/dev/null 2>&1 || { echo "bench/serve.sh: needs $tool" >&2; exit 1; }
 done
 
-# Everything started here is stopped by this trap, whatever happens.
+# Everything started here is stopped at exit, whatever happens (bench/lib.sh).
 with_work_dir serve-bench
 [ -n "$dir" ] || dir="$work"
 mkdir -p "$dir"
