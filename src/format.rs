@@ -269,6 +269,21 @@ impl<'a> Document<'a> {
         })
     }
 
+    /// The first line whose credential is `sha256:` and one of `digests` (a token of the file
+    /// pasted whole into a name or a scope, which has no shape to be recognized by): its
+    /// 1-based number and the position of that digest. Plaintext credentials are
+    /// [`Document::credential_inside`]'s.
+    pub fn hashed_credential_of(&self, digests: &[Digest]) -> Option<(usize, usize)> {
+        if digests.is_empty() {
+            return None;
+        }
+        self.lines.iter().enumerate().find_map(|(index, line)| {
+            let hex = credential_field(&line.content)?.strip_prefix(HASH_PREFIX)?;
+            let digest = Digest::from_hex(hex)?;
+            Some((index + 1, digests.iter().position(|d| *d == digest)?))
+        })
+    }
+
     /// The IDs of the records that count, with their names: what a person's ID prefix is
     /// resolved against.
     pub fn ids(&self) -> Ids {

@@ -99,6 +99,24 @@ pub fn find_record(reader: impl Read, token: &Secret) -> io::Result<Option<Grant
     Ok(found)
 }
 
+/// Which of `candidates` are the credential of some line of everything `reader` yields
+/// (valid or not: a token is a token): for words a person gave where a scope or a name goes,
+/// which may be a legacy token of no recognizable shape. One pass to the end.
+pub fn credentials_among(reader: impl Read, candidates: &[Secret]) -> io::Result<Vec<bool>> {
+    let matchers: Vec<Matcher<'_>> = candidates.iter().map(Matcher::new).collect();
+    let mut found = vec![false; candidates.len()];
+    if candidates.iter().all(Secret::is_empty) {
+        return Ok(found);
+    }
+    lines::read(reader, true, |line, _| {
+        for (matcher, found) in matchers.iter().zip(found.iter_mut()) {
+            *found |= !matcher.token.is_empty() && matcher.is_candidate(line);
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +134,24 @@ mod tests {
 
     fn secret(s: &str) -> Secret {
         Secret::new(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn words_that_are_credentials_of_the_file() {
+        let file = format!(
+            "plainDupToken123\tread\nsha256:{}\twrite\ninvalidTok\t!!\n",
+            crate::token::Digest::of(b"hashed-legacy").to_hex()
+        );
+        let words = [
+            "read",
+            "plainDupToken123",
+            "hashed-legacy",
+            "invalidTok",
+            "",
+        ]
+        .map(secret);
+        let found = credentials_among(file.as_bytes(), &words).unwrap();
+        assert_eq!(found, [false, true, true, true, false]);
     }
 
     fn now() -> Timestamp {

@@ -230,7 +230,15 @@ impl IdPrefix {
             // A mistyped ID is worth showing; something longer may be a (legacy, shapeless)
             // token pasted in the wrong place, and is not echoed — nor the start of a minted
             // one, however short.
-            let shown = match text.chars().count() <= ID_LEN + 4 && !text.contains(PREFIX) {
+            // Only an ID-shaped mistake is shown — a few hex digits too many or too few, a
+            // typo or two (`9f6g`): anything else may be a short legacy token, which has no
+            // shape (random letters and digits are hex about one time in three).
+            let text_trimmed = text.trim();
+            let hex = text_trimmed.bytes().filter(u8::is_ascii_hexdigit).count();
+            let id_shaped = text_trimmed.len() <= ID_LEN + 2
+                && text_trimmed.bytes().all(|b| b.is_ascii_alphanumeric())
+                && hex * 4 >= text_trimmed.len() * 3;
+            let shown = match id_shaped {
                 true => format!("{text:?}"),
                 false => format!("the argument ({} characters)", text.chars().count()),
             };
@@ -461,6 +469,54 @@ fn secret_ranges(bytes: &[u8]) -> Vec<(usize, usize)> {
     ranges
 }
 
+/// Secrets of no recognizable shape that this process learned of — an argument that turned
+/// out to be a credential of the file (a legacy token pasted as a `--scope`) — and that
+/// [`redact`] replaces wherever they stand.
+static KNOWN_SECRETS: std::sync::Mutex<Vec<Box<[u8]>>> = std::sync::Mutex::new(Vec::new());
+/// Whether [`KNOWN_SECRETS`] holds any (the usual answer, no, without a lock).
+static ANY_KNOWN_SECRET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, [`redact`] treats `secret` as a token wherever it appears (whole).
+pub fn also_secret(secret: &[u8]) {
+    if secret.is_empty() {
+        return;
+    }
+    let mut known = KNOWN_SECRETS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    known.push(secret.into());
+    ANY_KNOWN_SECRET.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Adds the places of the [`also_secret`] secrets in `bytes` to `ranges`, keeping them sorted
+/// and disjoint.
+fn add_known_secrets(bytes: &[u8], ranges: &mut Vec<(usize, usize)>) {
+    if !ANY_KNOWN_SECRET.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let known = KNOWN_SECRETS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let before = ranges.len();
+    for secret in known.iter() {
+        ranges.extend(
+            memchr::memmem::find_iter(bytes, secret).map(|start| (start, start + secret.len())),
+        );
+    }
+    if ranges.len() == before {
+        return;
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+    for &(start, end) in ranges.iter() {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    *ranges = merged;
+}
+
 /// `text` with every run that looks like a minted token or another secret replaced by
 /// [`REDACTED`], wherever it stands: glued after any character (`ci-$T`, `x$T`, `a:$T`,
 /// `/srv/$T`) or before one, with or without its `tf_` prefix. Taken for a token (see
@@ -477,17 +533,21 @@ fn secret_ranges(bytes: &[u8]) -> Vec<(usize, usize)> {
 /// Every message for a person, every `--json` document and every audit line goes through
 /// it, so a token pasted where a flag value or an ID belongs, or already in the file, is
 /// never echoed; [`refuse_token_in`] uses it to keep one out of the file. What it cannot
-/// know of: a short legacy plaintext token, which has no shape (`mint` checks a name and
-/// scopes against the file's own plaintext credentials).
+/// know of by shape — a legacy or hand-made token — it knows once told with
+/// [`also_secret`] (`check` looks its scope words up in the file before it names them; `mint`
+/// checks a name and scopes against the file's credentials, plaintext and hashed). A piece of
+/// such a token, cut short, stays unrecognizable.
 pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
-    let ranges = secret_ranges(text.as_bytes());
+    let mut ranges = secret_ranges(text.as_bytes());
+    add_known_secrets(text.as_bytes(), &mut ranges);
     if ranges.is_empty() {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
     for (start, end) in ranges {
-        // Ranges are runs of ASCII bounded by ASCII or by the text's ends: char boundaries.
+        // Ranges are runs of ASCII bounded by ASCII or by the text's ends, or whole
+        // occurrences of a known secret (UTF-8 itself): char boundaries.
         out.push_str(&text[copied..start]);
         out.push_str(REDACTED);
         copied = end;

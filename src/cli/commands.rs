@@ -107,7 +107,24 @@ const PLAINTEXT_CHECKED_FROM: usize = 16;
 /// looked at, with no record built: this runs under the lock.
 fn refuse_plaintext_in(doc: &Document, name: &str, scopes: &str, file: &Path) -> Result<()> {
     let values: [&[u8]; 2] = [name.as_bytes(), scopes.as_bytes()];
-    let Some((line, value)) = doc.credential_inside(&values, PLAINTEXT_CHECKED_FROM) else {
+    // A word of the name or a scope that is, whole, the token of a hashed record.
+    let words: Vec<(usize, &str)> = name
+        .split_whitespace()
+        .map(|word| (0, word))
+        .chain(scopes.split(',').map(|scope| (1, scope.trim())))
+        .filter(|(_, word)| !word.is_empty())
+        .collect();
+    let digests: Vec<token::Digest> = words
+        .iter()
+        .map(|(_, word)| token::Digest::of(word.as_bytes()))
+        .collect();
+    let found = doc
+        .credential_inside(&values, PLAINTEXT_CHECKED_FROM)
+        .or_else(|| {
+            doc.hashed_credential_of(&digests)
+                .map(|(line, at)| (line, words[at].0))
+        });
+    let Some((line, value)) = found else {
         return Ok(());
     };
     let flag = ["--name", "--scope"][value];
@@ -431,6 +448,35 @@ fn find_record(ctx: &Context, token: &Secret) -> Result<Option<decision::Grant>>
     scan::find_record(&trusted.file, token).map_err(|e| Error::io("read", ctx.store.path(), e))
 }
 
+/// Teaches redaction the words of `values` (comma-separated, as scopes are given) that are a
+/// credential of the file: a legacy token of no recognizable shape pasted where a scope goes
+/// would otherwise be echoed by the messages and documents that name the scopes. One more
+/// pass over the file, so only done before printing them.
+fn learn_pasted_credentials(ctx: &Context, values: &[String]) -> Result<()> {
+    let words: Vec<&str> = values
+        .iter()
+        .flat_map(|value| value.split(','))
+        .map(|word| word.trim_matches(' '))
+        .filter(|word| !word.is_empty())
+        .collect();
+    if words.is_empty() {
+        return Ok(());
+    }
+    let candidates: Vec<Secret> = words
+        .iter()
+        .map(|word| Secret::new(word.as_bytes().to_vec()))
+        .collect();
+    let trusted = ctx.store.open()?;
+    let found = scan::credentials_among(&trusted.file, &candidates)
+        .map_err(|e| Error::io("read", ctx.store.path(), e))?;
+    for (word, is_credential) in words.iter().zip(found) {
+        if is_credential {
+            token::also_secret(word.as_bytes());
+        }
+    }
+    Ok(())
+}
+
 /// Every valid record of the file that has `token`, in file order (the first counts), for
 /// `check --explain`. Compared by digest, as the index does: never the stored string itself.
 fn records_of(ctx: &Context, token: &Secret) -> Result<Vec<decision::Grant>> {
@@ -561,6 +607,16 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     let hint = unknown
         .then(|| decision::unknown_hint(token.expose()))
         .flatten();
+    // What follows may name the required scopes: a credential of the file among them (a
+    // legacy token pasted as a scope) must not be echoed. A plain grant prints none.
+    if (args.output.json || args.explain || !matches!(decision, Decision::Granted { .. }))
+        && learn_pasted_credentials(ctx, &args.scopes).is_err()
+    {
+        // The file could not be read again: take no chance with any of them.
+        for scope in &args.scopes {
+            token::also_secret(scope.as_bytes());
+        }
+    }
     // A request no rule of --routes covers is refused for that, not for a scope.
     let uncovered = route.as_ref().is_some_and(|route| route.rule.is_none());
     if let (true, Some(explanation)) = (uncovered, explanation.as_mut()) {
