@@ -433,54 +433,51 @@ impl Glob {
         }
     }
 
-    /// Whether the path's segments match, `**` spanning any number of them: the usual
-    /// wildcard walk, backtracking to the last `**` (linear in practice, never exponential).
+    /// Whether the path's segments match, `**` spanning any number of them.
     fn matches(&self, path: &[&[u8]]) -> bool {
-        let pattern = &self.segments;
-        let (mut p, mut s) = (0, 0);
-        let mut backtrack: Option<(usize, usize)> = None;
-        while s < path.len() {
-            match pattern.get(p) {
-                Some(Segment::Any) => {
-                    backtrack = Some((p, s));
-                    p += 1;
-                }
-                Some(Segment::Pattern(glob)) if segment_matches(glob, path[s]) => {
-                    p += 1;
-                    s += 1;
-                }
-                _ => match backtrack {
-                    Some((star, from)) => {
-                        p = star + 1;
-                        s = from + 1;
-                        backtrack = Some((star, from + 1));
-                    }
-                    None => return false,
-                },
-            }
-        }
-        pattern[p..].iter().all(|segment| *segment == Segment::Any)
+        wildcard_match(
+            &self.segments,
+            path,
+            |segment| *segment == Segment::Any,
+            |segment, text| match segment {
+                Segment::Pattern(glob) => segment_matches(glob, text),
+                Segment::Any => false,
+            },
+        )
     }
 }
 
 /// Whether one segment matches a glob segment, `*` matching any run of bytes (none
 /// included).
 fn segment_matches(glob: &[u8], text: &[u8]) -> bool {
-    let (mut g, mut t) = (0, 0);
+    wildcard_match(glob, text, |&b| b == b'*', |&g, &t| g == t)
+}
+
+/// The usual wildcard walk, for segments of a path (`**`) and bytes of a segment (`*`):
+/// whether `text` matches `pattern`, where an item that `is_star` matches any run of items
+/// (none included) and any other item one that `matches_one`. It backtracks only to the last
+/// star: linear in practice, never exponential.
+fn wildcard_match<P, T>(
+    pattern: &[P],
+    text: &[T],
+    is_star: impl Fn(&P) -> bool,
+    matches_one: impl Fn(&P, &T) -> bool,
+) -> bool {
+    let (mut p, mut t) = (0, 0);
     let mut backtrack: Option<(usize, usize)> = None;
     while t < text.len() {
-        match glob.get(g) {
-            Some(b'*') => {
-                backtrack = Some((g, t));
-                g += 1;
+        match pattern.get(p) {
+            Some(star) if is_star(star) => {
+                backtrack = Some((p, t));
+                p += 1;
             }
-            Some(&b) if b == text[t] => {
-                g += 1;
+            Some(one) if matches_one(one, &text[t]) => {
+                p += 1;
                 t += 1;
             }
             _ => match backtrack {
                 Some((star, from)) => {
-                    g = star + 1;
+                    p = star + 1;
                     t = from + 1;
                     backtrack = Some((star, from + 1));
                 }
@@ -488,7 +485,7 @@ fn segment_matches(glob: &[u8], text: &[u8]) -> bool {
             },
         }
     }
-    glob[g..].iter().all(|&b| b == b'*')
+    pattern[p..].iter().all(is_star)
 }
 
 /// A request path in the one form rules are matched against: absolute, decoded, without
