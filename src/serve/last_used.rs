@@ -2,7 +2,7 @@
 //! written to it at most once per interval when something changed and once more at shutdown,
 //! always off the check path. Never the token file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -80,16 +80,11 @@ impl Sidecar {
     }
 
     /// The sidecar's figures, if it has usable ones. It belongs to the file if its header
-    /// names it, or if it has a row for one of `snapshot`'s records (the file and its sidecar
-    /// were moved together). One that cannot be used — corrupt, another file's, planted by
+    /// names it, or if it has a row for one of `records`, the IDs of the state in use (the
+    /// file and its sidecar were moved together). One that cannot be used — corrupt, another file's, planted by
     /// another user, not a regular file — is a warning, and is moved aside to
     /// `<sidecar>.ignored` so that the next write does not destroy what it held.
-    fn read(&self, snapshot: &Snapshot) -> Option<SeenFile> {
-        let records: std::collections::HashSet<String> = snapshot
-            .index
-            .iter()
-            .map(|(digest, _)| digest.id().to_string())
-            .collect();
+    fn read(&self, records: &HashSet<String>) -> Option<SeenFile> {
         let is_record = |id: &str| records.contains(id);
         let why = match seen::read(
             &self.path,
@@ -125,7 +120,7 @@ impl Sidecar {
 
     /// Starts the figures of the state in use from the sidecar (`serve` restarted).
     pub(super) fn load_into(&self, shared: &Shared) {
-        if let Some(figures) = self.read(&shared.snapshot()) {
+        if let Some(figures) = self.read(&record_ids(&shared.snapshot())) {
             *self.since.lock().unwrap_or_else(PoisonError::into_inner) = figures.since;
             shared.load_figures(figures.rows);
         }
@@ -195,18 +190,21 @@ impl Sidecar {
     pub(super) fn write(&self, shared: &Shared, shutdown: bool) {
         let snapshot = shared.snapshot();
         self.warn_expiring(&snapshot);
-        let loaded = snapshot.status.is_loaded();
-        let departed = match (loaded, shutdown) {
-            (true, _) => None,
-            (false, true) => Some(shared.departed_figures()).filter(|d| !d.is_empty()),
-            (false, false) => return,
+        let departed = if snapshot.status.is_loaded() {
+            if !snapshot.usage.take_changed() {
+                return;
+            }
+            None
+        } else {
+            if !shutdown {
+                return;
+            }
+            let departed = shared.departed_figures();
+            if departed.is_empty() {
+                return;
+            }
+            Some(departed)
         };
-        if loaded && !snapshot.usage.take_changed() {
-            return;
-        }
-        if departed.is_none() && !loaded {
-            return;
-        }
         if !self.may_replace() {
             snapshot.usage.mark_changed();
             warn!(sidecar = %self.path.display(), "not writing the last-used sidecar: something other than a sidecar is at its path now");
@@ -235,7 +233,8 @@ impl Sidecar {
             }
         };
         let now = when::now();
-        let theirs = self.read(&snapshot);
+        let records = record_ids(&snapshot);
+        let theirs = self.read(&records);
         let mut since = self.since.lock().unwrap_or_else(PoisonError::into_inner);
         // The figures cover whatever the earliest writer of this sidecar saw.
         let began = [*since, theirs.as_ref().and_then(|t| t.since)]
@@ -253,11 +252,6 @@ impl Sidecar {
             None => {
                 let mut figures = snapshot.usage.by_id(&snapshot.index);
                 if let Some(theirs) = theirs {
-                    let records: std::collections::HashSet<String> = snapshot
-                        .index
-                        .iter()
-                        .map(|(digest, _)| digest.id().to_string())
-                        .collect();
                     let ours: SeenById = theirs
                         .rows
                         .into_iter()
@@ -284,4 +278,13 @@ impl Sidecar {
         drop(since);
         drop(lock);
     }
+}
+
+/// The IDs of the records of `snapshot`, to tell a sidecar's rows that belong to it.
+fn record_ids(snapshot: &Snapshot) -> HashSet<String> {
+    snapshot
+        .index
+        .iter()
+        .map(|(digest, _)| digest.id().to_string())
+        .collect()
 }
