@@ -155,7 +155,6 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .figures()
-            .clone()
     }
 
     /// Starts the state in use from a sidecar's figures (`serve` restarted); those of records

@@ -209,11 +209,7 @@ impl Usage {
     /// Takes the figures of `older` (the usage of `older_index`) for the records `index`
     /// keeps: a reload loses no figure, and a record that is gone takes its figures with it.
     pub(crate) fn carry_over(&self, index: &TokenIndex, older: &Usage, older_index: &TokenIndex) {
-        if older
-            .slots
-            .iter()
-            .all(|slot| slot.last_used.load(Relaxed) == NEVER)
-        {
+        if !older.any_used() {
             return;
         }
         for (position, (digest, _)) in index.iter().enumerate() {
@@ -227,14 +223,17 @@ impl Usage {
         self.changed.store(older.changed.load(Relaxed), Relaxed);
     }
 
+    /// Whether any record of this state has figures (most reloads of an idle `serve`: none).
+    fn any_used(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|slot| slot.last_used.load(Relaxed) != NEVER)
+    }
+
     /// The figures of the records of `index` (whose usage this is) that `newer` no longer
     /// has, by ID: what a reload would otherwise drop.
     pub(crate) fn departed(&self, index: &TokenIndex, newer: &TokenIndex) -> SeenById {
-        if self
-            .slots
-            .iter()
-            .all(|slot| slot.last_used.load(Relaxed) == NEVER)
-        {
+        if !self.any_used() {
             return SeenById::new();
         }
         index
@@ -247,16 +246,18 @@ impl Usage {
             .collect()
     }
 
-    /// Starts from the figures of a sidecar (`serve` restarted), or of records back in the
-    /// file; returns the IDs it took figures for.
-    pub(crate) fn load(&self, index: &TokenIndex, seen: &SeenById) -> Vec<String> {
+    /// Starts the records of `index` (whose usage this is) from the figures `known` has for
+    /// their IDs — a sidecar's (`serve` restarted) or those of records back in the file;
+    /// returns the IDs it took figures for.
+    pub(crate) fn load<'k>(
+        &self,
+        index: &TokenIndex,
+        known: impl Fn(&str) -> Option<&'k Seen>,
+    ) -> Vec<String> {
         let mut taken = Vec::new();
-        if seen.is_empty() {
-            return taken;
-        }
         for (position, (digest, _)) in index.iter().enumerate() {
             let id = digest.id().to_string();
-            if let Some(figures) = seen.get(&id) {
+            if let Some(figures) = known(&id) {
                 self.seed(position, figures, Client::Unknown);
                 taken.push(id);
             }
@@ -281,8 +282,8 @@ impl Usage {
 /// record's figures are not written to the sidecar again (docs/last-used.md).
 #[derive(Debug, Default)]
 pub(crate) struct Departed {
-    figures: SeenById,
-    since: std::collections::HashMap<String, Timestamp>,
+    /// By ID: the figures, and when the record left.
+    kept: std::collections::HashMap<String, (Seen, Timestamp)>,
 }
 
 impl Departed {
@@ -290,40 +291,34 @@ impl Departed {
     const KEPT: time::Duration = time::Duration::days(1);
 
     /// The figures kept, by ID.
-    pub(crate) fn figures(&self) -> &SeenById {
-        &self.figures
+    pub(crate) fn figures(&self) -> SeenById {
+        self.kept
+            .iter()
+            .map(|(id, (seen, _))| (id.clone(), seen.clone()))
+            .collect()
     }
 
     /// Keeps `figures` of records that left at `now`.
     pub(crate) fn add(&mut self, figures: SeenById, now: Timestamp) {
-        for (id, seen) in figures {
-            self.since.insert(id.clone(), now);
-            self.figures.insert(id, seen);
-        }
+        self.kept
+            .extend(figures.into_iter().map(|(id, seen)| (id, (seen, now))));
     }
 
     /// Gives the figures of the records of `index` that came back to `usage` (which marks
     /// them to be written), and forgets those gone for longer than [`Departed::KEPT`].
     pub(crate) fn restore(&mut self, usage: &Usage, index: &TokenIndex, now: Timestamp) {
-        let back = usage.load(index, &self.figures);
+        if self.kept.is_empty() {
+            return;
+        }
+        let back = usage.load(index, |id| self.kept.get(id).map(|(seen, _)| seen));
         if !back.is_empty() {
             usage.mark_changed();
         }
         for id in back {
-            self.figures.remove(&id);
-            self.since.remove(&id);
+            self.kept.remove(&id);
         }
         let cutoff = now - Self::KEPT;
-        let expired: Vec<String> = self
-            .since
-            .iter()
-            .filter(|(_, since)| **since < cutoff)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in expired {
-            self.figures.remove(&id);
-            self.since.remove(&id);
-        }
+        self.kept.retain(|_, (_, left)| *left >= cutoff);
     }
 }
 
@@ -367,7 +362,7 @@ mod tests {
 
         // From a sidecar: the client as it was written.
         let restarted = Usage::new(new_index.len());
-        restarted.load(&new_index, &seen);
+        restarted.load(&new_index, |id| seen.get(id));
         assert_eq!(restarted.by_id(&new_index), seen);
     }
 
