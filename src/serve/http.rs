@@ -166,16 +166,16 @@ pub(super) struct Bound {
     file: Option<SocketFile>,
 }
 
-/// A bound listener, not yet handed to the runtime.
-pub(super) enum Listener {
-    Tcp(StdTcpListener, SocketAddr),
-    Unix(StdUnixListener, PathBuf),
+/// A bound listener, not yet handed to the runtime, and where it listens (for a TCP port 0,
+/// the port it got).
+pub(super) struct Listener {
+    socket: StdListener,
+    addr: HttpAddr,
 }
 
-/// A listener handed to the runtime.
-pub(super) enum Tokio {
-    Tcp(TcpListener),
-    Unix(UnixListener),
+enum StdListener {
+    Tcp(StdTcpListener),
+    Unix(StdUnixListener),
 }
 
 impl Bound {
@@ -188,14 +188,20 @@ impl Bound {
                 // Port 0 asks for any free port: the log says which one it got.
                 let bound = listener.local_addr().unwrap_or(*addr);
                 Ok(Bound {
-                    listener: Listener::Tcp(listener, bound),
+                    listener: Listener {
+                        socket: StdListener::Tcp(listener),
+                        addr: HttpAddr::Tcp(bound),
+                    },
                     file: None,
                 })
             }
             HttpAddr::Unix(path) => {
                 let (listener, file) = socket::bind(path)?;
                 Ok(Bound {
-                    listener: Listener::Unix(listener, path.clone()),
+                    listener: Listener {
+                        socket: StdListener::Unix(listener),
+                        addr: HttpAddr::Unix(path.clone()),
+                    },
                     file: Some(file),
                 })
             }
@@ -208,30 +214,40 @@ impl Bound {
 }
 
 impl Listener {
-    pub(super) fn into_tokio(self) -> Result<Tokio> {
-        let shown = self.to_string();
-        match self {
-            Listener::Tcp(listener, _) => {
-                TcpListener::from_std(listener)
-                    .map(Tokio::Tcp)
-                    .map_err(|source| Error::Listen {
-                        addr: shown,
-                        source,
-                    })
+    /// Hands the listener to the runtime and serves it in `servers` until `shutdown`.
+    pub(super) fn spawn(
+        self,
+        servers: &mut tokio::task::JoinSet<()>,
+        shared: Arc<Shared>,
+        config: Arc<Config>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<()> {
+        let shown = self.addr.to_string();
+        match self.socket {
+            StdListener::Tcp(listener) => {
+                let listener = TcpListener::from_std(listener).map_err(|source| Error::Listen {
+                    addr: shown,
+                    source,
+                })?;
+                servers.spawn(serve(listener, shared, config, shutdown));
             }
-            Listener::Unix(listener, path) => UnixListener::from_std(listener)
-                .map(Tokio::Unix)
-                .map_err(|e| Error::io("listen on the socket", &path, e)),
+            StdListener::Unix(listener) => {
+                let path = match &self.addr {
+                    HttpAddr::Unix(path) => path.as_path(),
+                    HttpAddr::Tcp(_) => Path::new(&shown),
+                };
+                let listener = UnixListener::from_std(listener)
+                    .map_err(|e| Error::io("listen on the socket", path, e))?;
+                servers.spawn(serve(listener, shared, config, shutdown));
+            }
         }
+        Ok(())
     }
 }
 
 impl fmt::Display for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Listener::Tcp(_, addr) => write!(f, "{addr}"),
-            Listener::Unix(_, path) => write!(f, "unix:{}", path.display()),
-        }
+        self.addr.fmt(f)
     }
 }
 

@@ -200,20 +200,12 @@ async fn serve(
     }
     for listener in http {
         let shown = listener.to_string();
-        match listener.into_tokio()? {
-            http::Tokio::Tcp(listener) => servers.spawn(http::serve(
-                listener,
-                shared.clone(),
-                config.clone(),
-                stopping.clone(),
-            )),
-            http::Tokio::Unix(listener) => servers.spawn(http::serve(
-                listener,
-                shared.clone(),
-                config.clone(),
-                stopping.clone(),
-            )),
-        };
+        listener.spawn(
+            &mut servers,
+            shared.clone(),
+            config.clone(),
+            stopping.clone(),
+        )?;
         info!(http = %shown, "listening");
     }
     info!(file = %shared.file().display(), "serving checks");
