@@ -251,7 +251,7 @@ fn parse_methods(field: &str) -> Result<Methods, String> {
                     .into(),
             });
         }
-        if !method.bytes().all(is_method_byte) {
+        if !is_method(method) {
             return Err(
                 "the methods field holds something that is not an HTTP method (write \
                         `GET,POST`, or `*` for any)"
@@ -391,9 +391,12 @@ fn open_trusted(path: &Path) -> Result<trust::Trusted> {
     })
 }
 
-/// A byte of an HTTP method: a token character (RFC 9110 `tchar`).
-pub fn is_method_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+/// Whether `text` can be an HTTP method: a token (RFC 9110: one or more `tchar`).
+pub fn is_method(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The methods of RFC 9110 and PATCH: the only method names a message or a log repeats.

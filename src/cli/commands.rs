@@ -1171,7 +1171,7 @@ fn route_of(file: &Path, method: Option<&str>, path: Option<&str>) -> Result<Rou
     let (Some(method), Some(path)) = (method, path) else {
         return Err(Error::usage("--routes needs --method and --path"));
     };
-    if method.is_empty() || !method.bytes().all(routes::is_method_byte) {
+    if !routes::is_method(method) {
         return Err(Error::usage(format!(
             "--method {}: not an HTTP method (e.g. GET, POST)",
             printable(method)

@@ -657,7 +657,7 @@ fn header_pair<'h>(
             let method = method
                 .to_str()
                 .ok()
-                .filter(|m| !m.is_empty() && m.bytes().all(routes::is_method_byte))
+                .filter(|m| routes::is_method(m))
                 .ok_or_else(|| format!("{method_name} is not an HTTP method"))?;
             Ok(Some((method, uri.as_bytes())))
         }
