@@ -377,17 +377,9 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Takes the lock `<sidecar>.lock` that serializes the read-merge-replace of writers of one
 /// sidecar, so that two `serve`s of one file never drop each other's rows. `None` when it
 /// could not be had within [`LOCK_WAIT`] (the caller writes anyway). Held until dropped;
-/// like the token file's lock, the lock file is never deleted.
-pub fn lock(path: &Path) -> io::Result<Option<File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let lock = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(crate::store::sibling(path, ".lock"))?;
+/// opened, created and judged as the token file's lock is, and like it never deleted.
+pub fn lock(path: &Path) -> crate::error::Result<Option<File>> {
+    let (lock_path, lock) = crate::store::open_lock(path, true)?;
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match lock.try_lock() {
@@ -396,7 +388,9 @@ pub fn lock(path: &Path) -> io::Result<Option<File>> {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(fs::TryLockError::WouldBlock) => return Ok(None),
-            Err(fs::TryLockError::Error(e)) => return Err(e),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(crate::error::Error::io("lock", &lock_path, e));
+            }
         }
     }
 }

@@ -637,8 +637,10 @@ pub(crate) fn owner_of(target: &Path) -> Option<u32> {
     fs::metadata(target).ok().map(|meta| meta.uid())
 }
 
-/// Opens the lock file of `target` for [`Store::lock`] or [`Store::wait_for_writer`].
-fn open_lock(target: &Path, create: bool) -> Result<(PathBuf, File)> {
+/// Opens the lock file `<target>.lock` (creating it, exactly 0600, when `create`), judged as
+/// a sidecar: for [`Store::lock`] and [`Store::wait_for_writer`], and for the writers of the
+/// last-used sidecar (`seen::lock`).
+pub(crate) fn open_lock(target: &Path, create: bool) -> Result<(PathBuf, File)> {
     let lock_path = sibling(target, ".lock");
     let mut options = OpenOptions::new();
     options.read(true).write(create);
