@@ -448,17 +448,12 @@ fn find_record(ctx: &Context, token: &Secret) -> Result<Option<decision::Grant>>
     scan::find_record(&trusted.file, token).map_err(|e| Error::io("read", ctx.store.path(), e))
 }
 
-/// Teaches redaction the words of `values` (comma-separated, as scopes are given) that are a
-/// credential of the file: a legacy token of no recognizable shape pasted where a scope goes
-/// would otherwise be echoed by the messages and documents that name the scopes. One more
-/// pass over the file, so only done before printing them.
-fn learn_pasted_credentials(ctx: &Context, values: &[String]) -> Result<()> {
-    let words: Vec<&str> = values
-        .iter()
-        .flat_map(|value| value.split(','))
-        .map(|word| word.trim_matches(' '))
-        .filter(|word| !word.is_empty())
-        .collect();
+/// Teaches redaction the required scopes that are a credential of the file: a legacy token of
+/// no recognizable shape pasted where a scope goes would otherwise be echoed by the messages
+/// and documents that name the scopes. One more pass over the file, so only done before
+/// printing them.
+fn learn_pasted_credentials(ctx: &Context, required: &RequiredScopes) -> Result<()> {
+    let words: Vec<&str> = required.iter().collect();
     if words.is_empty() {
         return Ok(());
     }
@@ -610,10 +605,10 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
     // What follows may name the required scopes: a credential of the file among them (a
     // legacy token pasted as a scope) must not be echoed. A plain grant prints none.
     if (args.output.json || args.explain || !matches!(decision, Decision::Granted { .. }))
-        && learn_pasted_credentials(ctx, &args.scopes).is_err()
+        && learn_pasted_credentials(ctx, &required).is_err()
     {
         // The file could not be read again: take no chance with any of them.
-        for scope in &args.scopes {
+        for scope in required.iter() {
             token::also_secret(scope.as_bytes());
         }
     }
