@@ -568,8 +568,8 @@ fn check(ctx: &Context, args: CheckArgs) -> Result<Exit> {
         Some(file) => {
             let route = route_of(file, args.method.as_deref(), args.path.as_deref())?;
             let required = match (&route.rule, &asked) {
-                (Some(rule), Some(asked)) => asked.and(&rule.required),
-                (Some(rule), None) => rule.required.clone(),
+                (Some(rule), Some(asked)) => asked.and(&rule.scopes),
+                (Some(rule), None) => rule.scopes.clone(),
                 (None, _) => RequiredScopes::unsatisfiable(),
             };
             (required, Some(route))
@@ -1179,8 +1179,7 @@ fn route_of(file: &Path, method: Option<&str>, path: Option<&str>) -> Result<Rou
         line: rule.line,
         methods: rule.methods(),
         path: rule.glob().to_owned(),
-        scopes: rule.scopes().iter().map(str::to_owned).collect(),
-        required: rule.scopes().clone(),
+        scopes: rule.scopes().clone(),
     });
     Ok(RouteMatch {
         file: file.display().to_string(),
@@ -1195,13 +1194,7 @@ impl RouteMatch {
         match &self.rule {
             Some(rule) => format!(
                 "{} {} is covered by line {} of {} ({} {}), which requires {}",
-                self.method,
-                self.path,
-                rule.line,
-                self.file,
-                rule.methods,
-                rule.path,
-                rule.scopes.join(",")
+                self.method, self.path, rule.line, self.file, rule.methods, rule.path, rule.scopes
             ),
             None => self.uncovered(),
         }

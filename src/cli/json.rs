@@ -137,9 +137,16 @@ pub(crate) struct RuleMatch {
     pub(crate) methods: String,
     /// The rule's path glob.
     pub(crate) path: String,
-    pub(crate) scopes: Vec<String>,
-    #[serde(skip)]
-    pub(crate) required: crate::scope::RequiredScopes,
+    /// What the rule requires, shown as a list of scopes.
+    #[serde(serialize_with = "scope_list")]
+    pub(crate) scopes: crate::scope::RequiredScopes,
+}
+
+fn scope_list<S: serde::Serializer>(
+    scopes: &crate::scope::RequiredScopes,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(scopes.iter())
 }
 
 /// `routes check --json`.
