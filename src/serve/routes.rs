@@ -21,7 +21,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -112,11 +112,7 @@ impl Routes {
     pub(super) fn load(path: &Path) -> Result<(Arc<Routes>, Watch)> {
         let routes::RulesFile { rules, meta, .. } = routes::read_file(path)?;
         info!(rules = rules.len(), "routes loaded");
-        if rules.is_empty() {
-            warn!(
-                "the rules file has no rule: every request that serve matches against it is refused"
-            );
-        }
+        warn_if_empty(&rules);
         let routes = Arc::new(Routes {
             path: path.to_path_buf(),
             current: ArcSwap::from_pointee(rules),
@@ -148,11 +144,7 @@ impl Routes {
     pub(super) fn status(&self) -> RoutesStatus {
         RoutesStatus {
             rules: self.current.load().len(),
-            problem: self
-                .problem
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
+            problem: self.problem().clone(),
             installed_unix: self.installed_unix.load(Relaxed),
             reloads: self.reloads.load(Relaxed),
             failures: self.failures.load(Relaxed),
@@ -160,26 +152,24 @@ impl Routes {
         }
     }
 
-    fn set_problem(&self, problem: Option<String>) {
-        *self.problem.lock().unwrap_or_else(PoisonError::into_inner) = problem;
+    fn problem(&self) -> MutexGuard<'_, Option<String>> {
+        self.problem.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn install(&self, rules: Rules) {
         info!(rules = rules.len(), "routes reloaded");
-        if rules.is_empty() {
-            warn!("the rules file has no rule: every request matched against it is refused");
-        }
+        warn_if_empty(&rules);
         self.current.store(Arc::new(rules));
         self.installed_unix.store(unix_now(), Relaxed);
         self.reloads.fetch_add(1, Relaxed);
-        self.set_problem(None);
+        *self.problem() = None;
     }
 
     fn keep_last_good(&self, problem: &Error) {
         // Logged, and shown by `/healthz` to anyone who can reach serve: redacted, in case a
         // message quotes a secret pasted into the file.
         let problem = crate::token::redact(&problem.to_string()).into_owned();
-        let mut current = self.problem.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut current = self.problem();
         if current.as_deref() == Some(problem.as_str()) {
             return; // found again by the periodic look: said already
         }
@@ -189,10 +179,13 @@ impl Routes {
     }
 
     fn has_problem(&self) -> bool {
-        self.problem
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
+        self.problem().is_some()
+    }
+}
+
+fn warn_if_empty(rules: &Rules) {
+    if rules.is_empty() {
+        warn!("the rules file has no rule: every request matched against it is refused");
     }
 }
 
