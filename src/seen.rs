@@ -310,10 +310,7 @@ pub fn write<'a>(
     now: Timestamp,
     entries: impl IntoIterator<Item = (&'a str, &'a Seen)>,
 ) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = directory_of(path);
     let target_meta = fs::metadata(target).ok();
     let group_readable = target_meta.as_ref().is_some_and(|m| m.mode() & 0o040 != 0);
     let mode = if group_readable { 0o640 } else { 0o600 };
@@ -363,6 +360,13 @@ pub fn write<'a>(
 
 const TEMP_SUFFIX: &str = ".tmp";
 
+/// The directory a sidecar is in (`.` for a bare file name): where its temporary copies go.
+fn directory_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// The name a temporary copy of the sidecar at `path` starts with (beside it).
 fn temp_prefix(path: &Path) -> String {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -399,10 +403,7 @@ pub fn lock(path: &Path) -> crate::error::Result<Option<File>> {
 /// behind (`.tokens.seen.XXXXXX.tmp`). Only while holding [`lock`]: no other writer has one
 /// in progress then. Returns how many went.
 pub fn remove_stale_temps(path: &Path) -> usize {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = directory_of(path);
     let prefix = temp_prefix(path);
     let euid = nix::unistd::geteuid().as_raw();
     let Ok(entries) = fs::read_dir(dir) else {
